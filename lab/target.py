@@ -1,0 +1,199 @@
+"""Target: the one interface everything above the VM layer is written against.
+
+A Target runs commands and moves files. ``SSHTarget`` drives a guest over SSH (paramiko, host key
+pinned to the one the image build generated); ``LocalTarget`` is the host itself (root), for fast
+iteration and real performance numbers. The loader, scenarios, counters and verifier runs are written
+once against this interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+from lab import LabError
+
+Command = Union[str, Sequence[str]]
+
+
+@dataclass
+class Result:
+    command: str
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def check(self) -> "Result":
+        if self.rc != 0:
+            raise CommandError(self)
+        return self
+
+
+class CommandError(LabError):
+    def __init__(self, result: Result, target: str = ""):
+        self.result = result
+        where = f" on {target}" if target else ""
+        tail = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        super().__init__(f"command failed{where} (exit {result.rc}): {result.command}\n{tail}")
+
+
+class CommandTimeout(LabError):
+    pass
+
+
+def as_shell(cmd: Command) -> str:
+    return cmd if isinstance(cmd, str) else shlex.join(list(cmd))
+
+
+class Target:
+    """Base class: subclasses implement ``_run``, ``put`` and ``get``."""
+
+    name = "target"
+
+    def __init__(self) -> None:
+        self._features: dict | None = None
+        self._release: str | None = None
+
+    def run(self, cmd: Command, timeout: float = 60, check: bool = False,
+            input: str | None = None) -> Result:
+        result = self._run(as_shell(cmd), timeout, input)
+        if check and result.rc != 0:
+            raise CommandError(result, self.name)
+        return result
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        raise NotImplementedError
+
+    def put(self, local: Path, remote: str) -> None:
+        raise NotImplementedError
+
+    def get(self, remote: str, local: Path) -> None:
+        raise NotImplementedError
+
+    def put_text(self, text: str, remote: str) -> None:
+        self.run(["sh", "-c", 'cat > "$1"', "sh", remote], input=text, check=True)
+
+    @property
+    def kernel_release(self) -> str:
+        if self._release is None:
+            self._release = self.run(["uname", "-r"], check=True).stdout.strip()
+        return self._release
+
+    @property
+    def features(self) -> dict:
+        """``bpftool feature probe kernel -j``, probed once per target."""
+        if self._features is None:
+            out = self.run(["bpftool", "-j", "feature", "probe", "kernel"], timeout=300, check=True)
+            self._features = json.loads(out.stdout)
+        return self._features
+
+    def has_helper(self, prog_type: str, helper: str) -> bool:
+        helpers = self.features.get("helpers", {})
+        return helper in helpers.get(f"{prog_type}_available_helpers", [])
+
+
+class LocalTarget(Target):
+    """The host, as root. Commands run through ``sh -c`` like on a guest."""
+
+    name = "host"
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        try:
+            proc = subprocess.run(["sh", "-c", cmd], input=input, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimeout(f"command timed out after {timeout:.0f}s on host: {cmd}") from exc
+        return Result(cmd, proc.returncode, proc.stdout, proc.stderr)
+
+    def put(self, local: Path, remote: str) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(remote, local)
+
+
+class SSHTarget(Target):
+    """A guest reached over SSH on a forwarded loopback port, its host key pinned."""
+
+    def __init__(self, host: str, port: int, key_file: Path, host_key_line: str,
+                 name: str = "guest", user: str = "root", connect_timeout: float = 20):
+        super().__init__()
+        import paramiko  # imported here so unit tests of other modules need no paramiko
+
+        self.name = name
+        self._client = paramiko.SSHClient()
+        key_type, key_b64 = host_key_line.split()[:2]
+        host_id = f"[{host}]:{port}" if port != 22 else host
+        self._client.get_host_keys().add(host_id, key_type, paramiko.PKey.from_type_string(
+            key_type, __import__("base64").b64decode(key_b64)))
+        # A guest whose host key differs from the image's is not ours: refuse it.
+        self._client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(key_file))
+        self._client.connect(host, port=port, username=user, pkey=pkey, timeout=connect_timeout,
+                             banner_timeout=connect_timeout, auth_timeout=connect_timeout,
+                             allow_agent=False, look_for_keys=False)
+        self._client.get_transport().set_keepalive(5)
+        self._sftp = None
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        transport = self._client.get_transport()
+        channel = transport.open_session(timeout=timeout)
+        channel.settimeout(timeout)
+        channel.exec_command(cmd)
+        if input is not None:
+            channel.sendall(input.encode())
+        channel.shutdown_write()
+        stdout, stderr = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while not (channel.exit_status_ready() and not channel.recv_ready()
+                       and not channel.recv_stderr_ready()):
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}")
+                got = False
+                if channel.recv_ready():
+                    stdout += channel.recv(65536)
+                    got = True
+                if channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(65536)
+                    got = True
+                if not got:
+                    time.sleep(0.005)
+            rc = channel.recv_exit_status()
+        except socket.timeout as exc:
+            raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}") from exc
+        finally:
+            channel.close()
+        return Result(cmd, rc, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+    def _sftp_client(self):
+        if self._sftp is None:
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        self.run(["mkdir", "-p", os.path.dirname(remote) or "/"], check=True)
+        self._sftp_client().put(str(local), remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self._sftp_client().get(remote, str(local))
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self._client.close()
