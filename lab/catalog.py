@@ -1,0 +1,320 @@
+"""The kernel catalog (``images/kernels.toml``) and its lock (``images/kernels.lock.json``).
+
+The catalog says where each kernel comes from; the lock pins what a Debian source resolved to
+(exact package names, versions, archive paths and SHA-256), so every machine fetches the same bytes.
+A broken entry never hides the good ones: ``Catalog.load`` returns the valid entries plus one
+``CatalogError`` per broken entry, so a test matrix can report it as an error and carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from lab import IMAGES_DIR, REPO_ROOT, LabError
+from lab.cache import atomic_write
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CATALOG_PATH = IMAGES_DIR / "kernels.toml"
+LOCK_PATH = IMAGES_DIR / "kernels.lock.json"
+# The suites of the private apt configuration (lab/kernels.py); a new suite is added here.
+SUITES = ("bullseye", "bookworm", "trixie", "trixie-backports", "sid")
+ENV_PREFIX = "SOCKREDIR_KERNEL_"
+URL_SCHEMES = ("http://", "https://", "file://")
+
+_ENTRY_KEYS = {"id", "suite", "package", "url", "path", "modules", "env"}
+_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+_GLOB_RE = re.compile(r"^[a-z0-9][a-z0-9+.*?\[\]!-]*$")  # Debian package name characters + glob
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def test_id_of(kernel_id: str) -> str:
+    return "kernel_" + re.sub(r"[.-]", "_", kernel_id)
+
+
+def env_var_of(kernel_id: str) -> str:
+    """The variable that overrides a kernel's source: 6.1 -> SOCKREDIR_KERNEL_6_1."""
+    return ENV_PREFIX + re.sub(r"[.-]", "_", kernel_id)
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    id: str
+    suite: str | None = None
+    package: str | None = None
+    url: str | None = None
+    path: Path | None = None
+    modules: Path | None = None
+    env: str | None = None
+    origin: str = ""  # where this source was declared, for messages
+
+    @property
+    def test_id(self) -> str:
+        return test_id_of(self.id)
+
+    @property
+    def source(self) -> str:
+        """One of "suite", "url", "path", "env" (an env source whose variable is unset)."""
+        if self.suite:
+            return "suite"
+        return "url" if self.url else "path" if self.path else "env"
+
+    def describe(self) -> str:
+        if self.source == "suite":
+            return f"{self.suite}: {self.package}"
+        if self.source == "url":
+            return self.url
+        if self.source == "path":
+            return f"{self.path}" + (f" + modules {self.modules}" if self.modules else "")
+        return f"${self.env} (unset)"
+
+    def unavailable_reason(self) -> str | None:
+        if self.source != "env":
+            return None
+        return (f"kernel {self.id} image not provided: set {self.env} to a .deb path/URL "
+                f"or a vmlinuz path")
+
+
+class CatalogError(LabError):
+    """One broken catalog entry (or a broken file, then ``index`` is None)."""
+
+    def __init__(self, file: Path, index: int | None, entry_id: str | None, problem: str, fix: str):
+        self.file, self.index, self.entry_id = file, index, entry_id
+        where = f"kernel entry #{index}" if index is not None else "catalog"
+        if entry_id:
+            where += f" (id {entry_id!r})"
+        super().__init__(f"{_shown(file)}: {where}: {problem}. Fix: {fix}")
+
+    @property
+    def test_id(self) -> str:
+        return test_id_of(self.entry_id) if self.entry_id else f"kernel_entry_{self.index}"
+
+
+def source_from_value(kernel_id: str, value: str, origin: str) -> KernelEntry:
+    """An entry from a user-given path or URL (environment variable, CLI or pytest option)."""
+    if value.startswith(URL_SCHEMES):
+        return KernelEntry(id=kernel_id, url=value, origin=origin)
+    return KernelEntry(id=kernel_id, path=Path(value).expanduser().resolve(), origin=origin)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    entries: tuple[KernelEntry, ...]
+    errors: tuple[CatalogError, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path = CATALOG_PATH, environ: Mapping[str, str] | None = None) -> "Catalog":
+        """Parse the catalog and apply SOCKREDIR_KERNEL_<ID> overrides from ``environ``.
+
+        Raises LabError only when the file as a whole is unusable; broken entries land in ``errors``.
+        """
+        environ = os.environ if environ is None else environ
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"{path}: kernel catalog not found. Fix: create it "
+                           f"(see {_shown(CATALOG_PATH)} in the repository)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise LabError(f"{path}: not valid TOML ({exc}). Fix the syntax") from None
+        entries: list[KernelEntry] = []
+        errors: list[CatalogError] = []
+        for extra in sorted(set(data) - {"kernel"}):
+            errors.append(CatalogError(path, None, None, f"unknown top-level key {extra!r}",
+                                       "only [[kernel]] tables belong in this file"))
+        tables = data.get("kernel", [])
+        if not isinstance(tables, list):
+            tables = []
+            errors.append(CatalogError(path, None, None, "'kernel' is not a list of tables",
+                                       "write each kernel as a [[kernel]] table"))
+        for index, table in enumerate(tables, start=1):
+            try:
+                entry = _parse_entry(path, index, table)
+                first = next((e for e in entries if e.id == entry.id), None)
+                if first:
+                    raise CatalogError(path, index, entry.id, f"duplicate id (also {first.origin})",
+                                       "give each [[kernel]] its own id")
+                entries.append(entry)
+            except CatalogError as exc:
+                errors.append(exc)
+        catalog = cls(path, tuple(entries), tuple(errors))
+        return catalog._with_environment(environ)
+
+    def _with_environment(self, environ: Mapping[str, str]) -> "Catalog":
+        catalog = self
+        claimed = {e.env for e in self.entries if e.env}
+        for entry in self.entries:
+            for name in (entry.env, env_var_of(entry.id)):
+                if name and environ.get(name):
+                    catalog = catalog._replaced(source_from_value(entry.id, environ[name], f"${name}"))
+        for name, value in sorted(environ.items()):
+            if name.startswith(ENV_PREFIX) and name not in claimed and value:
+                kernel_id = name[len(ENV_PREFIX):].replace("_", ".")
+                if not catalog.find(kernel_id) and _ID_RE.match(kernel_id):
+                    catalog = catalog._replaced(source_from_value(kernel_id, value, f"${name}"))
+        return catalog
+
+    def with_override(self, kernel_id: str, path_or_url: str) -> "Catalog":
+        """This catalog with ``kernel_id`` taken from a path or URL (replacing or adding it)."""
+        if not _ID_RE.match(kernel_id):
+            raise LabError(f"kernel id {kernel_id!r} is not valid: use letters, digits, '.', '-', '_'")
+        return self._replaced(source_from_value(kernel_id, path_or_url, "override"))
+
+    def _replaced(self, new: KernelEntry) -> "Catalog":
+        if self.find(new.id):
+            entries = tuple(new if e.id == new.id else e for e in self.entries)
+        else:
+            entries = self.entries + (new,)
+        return replace(self, entries=entries)
+
+    def find(self, kernel_id: str) -> KernelEntry | None:
+        return next((e for e in self.entries if e.id == kernel_id), None)
+
+    def get(self, kernel_id: str) -> KernelEntry:
+        entry = self.find(kernel_id)
+        if entry:
+            return entry
+        broken = next((e for e in self.errors if e.entry_id == kernel_id), None)
+        if broken:
+            raise broken
+        known = ", ".join(e.id for e in self.entries) or "none"
+        raise LabError(f"kernel {kernel_id!r} is not in {_shown(self.path)} (known: {known}). "
+                       f"Fix: add a [[kernel]] entry or set {env_var_of(kernel_id)}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.entries]
+
+
+def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
+    def fail(problem: str, fix: str, entry_id: str | None = None):
+        raise CatalogError(path, index, entry_id, problem, fix)
+
+    if not isinstance(table, dict):
+        fail("is not a table", "write it as a [[kernel]] table")
+    kernel_id = table.get("id")
+    if not isinstance(kernel_id, str) or not _ID_RE.match(kernel_id):
+        fail(f"missing or invalid id ({kernel_id!r})",
+             'add id = "X.Y" (letters, digits, ".", "-", "_")')
+    for key in sorted(table):
+        if key not in _ENTRY_KEYS:
+            fail(f"unknown key {key!r}", f"use only {', '.join(sorted(_ENTRY_KEYS))}", kernel_id)
+        if not isinstance(table[key], str) or not table[key]:
+            fail(f"{key} must be a non-empty string", f'write {key} = "..."', kernel_id)
+    sources = [k for k in ("suite", "url", "path", "env") if k in table]
+    if "package" in table and "suite" not in table:
+        fail("package without suite", f"add suite = one of {', '.join(SUITES)}", kernel_id)
+    if len(sources) != 1:
+        found = ", ".join(sources) if sources else "none"
+        fail(f"needs exactly one source, found {found}",
+             "keep one of suite+package, url, path or env", kernel_id)
+    if "modules" in table and "path" not in table:
+        fail("modules without path", "modules only goes with path = a vmlinuz", kernel_id)
+    entry = KernelEntry(id=kernel_id, origin=f"{_shown(path)} entry #{index}")
+    if "suite" in table:
+        suite, package = table["suite"], table.get("package")
+        if suite not in SUITES:
+            fail(f"unknown suite {suite!r}",
+                 f"use one of {', '.join(SUITES)} (or add it to SUITES in lab/catalog.py)", kernel_id)
+        if not package:
+            fail("suite without package", 'add package = "linux-image-...*" (a glob)', kernel_id)
+        if not _GLOB_RE.match(package) or not _brackets_balanced(package):
+            fail(f"bad package glob {package!r}",
+                 "use a Debian package name with * ? [...] wildcards, lower case", kernel_id)
+        return replace(entry, suite=suite, package=package)
+    if "url" in table:
+        if not table["url"].startswith(URL_SCHEMES):
+            fail(f"url {table['url']!r} is not http(s):// or file://", "give a full URL", kernel_id)
+        return replace(entry, url=table["url"])
+    if "path" in table:
+        base = path.parent
+        modules = table.get("modules")
+        return replace(entry, path=(base / Path(table["path"]).expanduser()).resolve(),
+                       modules=(base / Path(modules).expanduser()).resolve() if modules else None)
+    if not _ENV_NAME_RE.match(table["env"]):
+        fail(f"env {table['env']!r} is not a variable name", "use e.g. SOCKREDIR_KERNEL_5_15", kernel_id)
+    return replace(entry, env=table["env"])
+
+
+def _brackets_balanced(glob: str) -> bool:
+    depth = 0
+    for char in glob:
+        if char == "[":
+            if depth:
+                return False
+            depth = 1
+        elif char == "]":
+            if not depth:
+                return False
+            depth = 0
+    return depth == 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+# --- the lock ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    suite: str
+    filename: str  # path in the archive, e.g. pool/main/l/linux/linux-image-..._amd64.deb
+    size: int
+    sha256: str
+
+
+def read_lock(path: Path = LOCK_PATH) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise LabError(f"{_shown(path)}: not valid JSON ({exc}). "
+                       f"Fix: delete it and run `sockredir-lab kernels lock`") from None
+    return data.get("kernels", {})
+
+
+def write_lock(locked: dict[str, dict], path: Path = LOCK_PATH) -> None:
+    document = {"comment": "Written by `sockredir-lab kernels lock`; do not edit.",
+                "kernels": dict(sorted(locked.items()))}
+    atomic_write(path, json.dumps(document, indent=2) + "\n")
+
+
+def lock_record(entry: KernelEntry, packages: list[LockedPackage] | None = None,
+                url_sha256: str | None = None, url_size: int | None = None) -> dict:
+    if entry.source == "suite":
+        return {"suite": entry.suite, "package": entry.package,
+                "packages": [asdict(p) for p in packages or []]}
+    return {"url": entry.url, "sha256": url_sha256, "size": url_size}
+
+
+def locked_packages(entry: KernelEntry, lock: Mapping[str, dict]) -> list[LockedPackage] | None:
+    """The pinned packages of a suite entry, or None if the lock has none for this exact source."""
+    record = lock.get(entry.id)
+    if entry.source != "suite" or not record:
+        return None
+    if record.get("suite") != entry.suite or record.get("package") != entry.package:
+        return None  # the catalog changed since the lock was written
+    return [LockedPackage(**p) for p in record.get("packages", [])] or None
+
+
+def locked_url_sha256(entry: KernelEntry, lock: Mapping[str, dict]) -> str | None:
+    record = lock.get(entry.id)
+    if entry.source != "url" or not record or record.get("url") != entry.url:
+        return None
+    return record.get("sha256")

@@ -1,0 +1,545 @@
+"""Fetch a catalog kernel, extract it, run depmod, and cache the result by content.
+
+Debian sources are resolved with apt under a private configuration (its own sources list, lists and
+cache under the lab cache; the host's apt state is never read or written) and the archive signatures
+are checked with the host's Debian keyring. The resolved packages are pinned in the lock file; the
+.deb files are then downloaded straight from the archive and checked against the pinned SHA-256.
+Extracted trees live under ``kernels/trees/<key>``, ``key`` being a hash of the debs' content, so a
+warm ``prepare`` reads one small JSON file and touches neither the network nor apt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import fnmatch
+import functools
+import hashlib
+import http.client
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from lab import LabError
+from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, sha256_file
+from lab.catalog import (SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
+                         locked_url_sha256, read_lock, write_lock)
+
+MIRROR = os.environ.get("SOCKREDIR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+LISTS_MAX_AGE = 24 * 3600
+TREE_FORMAT = "1"  # bump when the layout of an extracted tree changes
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class KernelArtifacts:
+    id: str  # catalog id, "6.1"
+    release: str  # uname -r, "6.1.0-41-cloud-amd64"
+    vmlinuz: Path
+    modules_dir: Path  # the directory holding modules.dep: <root>/lib/modules/<release>
+    key: str  # content hash of this build, for caching derived artifacts
+
+
+class KernelUnavailable(LabError):
+    """The kernel's source is not provided (e.g. an unset env source): its tests skip."""
+
+
+def prepare(entry: KernelEntry, progress: Progress = print,
+            lock: Mapping[str, dict] | None = None) -> KernelArtifacts:
+    """Fetch, extract and depmod ``entry``'s kernel, or return the cached result."""
+    reason = entry.unavailable_reason()
+    if reason:
+        raise KernelUnavailable(reason)
+    lock = read_lock() if lock is None else lock
+    if entry.source == "suite":
+        return _prepare_suite(entry, lock, progress)
+    if entry.source == "url":
+        file, sha = _fetch_url(entry.url, locked_url_sha256(entry, lock), progress)
+    else:
+        if not entry.path.is_file():
+            raise LabError(f"kernel {entry.id}: {entry.path} does not exist "
+                           f"(from {entry.origin}). Fix: point it at a .deb or a vmlinuz file")
+        file, sha = entry.path, sha256_file(entry.path)
+    return _prepare_file(entry, file, sha, progress)
+
+
+def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | None:
+    """The artifacts if they are already in the cache, found without network or apt."""
+    try:
+        if entry.source == "suite":
+            packages = locked_packages(entry, lock)
+            return _load_tree(entry.id, _debs_key(p.sha256 for p in packages)) if packages else None
+        if entry.source == "url":
+            file = _url_cache_path(entry.url)
+            sha = locked_url_sha256(entry, lock) or _read_sidecar(file)
+            return _load_tree(entry.id, _file_key(file, sha, None)) if file.exists() and sha else None
+        if entry.source == "path" and entry.path.is_file():
+            return _load_tree(entry.id, _file_key(entry.path, sha256_file(entry.path), entry.modules))
+    except LabError:
+        pass
+    return None
+
+
+def lock_kernels(catalog: Catalog, ids: list[str] | None = None,
+                 progress: Progress = print) -> list[LabError]:
+    """Resolve suite and URL entries afresh and write the lock; returns the per-entry failures."""
+    entries = [catalog.get(i) for i in ids] if ids else list(catalog.entries)
+    lock = read_lock()
+    if not ids:  # a full lock drops ids that left the catalog or became local sources
+        lock = {k: v for k, v in lock.items()
+                if (e := catalog.find(k)) and e.source in ("suite", "url")}
+    failures: list[LabError] = []
+    apt = PrivateApt()
+    for entry in entries:
+        try:
+            if entry.source == "suite":
+                apt.update(progress, max_age=0)  # once per run: update() stamps the lists
+                packages = apt.resolve(entry.suite, entry.package, progress)
+                lock[entry.id] = lock_record(entry, packages=packages)
+                progress(f"{entry.id}: " + ", ".join(f"{p.name} {p.version}" for p in packages))
+            elif entry.source == "url":
+                file, sha = _fetch_url(entry.url, None, progress, force=True)
+                lock[entry.id] = lock_record(entry, url_sha256=sha, url_size=file.stat().st_size)
+                progress(f"{entry.id}: {entry.url} sha256 {sha}")
+            else:
+                progress(f"{entry.id}: {entry.source} source ({entry.describe()}), nothing to lock")
+        except LabError as exc:
+            failures.append(exc)
+            progress(f"{entry.id}: FAILED: {exc}")
+    write_lock(lock)
+    return failures
+
+
+# --- Debian suites through a private apt configuration -----------------------------------------
+
+class PrivateApt:
+    """apt-get/apt-cache confined to ``<cache>/kernels/apt``: the host's apt is left alone."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or cache_dir("kernels", "apt")
+        self.sources = self.root / "sources.list"
+        self.lists = self.root / "lists"
+        self.stamp = self.lists / ".updated"
+        self._updated_this_run = False
+
+    def _options(self) -> list[str]:
+        settings = {
+            "Dir::Etc::sourcelist": self.sources,
+            "Dir::Etc::sourceparts": "-",
+            "Dir::Etc::preferences": "/dev/null",
+            "Dir::Etc::preferencesparts": "-",
+            "Dir::State::Lists": self.lists,
+            "Dir::State::status": self.root / "status",  # empty: nothing counts as installed
+            "Dir::Cache": self.root / "cache",
+            "Dir::Cache::pkgcache": "pkgcache.bin",  # kept: apt-cache then answers in ms
+            "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
+            "APT::Architecture": "amd64",
+            "APT::Architectures": "amd64",
+            "Acquire::Languages": "none",
+            # apt would drop to _apt, who cannot write into a private cache under $HOME
+            "APT::Sandbox::User": pwd.getpwuid(os.getuid()).pw_name,
+        }
+        return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
+
+    def _sources_text(self) -> str:
+        return "".join(f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES)
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([argv[0], *self._options(), *argv[1:]], capture_output=True,
+                              text=True, env={**os.environ, "LC_ALL": "C"})
+
+    def update(self, progress: Progress = print, max_age: float = LISTS_MAX_AGE) -> None:
+        """``apt-get update`` of the private lists when they are older than ``max_age`` (or missing)."""
+        if self._updated_this_run:
+            return
+        if not KEYRING.exists():
+            raise LabError(f"{KEYRING} is missing, so apt cannot check the Debian archive. "
+                           f"Fix: apt-get install debian-archive-keyring")
+        sources = self._sources_text()
+        (self.root / "status").touch()
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.root / "update.lock"):
+            fresh = (self.stamp.exists() and self.stamp.read_text() == digest_of([sources])
+                     and time.time() - self.stamp.stat().st_mtime < max_age)
+            if fresh:
+                return
+            atomic_write(self.sources, sources)
+            progress(f"apt-get update (private lists: {', '.join(SUITES)})")
+            started = time.monotonic()
+            result = self._run(["apt-get", "update"])
+            _check_update(result)
+            atomic_write(self.stamp, digest_of([sources]))
+            progress(f"apt-get update done in {time.monotonic() - started:.1f} s")
+        self._updated_this_run = True
+
+    def resolve(self, suite: str, glob: str, progress: Progress = print) -> list[LockedPackage]:
+        """The newest package matching ``glob`` in ``suite``, then its exact-version dependencies."""
+        prefix = re.split(r"[*?\[]", glob, maxsplit=1)[0]
+        names = [n for n in self._apt_cache("pkgnames", prefix).split() if fnmatch.fnmatchcase(n, glob)]
+        records = self._show(suite, names)
+        if not records:
+            raise LabError(f"no package matching {glob!r} in {suite} (apt lists under {self.lists}). "
+                           f"Fix: check the pattern with `apt-cache pkgnames {prefix}` or the suite")
+        newest = max(records, key=functools.cmp_to_key(_compare_records))
+        resolved = [newest]
+        # Parts of the same build are pinned with "(= version)": linux-binary-*, linux-modules-*.
+        pending = _exact_dependencies(newest)
+        while pending:
+            name = pending.pop(0)
+            if any(r["Package"] == name for r in resolved):
+                continue
+            found = self._show(suite, [name])
+            if not found:
+                progress(f"note: {name} (a dependency of {newest['Package']}) is not in {suite}; skipped")
+                continue
+            resolved.append(found[0])
+            pending += _exact_dependencies(found[0])
+        return [LockedPackage(name=r["Package"], version=r["Version"], suite=suite,
+                              filename=r["Filename"], size=int(r["Size"]), sha256=r["SHA256"])
+                for r in resolved]
+
+    def _show(self, suite: str, names: list[str]) -> list[dict[str, str]]:
+        if not names:
+            return []
+        # name/suite selects that suite's version; names absent from the suite are left out
+        result = self._run(["apt-cache", "show", *(f"{n}/{suite}" for n in names)])
+        return [r for r in parse_deb822(result.stdout) if "Package" in r]
+
+    def _apt_cache(self, *args: str) -> str:
+        result = self._run(["apt-cache", *args])
+        if result.returncode != 0:
+            raise LabError(f"apt-cache {' '.join(args)} failed on the private lists: "
+                           f"{result.stderr.strip()[-1000:]}. Fix: `sockredir-lab kernels lock` "
+                           f"to refresh them")
+        return result.stdout
+
+
+def _check_update(result: subprocess.CompletedProcess) -> None:
+    output = result.stdout + result.stderr
+    unsigned = sorted(set(re.findall(r"debian (\S+) InRelease.*(?:NO_PUBKEY|EXPKEYSIG|not signed)",
+                                     output)))
+    if unsigned:
+        raise LabError(f"apt cannot verify suite(s) {', '.join(unsigned)} with {KEYRING}. "
+                       f"Fix: install a newer debian-archive-keyring (e.g. from bookworm-backports) "
+                       f"or drop those kernels from images/kernels.toml")
+    if "is expired" in output or "not valid yet" in output:
+        raise LabError("a Debian Release file is expired or not valid yet (check the clock; a frozen "
+                       "mirror needs Acquire::Check-Valid-Until \"false\" in /etc/apt/apt.conf.d)")
+    if result.returncode != 0:
+        raise LabError(f"apt-get update of the private kernel lists failed (exit {result.returncode}):\n"
+                       f"{result.stderr.strip()[-1500:]}\nFix: check access to {MIRROR}")
+
+
+def parse_deb822(text: str) -> list[dict[str, str]]:
+    """Paragraphs of ``Key: value`` fields; continuation lines are appended to the value."""
+    records, current, key = [], {}, None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                records.append(current)
+            current, key = {}, None
+        elif line[0] in " \t" and key:
+            current[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            current[key] = value.strip()
+    if current:
+        records.append(current)
+    return records
+
+
+def _exact_dependencies(record: dict[str, str]) -> list[str]:
+    names = []
+    for group in record.get("Depends", "").split(","):
+        for alternative in group.split("|"):
+            match = re.match(r"\s*([a-z0-9][a-z0-9+.-]*)(?::\S+)?\s*\(\s*=\s*[^)]+\)", alternative)
+            if match:
+                names.append(match.group(1))
+    return names
+
+
+def _compare_records(a: dict[str, str], b: dict[str, str]) -> int:
+    if a["Version"] == b["Version"]:
+        return (a["Package"] > b["Package"]) - (a["Package"] < b["Package"])
+    newer = subprocess.run(["dpkg", "--compare-versions", a["Version"], "gt", b["Version"]])
+    return 1 if newer.returncode == 0 else -1
+
+
+# --- downloads -----------------------------------------------------------------------------------
+
+def _prepare_suite(entry: KernelEntry, lock: Mapping[str, dict], progress: Progress) -> KernelArtifacts:
+    packages = locked_packages(entry, lock)
+    if packages:
+        warm = _load_tree(entry.id, _debs_key(p.sha256 for p in packages))
+        if warm:
+            return warm
+    else:
+        apt = PrivateApt()
+        apt.update(progress)
+        packages = apt.resolve(entry.suite, entry.package, progress)
+        progress(f"note: kernel {entry.id} is not in the lock; resolved "
+                 f"{packages[0].name} {packages[0].version}. Pin it: `sockredir-lab kernels lock "
+                 f"--id {entry.id}`")
+    debs = [_fetch_deb(p, progress) for p in packages]
+    return _build_tree(entry.id, _debs_key(p.sha256 for p in packages), progress,
+                       lambda root: _extract_debs(debs, root, progress))
+
+
+def _fetch_deb(package: LockedPackage, progress: Progress) -> Path:
+    dest = cache_dir("kernels", "debs") / Path(package.filename).name
+    if dest.exists():
+        if sha256_file(dest) == package.sha256:
+            return dest
+        progress(f"cached {dest.name} does not match its SHA-256 (truncated or corrupt); fetching again")
+    _download(f"{MIRROR}/{package.filename}", dest, progress, expected_sha256=package.sha256,
+              hint="the lock may pin a version the archive dropped: `sockredir-lab kernels lock`")
+    return dest
+
+
+def _fetch_url(url: str, locked_sha: str | None, progress: Progress,
+               force: bool = False) -> tuple[Path, str]:
+    """Download ``url`` into the cache (once); returns the file and its SHA-256."""
+    dest = _url_cache_path(url)
+    expected = locked_sha or _read_sidecar(dest)
+    if not force and dest.exists() and expected:
+        if sha256_file(dest) == expected:
+            return dest, expected
+        progress(f"cached {dest.name} does not match its SHA-256 (truncated or corrupt); fetching again")
+    sha = _download(url, dest, progress, expected_sha256=None if force else locked_sha,
+                    hint="the file changed since it was locked: `sockredir-lab kernels lock`")
+    atomic_write(_sidecar(dest), sha)
+    return dest, sha
+
+
+def _url_cache_path(url: str) -> Path:
+    name = Path(urllib.request.urlparse(url).path).name or "download"
+    return cache_dir("kernels", "urls", digest_of([url])) / name
+
+
+def _sidecar(file: Path) -> Path:
+    return file.with_name(file.name + ".sha256")
+
+
+def _read_sidecar(file: Path) -> str | None:
+    sidecar = _sidecar(file)
+    return sidecar.read_text().strip() if sidecar.exists() else None
+
+
+def _download(url: str, dest: Path, progress: Progress, expected_sha256: str | None, hint: str) -> str:
+    started = time.monotonic()
+    digest, received = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_file(dest) as tmp:
+            total = int(response.headers.get("Content-Length") or 0)
+            progress(f"downloading {url} ({_mb(total) if total else 'size unknown'})")
+            with open(tmp, "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+            if total and received != total:
+                raise LabError(f"download of {url} stopped at {received} of {total} bytes. Fix: retry")
+            if expected_sha256 and digest.hexdigest() != expected_sha256:
+                raise LabError(f"{url} has SHA-256 {digest.hexdigest()}, expected {expected_sha256}. "
+                               f"Fix: {hint}")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise LabError(f"cannot download {url}: {exc}. Fix: check the URL and the network") from None
+    seconds = time.monotonic() - started
+    progress(f"downloaded {dest.name}: {_mb(received)} in {seconds:.1f} s "
+             f"({received / max(seconds, 1e-3) / 1e6:.0f} MB/s)")
+    return digest.hexdigest()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+# --- extracted trees -----------------------------------------------------------------------------
+
+def _debs_key(sha256s) -> str:
+    return digest_of(["debs", TREE_FORMAT, *sorted(sha256s)])
+
+
+def _file_key(file: Path, sha: str, modules: Path | None) -> str:
+    kind = _kind_of(file)
+    if kind == "deb":
+        return _debs_key([sha])
+    if kind == "vmlinuz":
+        return digest_of(["vmlinuz", TREE_FORMAT, sha, _dir_fingerprint(modules) if modules else ""])
+    raise LabError(f"{file} is neither a .deb nor a bzImage vmlinuz. Fix: give a kernel .deb or vmlinuz")
+
+
+def _prepare_file(entry: KernelEntry, file: Path, sha: str, progress: Progress) -> KernelArtifacts:
+    key = _file_key(file, sha, entry.modules)
+    if _kind_of(file) == "deb":
+        return _build_tree(entry.id, key, progress, lambda root: _extract_debs([file], root, progress))
+    return _build_tree(entry.id, key, progress,
+                       lambda root: _install_vmlinuz(file, entry.modules, root, progress))
+
+
+def _kind_of(file: Path) -> str | None:
+    with open(file, "rb") as handle:
+        head = handle.read(0x206)
+    if head.startswith(b"!<arch>\n"):
+        return "deb"
+    if head[0x202:0x206] == b"HdrS":  # x86 boot protocol header of a bzImage
+        return "vmlinuz"
+    return None
+
+
+def bzimage_release(vmlinuz: Path) -> str | None:
+    """The release a bzImage announces (its header's kernel_version string, first word)."""
+    data = vmlinuz.read_bytes()[:0x10000]
+    if data[0x202:0x206] != b"HdrS":
+        return None
+    offset = 0x200 + int.from_bytes(data[0x20E:0x210], "little")
+    text = data[offset:offset + 256].split(b"\0", 1)[0].decode(errors="replace")
+    return text.split()[0] if text.split() else None
+
+
+def _dir_fingerprint(directory: Path) -> list:
+    if not directory.is_dir():
+        raise LabError(f"modules directory {directory} does not exist. Fix: point `modules` at "
+                       f"lib/modules/<release> of the kernel build")
+    return [(str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()]
+
+
+def _load_tree(kernel_id: str, key: str) -> KernelArtifacts | None:
+    tree = cache_dir("kernels", "trees") / key
+    meta = tree / "kernel.json"
+    if not meta.exists():
+        return None
+    data = json.loads(meta.read_text())
+    return KernelArtifacts(id=kernel_id, release=data["release"], vmlinuz=tree / data["vmlinuz"],
+                           modules_dir=tree / data["modules_dir"], key=key)
+
+
+def _build_tree(kernel_id: str, key: str, progress: Progress,
+                populate: Callable[[Path], None]) -> KernelArtifacts:
+    """Build ``trees/<key>`` once (others wait on a lock), atomically, then load it."""
+    trees = cache_dir("kernels", "trees")
+    with _file_lock(trees / f"{key}.lock"):
+        ready = _load_tree(kernel_id, key)
+        if ready:
+            return ready
+        with atomic_dir(trees / key) as tmp:
+            root = tmp / "root"
+            root.mkdir()
+            populate(root)
+            release, vmlinuz, modules = _find_kernel(root)
+            _depmod(root, release, progress)
+            meta = {"release": release, "vmlinuz": str(vmlinuz.relative_to(tmp)),
+                    "modules_dir": str((root / "lib" / "modules" / release).relative_to(tmp))}
+            atomic_write(tmp / "kernel.json", json.dumps(meta, indent=2) + "\n")
+        artifacts = _load_tree(kernel_id, key)
+        progress(f"kernel {kernel_id}: {artifacts.release} ready in {trees / key}")
+        return artifacts
+
+
+def _extract_debs(debs: list[Path], root: Path, progress: Progress) -> None:
+    started = time.monotonic()
+    total = sum(d.stat().st_size for d in debs)
+    progress(f"extracting {len(debs)} package(s), {_mb(total)}")
+    for deb in debs:
+        _run_checked(["dpkg-deb", "-x", str(deb), str(root)], f"extracting {deb.name}")
+    _merge_usr_lib(root)
+    progress(f"extracted in {time.monotonic() - started:.1f} s")
+
+
+def _install_vmlinuz(vmlinuz: Path, modules: Path | None, root: Path, progress: Progress) -> None:
+    announced = bzimage_release(vmlinuz)
+    release = modules.name if modules else announced
+    if not release:
+        raise LabError(f"{vmlinuz}: cannot read the kernel release from its header. "
+                       f"Fix: give `modules` = its lib/modules/<release> directory")
+    if announced and announced != release:
+        raise LabError(f"{vmlinuz} is release {announced} but its modules directory is {modules} "
+                       f"(release {release}). Fix: point `modules` at lib/modules/{announced}")
+    (root / "boot").mkdir()
+    shutil.copyfile(vmlinuz, root / "boot" / f"vmlinuz-{release}")
+    target = root / "lib" / "modules" / release
+    if modules:
+        progress(f"copying modules from {modules}")
+        shutil.copytree(modules, target, symlinks=True,
+                        ignore=shutil.ignore_patterns("build", "source"))
+    else:
+        target.mkdir(parents=True)  # a kernel with everything built in: an empty modules.dep
+
+
+def _merge_usr_lib(root: Path) -> None:
+    """Give every tree one modules location, <root>/lib/modules, as on a merged-/usr system.
+
+    6.12+ packages install into usr/lib/modules, older ones into lib/modules; depmod -b on this
+    host only looks under <root>/lib/modules, so lib becomes a link to usr/lib.
+    """
+    usr_lib = root / "usr" / "lib"
+    if not (usr_lib / "modules").is_dir():
+        return
+    lib = root / "lib"
+    if lib.is_dir() and not lib.is_symlink():
+        for item in lib.rglob("*"):
+            if item.is_file() or item.is_symlink():
+                moved = usr_lib / item.relative_to(lib)
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, moved)
+        shutil.rmtree(lib)
+    lib.symlink_to("usr/lib")
+
+
+def _find_kernel(root: Path) -> tuple[str, Path, Path]:
+    """(release, vmlinuz, modules dir) of the one kernel in ``root``."""
+    found = {}
+    for vmlinuz in root.glob("boot/vmlinuz-*"):
+        found[vmlinuz.name[len("vmlinuz-"):]] = vmlinuz
+    for vmlinuz in root.glob("lib/modules/*/vmlinuz"):
+        found.setdefault(vmlinuz.parent.name, vmlinuz)
+    if len(found) != 1:
+        what = ", ".join(sorted(found)) or "none"
+        raise LabError(f"expected one kernel image (boot/vmlinuz-* or usr/lib/modules/*/vmlinuz) "
+                       f"in the extracted packages, found {what}. Fix: point the catalog entry at "
+                       f"a kernel image package")
+    release, vmlinuz = found.popitem()
+    modules = root / "lib" / "modules" / release
+    if not modules.is_dir():
+        raise LabError(f"kernel {release}: no lib/modules/{release} in the extracted packages. "
+                       f"Fix: include the package with the modules (linux-modules-*)")
+    return release, vmlinuz, modules
+
+
+def _depmod(root: Path, release: str, progress: Progress) -> None:
+    progress(f"depmod {release}")
+    _run_checked(["depmod", "-b", str(root), release], f"depmod for {release}")
+    modules = root / "lib" / "modules" / release
+    has_modules = any(modules.rglob("*.ko*"))
+    if has_modules and not (modules / "modules.dep").read_text().strip():
+        raise LabError(f"depmod wrote an empty modules.dep for {release}. Fix: a kmod built with "
+                       f"xz/zstd support (`depmod --version` shows +XZ +ZSTD)")
+
+
+def _run_checked(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-1000:]}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (pytest-xdist workers, parallel CLI runs)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
