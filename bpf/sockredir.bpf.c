@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Same-host TCP acceleration, production version.
+ *
+ * sockops: every TCP socket of the cgroup that reaches ESTABLISHED (either side) goes into a
+ * SOCKHASH keyed by its own (local, remote) address pair. sk_msg: on sendmsg() the payload is
+ * redirected into the receive queue of the socket stored under the mirrored key (the peer), with
+ * BPF_F_INGRESS. A miss returns SK_PASS, so peers outside the cgroup keep working over TCP.
+ *
+ * Build variants (same file):
+ *   (default)            key without namespace (netns_cookie = 0)
+ *   -DSOCKREDIR_NETNS    netns cookie in the key (needs bpf_get_netns_cookie in sock_ops and
+ *                        sk_msg: Linux 5.15+; refused by the verifier on 5.10)
+ *   -DSOCKREDIR_MAX_ENTRIES=N   map size (bpftool loadall cannot resize maps)
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sockredir.h"
+
+#ifndef SOCKREDIR_MAX_ENTRIES
+#define SOCKREDIR_MAX_ENTRIES 65535
+#endif
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Program names tell the loader which variant is pinned (kernel names keep 15 characters). */
+#ifdef SOCKREDIR_NETNS
+#define SOCKOPS_PROG sredir_ops_ns
+#define SKMSG_PROG sredir_msg_ns
+#else
+#define SOCKOPS_PROG sredir_ops
+#define SKMSG_PROG sredir_msg
+#endif
+
+/*
+ * Context fields are read with one 4-byte volatile load each: the verifier only allows 4-byte
+ * access to remote_port ("invalid bpf_context access off=66 size=2"), and without volatile clang
+ * may merge remote_ip4/local_ip4 into one 8-byte load, which is refused too.
+ */
+#define CTX_U32(field) (*(volatile __u32 *)&(field))
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SOCKREDIR_MAX_ENTRIES);
+	__type(key, struct sockredir_key);
+	__type(value, __u64);	/* 8 bytes: a syscall lookup returns the socket cookie */
+} sredir_hash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sockredir_counters);
+} sredir_counters SEC(".maps");
+
+static __always_inline struct sockredir_counters *counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sredir_counters, &zero);
+}
+
+/* ::ffff:a.b.c.d, with ip4 already in network byte order. */
+static __always_inline void v4_mapped(__u32 out[4], __u32 ip4)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0x0000ffff);
+	out[3] = ip4;
+}
+
+static __always_inline int is_v4_mapped(const __u32 ip[4])
+{
+	return ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0x0000ffff);
+}
+
+/* remote_port holds the 16-bit network-order port in its upper half (little endian load). */
+static __always_inline __u32 port_from_remote(__u32 remote_port_field)
+{
+	return bpf_ntohl(remote_port_field);
+}
+
+static __always_inline void key_from_ops(struct bpf_sock_ops *ops, struct sockredir_key *key,
+					 __u32 family)
+{
+	if (family == AF_INET) {
+		v4_mapped(key->local_ip, CTX_U32(ops->local_ip4));
+		v4_mapped(key->remote_ip, CTX_U32(ops->remote_ip4));
+	} else {
+		key->local_ip[0] = CTX_U32(ops->local_ip6[0]);
+		key->local_ip[1] = CTX_U32(ops->local_ip6[1]);
+		key->local_ip[2] = CTX_U32(ops->local_ip6[2]);
+		key->local_ip[3] = CTX_U32(ops->local_ip6[3]);
+		key->remote_ip[0] = CTX_U32(ops->remote_ip6[0]);
+		key->remote_ip[1] = CTX_U32(ops->remote_ip6[1]);
+		key->remote_ip[2] = CTX_U32(ops->remote_ip6[2]);
+		key->remote_ip[3] = CTX_U32(ops->remote_ip6[3]);
+	}
+	key->local_port = CTX_U32(ops->local_port);
+	key->remote_port = port_from_remote(CTX_U32(ops->remote_port));
+#ifdef SOCKREDIR_NETNS
+	key->netns_cookie = bpf_get_netns_cookie(ops);
+#else
+	key->netns_cookie = 0;
+#endif
+}
+
+/* The key the peer socket was stored under: our remote is its local and vice versa. */
+static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sockredir_key *key,
+					      __u32 family)
+{
+	if (family == AF_INET) {
+		v4_mapped(key->local_ip, CTX_U32(msg->remote_ip4));
+		v4_mapped(key->remote_ip, CTX_U32(msg->local_ip4));
+	} else {
+		key->local_ip[0] = CTX_U32(msg->remote_ip6[0]);
+		key->local_ip[1] = CTX_U32(msg->remote_ip6[1]);
+		key->local_ip[2] = CTX_U32(msg->remote_ip6[2]);
+		key->local_ip[3] = CTX_U32(msg->remote_ip6[3]);
+		key->remote_ip[0] = CTX_U32(msg->local_ip6[0]);
+		key->remote_ip[1] = CTX_U32(msg->local_ip6[1]);
+		key->remote_ip[2] = CTX_U32(msg->local_ip6[2]);
+		key->remote_ip[3] = CTX_U32(msg->local_ip6[3]);
+	}
+	key->local_port = port_from_remote(CTX_U32(msg->remote_port));
+	key->remote_port = CTX_U32(msg->local_port);
+#ifdef SOCKREDIR_NETNS
+	key->netns_cookie = bpf_get_netns_cookie(msg);
+#else
+	key->netns_cookie = 0;
+#endif
+}
+
+static __always_inline void insert_socket(struct bpf_sock_ops *ops)
+{
+	struct sockredir_counters *count = counters();
+	struct sockredir_key key;
+	__u32 family = CTX_U32(ops->family);
+	long err;
+
+	if (family != AF_INET && family != AF_INET6) {
+		if (count)
+			count->skipped_family++;
+		return;
+	}
+	key_from_ops(ops, &key, family);
+	/* NOEXIST: never steal the slot of a live socket that has the same key. */
+	err = bpf_sock_hash_update(ops, &sredir_hash, &key, BPF_NOEXIST);
+	if (!count)
+		return;
+	if (err)
+		count->insert_failed++;
+	else if (family == AF_INET)
+		count->inserted_v4++;
+	else if (is_v4_mapped(key.local_ip))
+		count->inserted_v4mapped++;
+	else
+		count->inserted_v6++;
+}
+
+SEC("sockops")
+int SOCKOPS_PROG(struct bpf_sock_ops *ops)
+{
+	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		insert_socket(ops);
+		break;
+	default:
+		break;
+	}
+	return 1;
+}
+
+SEC("sk_msg")
+int SKMSG_PROG(struct sk_msg_md *msg)
+{
+	struct sockredir_counters *count = counters();
+	struct sockredir_key peer;
+	__u32 size = CTX_U32(msg->size);
+	long verdict;
+
+	peer_key_from_msg(msg, &peer, CTX_U32(msg->family));
+	verdict = bpf_msg_redirect_hash(msg, &sredir_hash, &peer, BPF_F_INGRESS);
+	if (count) {
+		if (verdict == SK_PASS) {
+			count->msgs_redirected++;
+			count->bytes_redirected += size;
+		} else {
+			count->msgs_missed++;
+			count->bytes_missed += size;
+		}
+	}
+	/* Not the helper's result: that is SK_DROP on a miss, which fails sendmsg() with EACCES. */
+	return SK_PASS;
+}
+
+char _license[] SEC("license") = "GPL";

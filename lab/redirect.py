@@ -1,0 +1,409 @@
+"""Install, inspect and remove the socket redirect on a target, with bpftool only.
+
+Everything goes through ``target.run`` and ``bpftool -j``, so the same code drives the host and
+the guests. One installation = one cgroup:
+
+    <bpffs>/sockredir-lab/<cgroup slug>/progs/<program>    pinned programs (bpftool prog loadall)
+    <bpffs>/sockredir-lab/<cgroup slug>/maps/<map>         pinned maps (pinmaps)
+
+The sockops program is attached to the cgroup (``multi``, so it composes with other programs);
+the sk_msg program is attached to the sockhash as its msg_verdict program. Installs on different
+cgroups have different pin directories and coexist.
+
+Variants: ``production`` (IPv4 + IPv6, counters), ``netns`` (production plus the netns cookie in
+the key; needs ``bpf_get_netns_cookie`` in sock_ops and sk_msg), ``seed`` (the design document's
+code, IPv4 only), ``auto`` (netns when the kernel offers the helper to both program types, else
+production; probed, not guessed from the version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import BPF_DIR, LabError
+from lab import bpf as bpf_build
+from lab import cgroups, keys
+from lab.target import Result, Target
+
+VARIANTS = ("production", "netns", "seed", "auto")
+RUN_DIR = "/run/sockredir-lab"
+PRIVATE_BPFFS = f"{RUN_DIR}/bpffs"
+PIN_PARENT = "sockredir-lab"
+
+# Program names of every variant: how uninstall recognises our programs even without pins.
+SOCKOPS_PROGRAMS = {"sredir_ops": "production", "sredir_ops_ns": "netns", "bpf_sockmap": "seed"}
+
+
+@dataclass(frozen=True)
+class VariantSource:
+    source: Path
+    defines: tuple[str, ...] = ()
+
+
+SOURCES = {
+    "production": VariantSource(BPF_DIR / "sockredir.bpf.c"),
+    "netns": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_NETNS",)),
+    "seed": VariantSource(BPF_DIR / "seed" / "sockredir_seed.bpf.c"),
+}
+
+
+class LoadError(LabError):
+    """bpftool could not load an object. ``stderr`` has libbpf's debug output."""
+
+    def __init__(self, message: str, stderr: str, key_line: str):
+        super().__init__(message)
+        self.stderr = stderr
+        self.key_line = key_line
+
+
+class ObjectRefused(LoadError):
+    """Refused before any program reached the verifier (libbpf parsing, map creation, ...)."""
+
+
+class VerifierRejected(LoadError):
+    """The verifier refused a program. ``log`` is its full log, ``key_line`` the reason."""
+
+    def __init__(self, message: str, stderr: str, key_line: str, program: str, log: str):
+        super().__init__(message, stderr, key_line)
+        self.program = program
+        self.log = log
+
+
+@dataclass
+class Program:
+    name: str
+    id: int
+    type: str
+    pin: str
+    verified_insns: int | None = None
+
+
+@dataclass
+class Installation:
+    cgroup: str
+    variant: str
+    requested: str
+    pin_dir: str
+    programs: dict[str, Program] = field(default_factory=dict)
+    maps: dict[str, int] = field(default_factory=dict)
+    fallback_reason: str | None = None
+    max_entries: int | None = None
+
+    @property
+    def prog_ids(self) -> dict[str, int]:
+        return {name: prog.id for name, prog in self.programs.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- bpftool helpers
+
+def bpftool_json(target: Target, args: list[str], timeout: float = 60) -> Any:
+    result = target.run(["bpftool", "-j", *args], timeout=timeout, check=True)
+    # Some bpftool 7.1 commands (cgroup show with nothing attached) print nothing at all.
+    return json.loads(result.stdout) if result.stdout.strip() else []
+
+
+def _ls(target: Target, path: str) -> list[str]:
+    result = target.run(["ls", "-1", path])
+    return result.stdout.split() if result.ok else []
+
+
+# ----------------------------------------------------------------------------- where pins live
+
+def cgroup_slug(cgroup: str, mount: str) -> str:
+    """A pin directory name for a cgroup: readable, and unique (hash of the relative path)."""
+    relative = posixpath.relpath(cgroup, mount)
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", relative)[-60:]
+    digest = hashlib.sha256(relative.encode()).hexdigest()[:8]
+    return f"cg-{readable}-{digest}"
+
+
+def bpffs_mounts(target: Target) -> list[str]:
+    paths = [m.path for m in cgroups.mounts_of_type(target, "bpf")]
+    # /sys/fs/bpf first (the usual place), our private mount last.
+    return sorted(dict.fromkeys(paths), key=lambda p: (p != "/sys/fs/bpf", p == PRIVATE_BPFFS))
+
+
+def ensure_bpffs(target: Target) -> str:
+    """A bpffs mount on the target: an existing one, else a private one the lab owns."""
+    mounts = bpffs_mounts(target)
+    if mounts:
+        return mounts[0]
+    target.run(["mkdir", "-p", PRIVATE_BPFFS], check=True)
+    result = target.run(["mount", "-t", "bpf", "sockredir-bpffs", PRIVATE_BPFFS])
+    if not result.ok:
+        raise LabError(f"no bpffs on {target.name} and mounting one at {PRIVATE_BPFFS} failed: "
+                       f"{result.stderr.strip()}; mount one with `mount -t bpf bpf /sys/fs/bpf`")
+    return PRIVATE_BPFFS
+
+
+def existing_pin_dirs(target: Target, cgroup: str) -> list[str]:
+    slug = cgroup_slug(cgroup, cgroups.cgroup2_mount(target))
+    found = []
+    for mount in bpffs_mounts(target):
+        candidate = posixpath.join(mount, PIN_PARENT, slug)
+        if target.run(["test", "-d", candidate]).ok:
+            found.append(candidate)
+    return found
+
+
+def new_pin_dir(target: Target, cgroup: str) -> str:
+    slug = cgroup_slug(cgroup, cgroups.cgroup2_mount(target))
+    return posixpath.join(ensure_bpffs(target), PIN_PARENT, slug)
+
+
+# ----------------------------------------------------------------------------- load
+
+def build_object(variant: str, max_entries: int | None = None) -> Path:
+    spec = SOURCES[variant]
+    defines = list(spec.defines)
+    if max_entries is not None:
+        if max_entries < 1:
+            raise LabError(f"max_entries must be at least 1, not {max_entries}")
+        defines.append(f"SOCKREDIR_MAX_ENTRIES={int(max_entries)}")
+    return bpf_build.build(spec.source, defines)
+
+
+LOG_BLOCK = re.compile(r"libbpf: prog '([^']+)': -- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --",
+                       re.S)
+STAT_LINE = re.compile(r"^(processed \d+ insns|verification time|stack depth|\(\d+\) |"
+                       r"mark_precise|Live regs|func#)")
+
+
+def verifier_logs(stderr: str) -> dict[str, str]:
+    """Per program, the verifier log libbpf printed (bpftool -d asks for it on success too)."""
+    return {name: log for name, log in LOG_BLOCK.findall(stderr)}
+
+
+def processed_insns(log: str) -> int | None:
+    match = re.search(r"^processed (\d+) insns", log, re.M)
+    return int(match.group(1)) if match else None
+
+
+def key_line_of(log: str) -> str:
+    """The verifier's reason: the last line before its statistics."""
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("processed ") or line.startswith("verification time"):
+            lines = lines[:index]
+            break
+    reasons = [ln for ln in lines if not STAT_LINE.match(ln)]
+    return reasons[-1].strip() if reasons else "(empty verifier log)"
+
+
+def classify_load_failure(result: Result, obj: str) -> LoadError:
+    stderr = result.stderr
+    failed = re.findall(r"libbpf: prog '([^']+)': failed to load", stderr)
+    logs = verifier_logs(stderr)
+    program = failed[-1] if failed else None
+    if program and program in logs:
+        log = logs[program]
+        reason = key_line_of(log)
+        return VerifierRejected(f"the verifier rejected program {program} of {obj}: {reason}\n"
+                                f"(full log in the exception's .log)", stderr, reason, program, log)
+    libbpf_lines = [ln for ln in stderr.splitlines()
+                    if ln.startswith("libbpf:") and not ln.startswith(("libbpf: elf:", "libbpf: sec"))]
+    notes = [ln for ln in stderr.splitlines() if re.search(r"not supported|failed|error|Error", ln)]
+    reason = (notes or libbpf_lines or [stderr.strip() or f"bpftool exit {result.rc}"])[0].strip()
+    return ObjectRefused(f"bpftool/libbpf refused {obj} before the verifier: {reason}", stderr, reason)
+
+
+def load(target: Target, obj: Path, pin_dir: str) -> dict[str, Program]:
+    """Load every program of ``obj`` and pin programs and maps under ``pin_dir``."""
+    remote_obj = f"{RUN_DIR}/objects/{obj.name}"
+    target.put(obj, remote_obj)
+    target.run(["mkdir", "-p", pin_dir], check=True)
+    result = target.run(["bpftool", "-d", "prog", "loadall", remote_obj, f"{pin_dir}/progs",
+                         "pinmaps", f"{pin_dir}/maps"], timeout=300)
+    if not result.ok:
+        raise classify_load_failure(result, obj.name)
+    programs = pinned_programs(target, pin_dir)
+    for name, log in verifier_logs(result.stderr).items():
+        if name in programs and programs[name].verified_insns is None:
+            programs[name].verified_insns = processed_insns(log)
+    return programs
+
+
+def pinned_programs(target: Target, pin_dir: str) -> dict[str, Program]:
+    programs = {}
+    for name in _ls(target, f"{pin_dir}/progs"):
+        pin = f"{pin_dir}/progs/{name}"
+        info = bpftool_json(target, ["prog", "show", "pinned", pin])
+        programs[name] = Program(name, info["id"], info["type"], pin, info.get("verified_insns"))
+    return programs
+
+
+def pinned_maps(target: Target, pin_dir: str) -> dict[str, dict]:
+    return {name: bpftool_json(target, ["map", "show", "pinned", f"{pin_dir}/maps/{name}"])
+            for name in _ls(target, f"{pin_dir}/maps")}
+
+
+def _one(items: dict, kind: str, pin_dir: str) -> tuple[str, Any]:
+    if len(items) != 1:
+        raise LabError(f"expected one {kind} pinned under {pin_dir}, found {sorted(items)}; "
+                       "the object does not look like a socket redirect")
+    return next(iter(items.items()))
+
+
+def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Program]) -> dict[str, int]:
+    maps = pinned_maps(target, pin_dir)
+    _, sockops = _one({n: p for n, p in programs.items() if p.type == "sock_ops"}, "sock_ops program", pin_dir)
+    _, skmsg = _one({n: p for n, p in programs.items() if p.type == "sk_msg"}, "sk_msg program", pin_dir)
+    sockhash, _ = _one({n: m for n, m in maps.items() if m["type"] == "sockhash"}, "sockhash", pin_dir)
+    # Verdict first: a socket the sockops program inserts is redirected from its first sendmsg().
+    target.run(["bpftool", "prog", "attach", "pinned", skmsg.pin, "msg_verdict", "pinned",
+                f"{pin_dir}/maps/{sockhash}"], check=True)
+    target.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", sockops.pin, "multi"],
+               check=True)
+    return {name: info["id"] for name, info in maps.items()}
+
+
+# ----------------------------------------------------------------------------- variant choice
+
+def netns_supported(target: Target) -> bool:
+    return (target.has_helper("sock_ops", "bpf_get_netns_cookie")
+            and target.has_helper("sk_msg", "bpf_get_netns_cookie"))
+
+
+def choose_variant(target: Target, requested: str) -> tuple[str, str | None]:
+    if requested not in VARIANTS:
+        raise LabError(f"unknown variant {requested!r}; choose one of {', '.join(VARIANTS)}")
+    if requested != "auto":
+        return requested, None
+    if netns_supported(target):
+        return "netns", None
+    return "production", ("bpf_get_netns_cookie is not available to both sock_ops and sk_msg "
+                          f"programs on {target.kernel_release} (bpftool feature probe)")
+
+
+# ----------------------------------------------------------------------------- public API
+
+def install(target: Target, cgroup: str, variant: str = "production",
+            max_entries: int | None = None) -> Installation:
+    """Load, pin and attach the redirect to ``cgroup`` (an existing, non-root cgroup v2)."""
+    cgroup = cgroups.resolve(target, cgroup)
+    if existing_pin_dirs(target, cgroup) or foreign_attachments(target, cgroup):
+        raise LabError(f"the redirect is already installed on {cgroup} (or left over); run "
+                       f"`sockredir-lab redirect uninstall --cgroup {cgroup}` first")
+    chosen, reason = choose_variant(target, variant)
+    pin_dir = new_pin_dir(target, cgroup)
+    try:
+        try:
+            programs = load(target, build_object(chosen, max_entries), pin_dir)
+        except VerifierRejected as exc:
+            if chosen != "netns":
+                raise
+            # An explicit netns request on a kernel without the helper: keep the verifier's word.
+            _remove_pins(target, pin_dir)
+            chosen, reason = "production", f"netns variant rejected by the verifier: {exc.key_line}"
+            programs = load(target, build_object(chosen, max_entries), pin_dir)
+        map_ids = attach(target, cgroup, pin_dir, programs)
+    except BaseException:
+        uninstall(target, cgroup)
+        raise
+    return Installation(cgroup, chosen, variant, pin_dir, programs, map_ids, reason, max_entries)
+
+
+def foreign_attachments(target: Target, cgroup: str) -> list[dict]:
+    """Our sockops programs attached to ``cgroup`` (recognised by name), pinned or not."""
+    return [entry for entry in attached_sockops(target, cgroup) if entry.get("name") in SOCKOPS_PROGRAMS]
+
+
+def attached_sockops(target: Target, cgroup: str) -> list[dict]:
+    if not target.run(["test", "-d", cgroup]).ok:
+        return []
+    entries = bpftool_json(target, ["cgroup", "show", cgroup])
+    return [e for e in entries if e.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
+
+
+def uninstall(target: Target, cgroup: str) -> list[str]:
+    """Detach and unpin everything of the redirect on ``cgroup``; also after a partial install.
+
+    Returns what was done, one line per action.
+    """
+    cgroup = _normalise(target, cgroup)
+    done = []
+    our_ids = set()
+    for pin_dir in existing_pin_dirs(target, cgroup):
+        programs = pinned_programs(target, pin_dir)
+        our_ids |= {p.id for p in programs.values()}
+        maps = pinned_maps(target, pin_dir)
+        for prog in programs.values():
+            if prog.type != "sk_msg":
+                continue
+            for name, info in maps.items():
+                if info["type"] == "sockhash":
+                    detach = target.run(["bpftool", "prog", "detach", "pinned", prog.pin, "msg_verdict",
+                                         "pinned", f"{pin_dir}/maps/{name}"])
+                    if detach.ok:
+                        done.append(f"detached {prog.name} from {name}")
+        for entry in attached_sockops(target, cgroup):
+            if entry["id"] in our_ids:
+                target.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(entry["id"])],
+                           check=True)
+                done.append(f"detached {entry['name']} (id {entry['id']}) from {cgroup}")
+        _remove_pins(target, pin_dir)
+        done.append(f"removed pins {pin_dir}")
+    # Left over from an install whose pins are gone: our programs, recognised by name.
+    for entry in foreign_attachments(target, cgroup):
+        target.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(entry["id"])], check=True)
+        done.append(f"detached unpinned {entry['name']} (id {entry['id']}) from {cgroup}")
+    return done
+
+
+def _remove_pins(target: Target, pin_dir: str) -> None:
+    # bpffs supports unlink and rmdir; removing the last pin of a map or program frees it once no
+    # attachment holds it (the sockhash drops its verdict program when its last user ref goes).
+    target.run(["rm", "-rf", pin_dir], check=True)
+
+
+def _normalise(target: Target, cgroup: str) -> str:
+    mount = cgroups.cgroup2_mount(target)
+    absolute = posixpath.normpath(cgroup if cgroup.startswith("/") else posixpath.join(mount, cgroup))
+    if absolute == mount or not absolute.startswith(mount.rstrip("/") + "/"):
+        raise LabError(f"{cgroup} is not a cgroup below the cgroup2 mount {mount}; the redirect is "
+                       "never installed on the root cgroup")
+    return absolute
+
+
+def find(target: Target, cgroup: str) -> tuple[str, str, dict[str, Program], dict[str, dict]]:
+    """The installation on ``cgroup``: (variant, pin dir, programs, maps)."""
+    cgroup = _normalise(target, cgroup)
+    pin_dirs = existing_pin_dirs(target, cgroup)
+    if not pin_dirs:
+        raise LabError(f"the redirect is not installed on {cgroup}; install it with "
+                       f"`sockredir-lab redirect install --cgroup {cgroup}`")
+    pin_dir = pin_dirs[0]
+    programs = pinned_programs(target, pin_dir)
+    variant = next((SOCKOPS_PROGRAMS[n] for n in programs if n in SOCKOPS_PROGRAMS), "unknown")
+    return variant, pin_dir, programs, pinned_maps(target, pin_dir)
+
+
+def status(target: Target, cgroup: str) -> dict[str, Any]:
+    """Decoded map entries and summed counters of the installation on ``cgroup``."""
+    variant, pin_dir, programs, maps = find(target, cgroup)
+    entries: list[dict] = []
+    counters: dict[str, int] = {}
+    for name, info in maps.items():
+        if info["type"] == "sockhash":
+            entries += keys.decode_sockhash_dump(bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/{name}"]))
+        elif info["type"] == "percpu_array":
+            counters = keys.decode_counters(bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/{name}"]))
+    attached_ids = {e["id"] for e in attached_sockops(target, _normalise(target, cgroup))}
+    return {
+        "cgroup": _normalise(target, cgroup),
+        "variant": variant,
+        "pin_dir": pin_dir,
+        "attached": any(p.id in attached_ids for p in programs.values()),
+        "programs": {n: asdict(p) for n, p in programs.items()},
+        "entries": entries,
+        "counters": counters,
+    }
