@@ -1,0 +1,264 @@
+"""The lab's pytest plugin: kernel parametrisation, one guest per kernel, artifacts, feature gates.
+
+A test that takes the ``kernel`` fixture (directly or through ``guest``/``target``) runs once per
+catalogued kernel, with ids ``kernel_5_10``, ``kernel_6_1``, ... Tests of one kernel share a guest
+for the session; pytest orders the tests by kernel and tears a guest down before it boots the next,
+so one guest runs at a time. A kernel that is unavailable skips with its reason; a broken catalog
+entry or a guest that fails to boot errors the tests of that kernel only, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lab import REPO_ROOT, LabError
+from lab.catalog import Catalog, CatalogError, KernelEntry
+
+SPLAT_RE = re.compile(r"\b(BUG:|WARNING:|Oops|KASAN|UBSAN|general protection fault|Call Trace:)")
+KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
+CONSOLE_TAIL_LINES = 40
+LAB_KEY = pytest.StashKey["Lab"]()
+
+
+@dataclass
+class Lab:
+    """What the plugin keeps for the session."""
+
+    config: pytest.Config
+    catalog: Catalog
+    artifacts: Path
+    guests: dict = field(default_factory=dict)
+
+    def progress(self, message: str) -> None:
+        # Fixtures' output is captured; long work (downloads, image build, boot) is shown anyway.
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[sockredir-lab] {message}")
+        else:
+            print(f"[sockredir-lab] {message}", file=sys.stderr)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sockredir-lab")
+    group.addoption("--kernel", action="append", default=[], metavar="ID",
+                    help="run only these kernel ids (repeatable); default: every catalogued kernel")
+    group.addoption("--kernel-source", action="append", default=[], metavar="ID=PATH_OR_URL",
+                    help="take kernel ID from a .deb / vmlinuz path or URL (adds or replaces it)")
+    group.addoption("--accel", choices=("auto", "kvm", "tcg"), default=None,
+                    help="force QEMU's accelerator (default: probe KVM by booting, else TCG)")
+    group.addoption("--artifacts", default=None, metavar="DIR",
+                    help="where per-test artifacts go (default: artifacts/<run name>)")
+    group.addoption("--run-name", default=None,
+                    help="name of this run's artifact directory (default: date-time-pid)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in ("requires_helper(prog_type, helper): skip unless the kernel has the BPF helper "
+                 "for that program type (from bpftool feature probe)",
+                 "requires_map_type(name): skip unless the kernel has that BPF map type"):
+        config.addinivalue_line("markers", line)
+    if config.option.accel:
+        os.environ["SOCKREDIR_ACCEL"] = config.option.accel
+    catalog = Catalog.load()
+    for spec in config.option.kernel_source:
+        kernel_id, sep, value = spec.partition("=")
+        if not sep or not value:
+            raise pytest.UsageError(f"--kernel-source {spec!r}: expected ID=PATH_OR_URL")
+        catalog = catalog.with_override(kernel_id, value)
+    run_name = config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+    artifacts = Path(config.option.artifacts or REPO_ROOT / "artifacts" / run_name)
+    config.stash[LAB_KEY] = Lab(config, catalog, artifacts)
+
+
+def _selected(lab: Lab) -> list[KernelEntry | CatalogError]:
+    wanted = lab.config.option.kernel
+    entries: list[KernelEntry | CatalogError] = list(lab.catalog.entries) + list(lab.catalog.errors)
+    if not wanted:
+        return entries
+    unknown = [k for k in wanted if not lab.catalog.find(k)
+               and not any(e.entry_id == k for e in lab.catalog.errors)]
+    if unknown:
+        raise pytest.UsageError(f"--kernel {', '.join(unknown)}: not in the catalog "
+                                f"(known: {', '.join(lab.catalog.ids)})")
+    return [e for e in entries if (e.id if isinstance(e, KernelEntry) else e.entry_id) in wanted]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kernel" not in metafunc.fixturenames:
+        return
+    lab = metafunc.config.stash[LAB_KEY]
+    params = [pytest.param(entry, id=entry.test_id) for entry in _selected(lab)]
+    metafunc.parametrize("kernel", params, indirect=True, scope="session")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make kernel ids in ``-k`` match whole ids: ``-k kernel_6_1`` must not select kernel_6_12.
+
+    pytest's ``-k`` matches substrings and the kernel ids are prefixes of each other. When the
+    expression names a kernel id, this hook runs the selection itself (before pytest's own), with
+    kernel ids compared exactly and every other word matched as pytest does, then clears the
+    expression so pytest does not select a second time.
+    """
+    expression = config.option.keyword
+    if not expression or not KERNEL_ID_RE.search(expression):
+        return
+    try:
+        from _pytest.mark import KeywordMatcher
+        from _pytest.mark.expression import Expression
+    except ImportError:  # pragma: no cover - pytest moved them; substring matching remains
+        return
+    compiled = Expression.compile(expression)
+    kept, dropped = [], []
+    for item in items:
+        (kept if compiled.evaluate(_kernel_aware_matcher(item, KeywordMatcher)) else dropped).append(item)
+    config.option.keyword = ""
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def _kernel_aware_matcher(item: pytest.Item, keyword_matcher):
+    pytest_matcher = keyword_matcher.from_item(item)
+    kernel_id = _kernel_test_id(item)
+
+    def matches(word: str, *args, **kwargs) -> bool:
+        if KERNEL_ID_RE.fullmatch(word):
+            return word.lower() == kernel_id
+        return pytest_matcher(word, *args, **kwargs)
+
+    return matches
+
+
+def _kernel_test_id(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "kernel" not in callspec.params:
+        return None
+    return callspec.params["kernel"].test_id.lower()
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def lab(pytestconfig: pytest.Config) -> Lab:
+    return pytestconfig.stash[LAB_KEY]
+
+
+@pytest.fixture(scope="session")
+def kernel(request: pytest.FixtureRequest, lab: Lab):
+    """The kernel's artifacts (fetched and cached); skips when its source is not provided."""
+    from lab import kernels
+
+    param = request.param
+    if isinstance(param, CatalogError):
+        pytest.fail(f"broken catalog entry: {param}", pytrace=False)
+    try:
+        return kernels.prepare(param, progress=lab.progress)
+    except kernels.KernelUnavailable as exc:
+        pytest.skip(str(exc))
+    except LabError as exc:
+        pytest.fail(f"kernel {param.id}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest_image(lab: Lab):
+    from lab import image
+
+    try:
+        return image.ensure_image(progress=lab.progress)
+    except LabError as exc:
+        pytest.fail(f"guest image: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest(kernel, guest_image, lab: Lab):
+    """A booted guest of this kernel, shared by the kernel's tests for the session."""
+    from lab.guest import Guest
+
+    workdir = lab.artifacts / "guests" / kernel.id
+    workdir.mkdir(parents=True, exist_ok=True)
+    lab.progress(f"booting kernel {kernel.id} ({kernel.release})")
+    try:
+        with Guest(kernel, guest_image, workdir) as booted:
+            lab.progress(f"kernel {kernel.id}: ready in {booted.boot_seconds:.1f}s")
+            lab.guests[kernel.id] = booted
+            yield booted
+    except LabError as exc:
+        pytest.fail(f"kernel {kernel.id}: {exc}", pytrace=False)
+    finally:
+        lab.guests.pop(kernel.id, None)
+
+
+@pytest.fixture
+def target(guest, request: pytest.FixtureRequest, lab: Lab):
+    """The guest as a Target; after the test its dmesg is saved and scanned for kernel splats."""
+    _apply_feature_gates(request, guest.target)
+    yield guest.target
+    _after_guest_test(request, guest, lab)
+
+
+def _apply_feature_gates(request: pytest.FixtureRequest, target) -> None:
+    for marker in request.node.iter_markers("requires_helper"):
+        prog_type, helper = marker.args
+        if not target.has_helper(prog_type, helper):
+            pytest.skip(f"kernel {target.kernel_release} lacks {helper} for {prog_type} programs "
+                        f"(bpftool feature probe)")
+    for marker in request.node.iter_markers("requires_map_type"):
+        (name,) = marker.args
+        if not target.features.get("map_types", {}).get(f"have_{name}_map_type"):
+            pytest.skip(f"kernel {target.kernel_release} lacks the {name} map type")
+
+
+def _after_guest_test(request: pytest.FixtureRequest, guest, lab: Lab) -> None:
+    outdir = artifact_dir(lab, request.node)
+    dmesg = guest.target.run(["dmesg", "-c"], timeout=30).stdout
+    (outdir / "dmesg.txt").write_text(dmesg)
+    (outdir / "console-tail.txt").write_text(guest.console_tail(200))
+    splats = [line for line in dmesg.splitlines() if SPLAT_RE.search(line)]
+    if splats:
+        pytest.fail("kernel splat in dmesg during the test (see "
+                    f"{outdir / 'dmesg.txt'}):\n" + "\n".join(splats[:20]), pytrace=False)
+
+
+def artifact_dir(lab: Lab, node: pytest.Item) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", node.nodeid)
+    path = lab.artifacts / "tests" / safe
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, lab: Lab) -> Path:
+    """This test's artifact directory (map dumps, verifier logs, scenario JSON)."""
+    return artifact_dir(lab, request.node)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.passed or report.skipped:
+        return
+    lab = item.config.stash.get(LAB_KEY, None)
+    callspec = getattr(item, "callspec", None)
+    if lab is None or callspec is None or "kernel" not in callspec.params:
+        return
+    param = callspec.params["kernel"]
+    booted = lab.guests.get(getattr(param, "id", None))
+    if booted is not None:
+        report.sections.append((f"guest console of kernel {param.id} (last {CONSOLE_TAIL_LINES} "
+                                f"lines; full log {booted.console_log})",
+                                booted.console_tail(CONSOLE_TAIL_LINES)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    lab = config.stash.get(LAB_KEY, None)
+    if lab is not None and lab.artifacts.exists():
+        terminalreporter.write_line(f"sockredir-lab artifacts: {lab.artifacts}")
