@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Mapping
 
 from lab import LabError
 from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, sha256_file
-from lab.catalog import (SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
+from lab.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
                          locked_url_sha256, read_lock, write_lock)
 
 MIRROR = os.environ.get("SOCKREDIR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -90,11 +90,11 @@ def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | No
     return None
 
 
-def lock_kernels(catalog: Catalog, ids: list[str] | None = None,
-                 progress: Progress = print) -> list[LabError]:
+def lock_kernels(catalog: Catalog, ids: list[str] | None = None, progress: Progress = print,
+                 lock_path: Path = LOCK_PATH) -> list[LabError]:
     """Resolve suite and URL entries afresh and write the lock; returns the per-entry failures."""
     entries = [catalog.get(i) for i in ids] if ids else list(catalog.entries)
-    lock = read_lock()
+    lock = read_lock(lock_path)
     if not ids:  # a full lock drops ids that left the catalog or became local sources
         lock = {k: v for k, v in lock.items()
                 if (e := catalog.find(k)) and e.source in ("suite", "url")}
@@ -116,7 +116,7 @@ def lock_kernels(catalog: Catalog, ids: list[str] | None = None,
         except LabError as exc:
             failures.append(exc)
             progress(f"{entry.id}: FAILED: {exc}")
-    write_lock(lock)
+    write_lock(lock, lock_path)
     return failures
 
 
