@@ -280,20 +280,19 @@ def _compare_records(a: dict[str, str], b: dict[str, str]) -> int:
 
 def _prepare_suite(entry: KernelEntry, lock: Mapping[str, dict], progress: Progress) -> KernelArtifacts:
     packages = locked_packages(entry, lock)
-    if packages:
-        warm = _load_tree(entry.id, _debs_key(p.sha256 for p in packages))
-        if warm:
-            return warm
-    else:
+    if not packages:
         apt = PrivateApt()
         apt.update(progress)
         packages = apt.resolve(entry.suite, entry.package, progress)
         progress(f"note: kernel {entry.id} is not in the lock; resolved "
                  f"{packages[0].name} {packages[0].version}. Pin it: `sockredir-lab kernels lock "
                  f"--id {entry.id}`")
+    key = _debs_key(p.sha256 for p in packages)
+    warm = _load_tree(entry.id, key)
+    if warm:
+        return warm
     debs = [_fetch_deb(p, progress) for p in packages]
-    return _build_tree(entry.id, _debs_key(p.sha256 for p in packages), progress,
-                       lambda root: _extract_debs(debs, root, progress))
+    return _build_tree(entry.id, key, progress, lambda root: _extract_debs(debs, root, progress))
 
 
 def _fetch_deb(package: LockedPackage, progress: Progress) -> Path:
