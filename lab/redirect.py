@@ -268,6 +268,17 @@ def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Progra
 
 # ----------------------------------------------------------------------------- variant choice
 
+def sockmap_missing(target: Target) -> str | None:
+    """Why the redirect cannot work on this kernel, or None (probed with bpftool)."""
+    program_types = target.features.get("program_types", {})
+    map_types = target.features.get("map_types", {})
+    wanted = {"sock_ops programs": program_types.get("have_sock_ops_prog_type"),
+              "sk_msg programs": program_types.get("have_sk_msg_prog_type"),
+              "SOCKHASH maps": map_types.get("have_sockhash_map_type")}
+    missing = [name for name, have in wanted.items() if not have]
+    return f"{target.name} ({target.kernel_release}) lacks {', '.join(missing)}" if missing else None
+
+
 def netns_supported(target: Target) -> bool:
     return (target.has_helper("sock_ops", "bpf_get_netns_cookie")
             and target.has_helper("sk_msg", "bpf_get_netns_cookie"))
@@ -356,6 +367,8 @@ def uninstall(target: Target, cgroup: str) -> list[str]:
     for entry in foreign_attachments(target, cgroup):
         target.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(entry["id"])], check=True)
         done.append(f"detached unpinned {entry['name']} (id {entry['id']}) from {cgroup}")
+    for mount in bpffs_mounts(target):
+        target.run(["rmdir", posixpath.join(mount, PIN_PARENT)])  # only when empty: others may use it
     return done
 
 

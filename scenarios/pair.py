@@ -108,6 +108,11 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
                 sent["bytes"] = start + len(view[start:start + chunk])
         except OSError as exc:
             sent["error"] = f"send: {exc}"
+            # Unblock both ends: the peer's recv() sees EOF instead of waiting for the timeout.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     thread = threading.Thread(target=sender)
     thread.start()

@@ -1,0 +1,95 @@
+"""``sockredir-lab redirect install|status|uninstall --cgroup PATH``: the redirect on this host."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lab import LabError, redirect
+from lab.target import LocalTarget, Target
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("redirect", help="install, inspect or remove the socket redirect on a cgroup")
+    sub = parser.add_subparsers(dest="redirect_command", required=True)
+
+    install = sub.add_parser("install", help="load, pin and attach the redirect to a cgroup")
+    _cgroup_option(install)
+    install.add_argument("--variant", choices=redirect.VARIANTS, default="production",
+                         help="production (default), netns, seed (the design document's code) or auto")
+    install.add_argument("--max-entries", type=int, help="sockhash size (compiled in; default 65535)")
+    install.add_argument("--json", action="store_true", help="print the installation as JSON")
+    install.set_defaults(func=cmd_install)
+
+    status = sub.add_parser("status", help="decoded map entries and counters")
+    _cgroup_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=cmd_status)
+
+    uninstall = sub.add_parser("uninstall", help="detach and unpin everything of the redirect")
+    _cgroup_option(uninstall)
+    uninstall.set_defaults(func=cmd_uninstall)
+
+
+def _cgroup_option(parser) -> None:
+    parser.add_argument("--cgroup", required=True, metavar="PATH",
+                        help="cgroup v2 directory: absolute, or relative to the cgroup2 mount")
+
+
+def host_target() -> Target:
+    if os.geteuid() != 0:
+        raise LabError("the redirect needs root (BPF programs, cgroup attachment); run with sudo")
+    return LocalTarget()
+
+
+def cmd_install(args) -> int:
+    target = host_target()
+    installation = redirect.install(target, args.cgroup, args.variant, args.max_entries)
+    if args.json:
+        print(json.dumps(installation.as_dict(), indent=2))
+        return 0
+    print(f"installed variant {installation.variant} on {installation.cgroup}")
+    if installation.fallback_reason:
+        print(f"  (asked for {installation.requested}: {installation.fallback_reason})")
+    print(f"  pins: {installation.pin_dir}")
+    for prog in installation.programs.values():
+        print(f"  {prog.type:8} {prog.name:15} id {prog.id:<6} verified insns {prog.verified_insns}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    report = redirect.status(host_target(), args.cgroup)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['variant']} on {report['cgroup']} ({'attached' if report['attached'] else 'NOT attached'})")
+    print(f"pins: {report['pin_dir']}")
+    print(format_entries(report["entries"]))
+    if report["counters"]:
+        print("counters (all CPUs):")
+        for name, value in report["counters"].items():
+            print(f"  {name:18} {value}")
+    return 0
+
+
+def format_entries(entries: list[dict]) -> str:
+    if not entries:
+        return "no sockets in the map"
+    rows = [("local", "remote", "cookie", "netns")]
+    for entry in entries:
+        rows.append((_endpoint(entry["local"]), _endpoint(entry["remote"]),
+                     str(entry.get("cookie", "-")), str(entry.get("netns", "-"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + [f"{len(entries)} socket(s)"])
+
+
+def _endpoint(endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_uninstall(args) -> int:
+    done = redirect.uninstall(host_target(), args.cgroup)
+    print("\n".join(done) if done else f"nothing of the redirect found on {args.cgroup}")
+    return 0

@@ -1,0 +1,324 @@
+"""The redirect on a real kernel: install, one connection, map contents, data, counters, uninstall.
+
+Runs on the host kernel as root (``pytest tests/host``), each test in a cgroup it creates and in a
+fresh network namespace (``unshare -n``). Everything goes through a ``Target`` and the
+``scenarios/pair.py`` program, so the same checks run in a guest when the ``target`` fixture is an
+``SSHTarget``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import threading
+import time
+
+import pytest
+
+from lab import SCENARIOS_DIR, LabError, cgroups, redirect
+from lab.target import LocalTarget, Target
+
+NBYTES = 4 << 20  # each direction
+PAIR_ON_TARGET = f"{redirect.RUN_DIR}/scenarios/pair.py"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def target() -> Target:
+    if os.geteuid() != 0:
+        pytest.skip("host tests need root (BPF programs, cgroups, network namespaces)")
+    host = LocalTarget()
+    missing = redirect.sockmap_missing(host)
+    if missing:
+        pytest.skip(f"no sockmap support: {missing}")
+    return host
+
+
+@pytest.fixture
+def cgroup(target):
+    with cgroups.dedicated(target) as path:
+        try:
+            yield path
+        finally:
+            redirect.uninstall(target, path)
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def run_pair(target: Target, family: str = "ipv4", nbytes: int = NBYTES, client_cgroup: str | None = None,
+             server_cgroup: str | None = None, while_open=None, timeout: int = 120) -> tuple[dict, object]:
+    """Run scenarios/pair.py in a fresh netns on ``target``; call ``while_open(state)`` while the
+    connection is still up (after the data phase). Returns (pair result, while_open's result)."""
+    target.put(SCENARIOS_DIR / "pair.py", PAIR_ON_TARGET)
+    hold_dir = target.run(["mktemp", "-d", f"{redirect.RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
+    cmd = ["unshare", "-n", "python3", PAIR_ON_TARGET, "--lo-up", "--family", family, "--bytes", str(nbytes),
+           "--hold-dir", hold_dir, "--timeout", str(timeout)]
+    if client_cgroup:
+        cmd += ["--client-cgroup", client_cgroup]
+    if server_cgroup:
+        cmd += ["--server-cgroup", server_cgroup]
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=target.run(cmd, timeout=timeout + 30)))
+    runner.start()
+    held = None
+    try:
+        state = _wait_for_state(target, hold_dir, runner)
+        if state is not None and while_open is not None:
+            held = while_open(state)
+    finally:
+        target.run(["touch", f"{hold_dir}/release"])
+        runner.join()
+        target.run(["rm", "-rf", hold_dir])
+    result = outcome["result"]
+    assert result.stdout.strip(), f"pair.py printed nothing: {result.stderr}"
+    return json.loads(result.stdout), held
+
+
+def _wait_for_state(target: Target, hold_dir: str, runner: threading.Thread) -> dict | None:
+    while runner.is_alive():
+        got = target.run(["cat", f"{hold_dir}/state.json"])
+        if got.ok:
+            return json.loads(got.stdout)
+        time.sleep(0.05)
+    return None  # pair.py ended without holding (an error): its JSON says why
+
+
+def plain(address: list) -> tuple[str, int]:
+    """A socket address as the decoded keys show it: v4-mapped IPv6 as IPv4."""
+    host, port = address
+    return (host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host, port)
+
+
+def socket_tuples(pair: dict, roles=("client", "server")) -> set:
+    return {(plain(pair[r]["sockname"]), plain(pair[r]["peername"])) for r in roles}
+
+
+def entry_tuples(entries: list[dict]) -> set:
+    return {(tuple(e["local"]), tuple(e["remote"])) for e in entries}
+
+
+def show_programs(installation: redirect.Installation) -> None:
+    for prog in installation.programs.values():
+        print(f"{installation.variant}: {prog.name} ({prog.type}) id {prog.id} "
+              f"verified_insns {prog.verified_insns}")
+
+
+def baseline_out_segs(target: Target) -> int:
+    pair, _ = run_pair(target)
+    assert pair["error"] is None and pair["intact"], pair
+    return pair["counters_delta"]["tcp_out_segs"]
+
+
+# ----------------------------------------------------------------------------- one connection
+
+@pytest.mark.host
+@pytest.mark.parametrize("variant", ["seed", "production", "netns"])
+def test_one_connection_two_entries_data_intact(target, cgroup, variant):
+    if variant == "netns" and not redirect.netns_supported(target):
+        pytest.skip(f"bpf_get_netns_cookie not available to sock_ops/sk_msg on {target.kernel_release}")
+    installation = redirect.install(target, cgroup, variant)
+    show_programs(installation)
+    assert installation.variant == variant and installation.fallback_reason is None
+
+    pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup,
+                          while_open=lambda state: redirect.status(target, cgroup))
+    after = redirect.status(target, cgroup)
+    print("pair:", json.dumps(pair.get("counters_delta")), "counters:", after["counters"])
+
+    assert pair["error"] is None, pair["error"]
+    assert pair["intact"], "payload corrupted or short"
+    assert pair["client"]["sent"] == pair["server"]["sent"] == NBYTES
+    entries = held["entries"]
+    assert len(entries) == 2, entries
+    assert entry_tuples(entries) == socket_tuples(pair)
+    assert after["entries"] == [], "entries must disappear when the sockets close"
+
+    if variant == "seed":
+        assert all(e["layout"] == "seed" and e["family"] == 1 and e["padding_clean"] for e in entries)
+        assert all(e["value_error"] == "No space left on device" for e in entries)
+        assert held["counters"] == {}
+    else:
+        assert all("cookie" in e for e in entries) and len({e["cookie"] for e in entries}) == 2
+        counters = after["counters"]
+        assert counters["inserted_v4"] == 2 and counters["insert_failed"] == 0
+        assert counters["bytes_redirected"] == 2 * NBYTES
+        assert counters["msgs_missed"] == 0
+    if variant == "netns":
+        cookies = {e.get("netns") for e in entries}
+        assert len(cookies) == 1 and None not in cookies, entries
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("variant", ["seed", "production"])
+def test_redirected_data_bypasses_tcp(target, cgroup, variant):
+    """During the data phase, TCP sends (almost) no segments when redirected."""
+    plain_segs = baseline_out_segs(target)
+    redirect.install(target, cgroup, variant)
+    pair, _ = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup)
+    assert pair["error"] is None and pair["intact"], pair["error"]
+    redirected_segs = pair["counters_delta"]["tcp_out_segs"]
+    print(f"{variant}: Tcp OutSegs during {2 * NBYTES} bytes: plain TCP {plain_segs}, redirected {redirected_segs}; "
+          f"lo tx packets {pair['counters_delta']['lo_tx_packets']}")
+    assert pair["error"] is None and pair["intact"]
+    assert plain_segs >= 20, "the baseline did not use TCP: the comparison means nothing"
+    assert redirected_segs * 20 <= plain_segs
+
+
+# ----------------------------------------------------------------------------- families
+
+@pytest.mark.host
+@pytest.mark.parametrize("family,inserted", [
+    ("ipv6", {"inserted_v6": 2}),
+    ("v4mapped", {"inserted_v4": 1, "inserted_v4mapped": 1}),
+    ("v4mapped-client", {"inserted_v4": 1, "inserted_v4mapped": 1}),
+])
+def test_production_ipv6_and_v4_mapped(target, cgroup, family, inserted):
+    redirect.install(target, cgroup, "production")
+    pair, held = run_pair(target, family=family, client_cgroup=cgroup, server_cgroup=cgroup,
+                          while_open=lambda state: redirect.status(target, cgroup))
+    counters = redirect.status(target, cgroup)["counters"]
+    print(family, [(p["family"], p["sockname"]) for p in (pair["client"], pair["server"])], counters)
+    assert pair["error"] is None and pair["intact"]
+    assert entry_tuples(held["entries"]) == socket_tuples(pair) and len(held["entries"]) == 2
+    for name in ("inserted_v4", "inserted_v6", "inserted_v4mapped"):
+        assert counters[name] == inserted.get(name, 0), (name, counters)
+    assert counters["bytes_redirected"] == 2 * NBYTES and counters["msgs_missed"] == 0
+
+
+@pytest.mark.host
+def test_seed_ignores_ipv6(target, cgroup):
+    """The seed handles AF_INET only: an IPv6 connection is not inserted and stays plain TCP."""
+    redirect.install(target, cgroup, "seed")
+    pair, held = run_pair(target, family="ipv6", client_cgroup=cgroup, server_cgroup=cgroup,
+                          while_open=lambda state: redirect.status(target, cgroup))
+    assert pair["error"] is None and pair["intact"]
+    assert held["entries"] == []
+    assert pair["counters_delta"]["tcp_out_segs"] > 0
+
+
+# ----------------------------------------------------------------------------- peers outside
+
+@pytest.mark.host
+def test_server_outside_cgroup_keeps_working_over_tcp(target, cgroup):
+    redirect.install(target, cgroup, "production")
+    pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=None,
+                          while_open=lambda state: redirect.status(target, cgroup))
+    counters = redirect.status(target, cgroup)["counters"]
+    print("outside peer:", counters, pair.get("counters_delta"))
+    assert pair["error"] is None, pair["error"]  # in particular no EACCES from an SK_DROP verdict
+    assert pair["intact"]
+    assert entry_tuples(held["entries"]) == socket_tuples(pair, roles=("client",))
+    assert counters["inserted_v4"] == 1
+    assert counters["msgs_redirected"] == 0 and counters["bytes_missed"] == NBYTES
+    assert pair["counters_delta"]["tcp_out_segs"] > 0
+
+
+@pytest.mark.host
+def test_full_map_falls_back_to_tcp(target, cgroup):
+    """max_entries=1 (compiled in): the second socket cannot be inserted, the data still flows."""
+    installation = redirect.install(target, cgroup, "production", max_entries=1)
+    sockhash = next(m for m in redirect.pinned_maps(target, installation.pin_dir).values() if m["type"] == "sockhash")
+    assert sockhash["max_entries"] == 1
+    pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup,
+                          while_open=lambda state: redirect.status(target, cgroup))
+    counters = redirect.status(target, cgroup)["counters"]
+    assert pair["error"] is None and pair["intact"]
+    assert len(held["entries"]) == 1
+    assert counters["insert_failed"] == 1 and counters["msgs_redirected"] == 0
+
+
+# ----------------------------------------------------------------------------- the loader itself
+
+@pytest.mark.host
+def test_installs_on_two_cgroups_coexist(target, cgroup):
+    with cgroups.dedicated(target) as other:
+        try:
+            first = redirect.install(target, cgroup, "production")
+            second = redirect.install(target, other, "seed")
+            assert first.pin_dir != second.pin_dir
+            redirect.uninstall(target, other)
+            pair, _ = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup)
+            assert pair["intact"]
+            assert redirect.status(target, cgroup)["counters"]["bytes_redirected"] == 2 * NBYTES
+        finally:
+            redirect.uninstall(target, other)
+
+
+@pytest.mark.host
+def test_install_twice_is_refused(target, cgroup):
+    redirect.install(target, cgroup, "production")
+    with pytest.raises(LabError, match="already installed"):
+        redirect.install(target, cgroup, "production")
+
+
+@pytest.mark.host
+def test_uninstall_after_partial_install(target, cgroup):
+    """sockops attached, verdict never attached: uninstall still leaves nothing behind."""
+    pin_dir = redirect.new_pin_dir(target, cgroup)
+    programs = redirect.load(target, redirect.build_object("production"), pin_dir)
+    sockops = next(p for p in programs.values() if p.type == "sock_ops")
+    target.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", sockops.pin, "multi"], check=True)
+    assert [e["id"] for e in redirect.attached_sockops(target, cgroup)] == [sockops.id]
+
+    redirect.uninstall(target, cgroup)
+    assert redirect.attached_sockops(target, cgroup) == []
+    assert redirect.existing_pin_dirs(target, cgroup) == []
+    assert not target.run(["bpftool", "prog", "show", "id", str(sockops.id)]).ok, "program still loaded"
+
+
+@pytest.mark.host
+def test_uninstall_detaches_our_program_whose_pins_are_gone(target, cgroup):
+    installation = redirect.install(target, cgroup, "production")
+    target.run(["rm", "-rf", installation.pin_dir], check=True)
+    assert redirect.attached_sockops(target, cgroup), "the cgroup still holds the program"
+    redirect.uninstall(target, cgroup)
+    assert redirect.attached_sockops(target, cgroup) == []
+
+
+@pytest.mark.host
+def test_install_refuses_root_and_missing_cgroups(target):
+    mount = cgroups.cgroup2_mount(target)
+    with pytest.raises(LabError, match="root cgroup"):
+        redirect.install(target, mount)
+    with pytest.raises(LabError, match="does not exist"):
+        redirect.install(target, posixpath.join(cgroups.LAB_PARENT, "no-such-cgroup"))
+
+
+@pytest.mark.host
+def test_load_failures_are_classified(target, cgroup):
+    pin_dir = redirect.new_pin_dir(target, cgroup)
+    from lab import BPF_DIR, bpf
+
+    try:
+        with pytest.raises(redirect.ObjectRefused) as refused:
+            redirect.load(target, bpf.build(BPF_DIR / "cases" / "legacy_map_def.bpf.c"), pin_dir)
+        print("refused:", refused.value.key_line)
+        assert "legacy map definitions" in refused.value.key_line
+
+        with pytest.raises(redirect.VerifierRejected) as rejected:
+            redirect.load(target, bpf.build(BPF_DIR / "cases" / "remote_port_narrow.bpf.c"), pin_dir)
+        print("rejected:", rejected.value.program, rejected.value.key_line)
+        assert rejected.value.program == "narrow_port"
+        assert rejected.value.key_line.startswith("invalid bpf_context access")
+        assert "processed" in rejected.value.log
+    finally:
+        target.run(["rm", "-rf", pin_dir])
+
+
+@pytest.mark.host
+def test_auto_picks_netns_when_probed(target, cgroup):
+    installation = redirect.install(target, cgroup, "auto")
+    expected = "netns" if redirect.netns_supported(target) else "production"
+    assert installation.variant == expected
+    assert (installation.fallback_reason is None) == (expected == "netns")
+
+
+@pytest.mark.host
+def test_explicit_netns_falls_back_with_the_verifiers_reason(target, cgroup):
+    if redirect.netns_supported(target):
+        pytest.skip(f"{target.kernel_release} offers bpf_get_netns_cookie: no fallback to see here")
+    installation = redirect.install(target, cgroup, "netns")
+    assert installation.variant == "production" and installation.requested == "netns"
+    assert "bpf_get_netns_cookie" in installation.fallback_reason
