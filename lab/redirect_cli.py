@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from lab import LabError, redirect
 from lab.target import LocalTarget, Target
@@ -44,7 +45,11 @@ def host_target() -> Target:
 
 def cmd_install(args) -> int:
     target = host_target()
-    installation = redirect.install(target, args.cgroup, args.variant, args.max_entries)
+    try:
+        installation = redirect.install(target, args.cgroup, args.variant, args.max_entries)
+    except redirect.VerifierRejected as exc:
+        print(f"--- verifier log of {exc.program} ---\n{exc.log.rstrip()}\n---", file=sys.stderr)
+        raise
     if args.json:
         print(json.dumps(installation.as_dict(), indent=2))
         return 0
