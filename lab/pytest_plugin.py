@@ -27,6 +27,19 @@ CONSOLE_TAIL_LINES = 40
 LAB_KEY = pytest.StashKey["Lab"]()
 
 
+@dataclass(frozen=True)
+class HostKernel:
+    """The host kernel as one more column of the matrix (``kernel_host``): root only, and every
+    test on it runs in a dedicated cgroup and network namespace."""
+
+    id: str = "host"
+    test_id: str = "kernel_host"
+
+    @property
+    def release(self) -> str:
+        return os.uname().release
+
+
 @dataclass
 class Lab:
     """What the plugin keeps for the session."""
@@ -55,6 +68,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="force QEMU's accelerator (default: probe KVM by booting, else TCG)")
     group.addoption("--artifacts", default=None, metavar="DIR",
                     help="where per-test artifacts go (default: artifacts/<run name>)")
+    group.addoption("--no-host", action="store_true",
+                    help="leave the host kernel (kernel_host) out of the matrix")
     group.addoption("--run-name", default=None,
                     help="name of this run's artifact directory (default: date-time-pid)")
 
@@ -77,10 +92,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[LAB_KEY] = Lab(config, catalog, artifacts)
 
 
-def _selected(lab: Lab) -> list[KernelEntry | CatalogError]:
+def _host_in_matrix(lab: Lab) -> bool:
+    """The host joins the matrix unless --no-host, or --kernel picked kernels without "host"."""
     wanted = lab.config.option.kernel
+    return not lab.config.option.no_host and (not wanted or "host" in wanted)
+
+
+def _selected(lab: Lab) -> list[KernelEntry | CatalogError]:
+    wanted = [k for k in lab.config.option.kernel if k != "host"]
     entries: list[KernelEntry | CatalogError] = list(lab.catalog.entries) + list(lab.catalog.errors)
-    if not wanted:
+    if not lab.config.option.kernel:
         return entries
     unknown = [k for k in wanted if not lab.catalog.find(k)
                and not any(e.entry_id == k for e in lab.catalog.errors)]
@@ -95,6 +116,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     lab = metafunc.config.stash[LAB_KEY]
     params = [pytest.param(entry, id=entry.test_id) for entry in _selected(lab)]
+    if _host_in_matrix(lab) and "guest" not in metafunc.fixturenames:
+        params.append(pytest.param(HostKernel(), id=HostKernel.test_id))
     metafunc.parametrize("kernel", params, indirect=True, scope="session")
 
 
@@ -157,6 +180,8 @@ def kernel(request: pytest.FixtureRequest, lab: Lab):
     from lab import kernels
 
     param = request.param
+    if isinstance(param, HostKernel):
+        return param
     if isinstance(param, CatalogError):
         pytest.fail(f"broken catalog entry: {param}", pytrace=False)
     try:
@@ -182,6 +207,8 @@ def guest(kernel, guest_image, lab: Lab):
     """A booted guest of this kernel, shared by the kernel's tests for the session."""
     from lab.guest import Guest
 
+    if isinstance(kernel, HostKernel):
+        pytest.fail("the guest fixture has no host variant", pytrace=False)
     workdir = lab.artifacts / "guests" / kernel.id
     workdir.mkdir(parents=True, exist_ok=True)
     lab.progress(f"booting kernel {kernel.id} ({kernel.release})")
@@ -196,12 +223,48 @@ def guest(kernel, guest_image, lab: Lab):
         lab.guests.pop(kernel.id, None)
 
 
+@pytest.fixture(scope="session")
+def host_target():
+    """The host as a Target, when it can carry the redirect: root and sockmap support."""
+    from lab import redirect
+    from lab.target import LocalTarget
+
+    if os.geteuid() != 0:
+        pytest.skip("kernel_host needs root (BPF programs, cgroups, network namespaces)")
+    host = LocalTarget()
+    missing = redirect.sockmap_missing(host)
+    if missing:
+        pytest.skip(f"host kernel {host.kernel_release} cannot carry the redirect: {missing}")
+    return host
+
+
 @pytest.fixture
-def target(guest, request: pytest.FixtureRequest, lab: Lab):
-    """The guest as a Target; after the test its dmesg is saved and scanned for kernel splats."""
+def target(kernel, request: pytest.FixtureRequest, lab: Lab):
+    """The kernel under test as a Target: the guest over SSH, or the host for kernel_host.
+
+    After a guest test, the guest's dmesg is saved and scanned for kernel splats.
+    """
+    if isinstance(kernel, HostKernel):
+        host = request.getfixturevalue("host_target")
+        _apply_feature_gates(request, host)
+        yield host
+        return
+    guest = request.getfixturevalue("guest")
     _apply_feature_gates(request, guest.target)
     yield guest.target
     _after_guest_test(request, guest, lab)
+
+
+@pytest.fixture
+def cgroup(target):
+    """A fresh cgroup on the target for this test; any redirect on it is removed afterwards."""
+    from lab import cgroups, redirect
+
+    with cgroups.dedicated(target) as path:
+        try:
+            yield path
+        finally:
+            redirect.uninstall(target, path)
 
 
 def _apply_feature_gates(request: pytest.FixtureRequest, target) -> None:

@@ -1,102 +1,22 @@
 """The redirect on a real kernel: install, one connection, map contents, data, counters, uninstall.
 
-Runs on the host kernel as root (``pytest tests/host``), each test in a cgroup it creates and in a
-fresh network namespace (``unshare -n``). Everything goes through a ``Target`` and the
-``scenarios/pair.py`` program, so the same checks run in a guest when the ``target`` fixture is an
-``SSHTarget``.
+Runs on every kernel of the matrix (each guest, and the host as ``kernel_host`` when root), each test
+in a cgroup it creates (the ``cgroup`` fixture) and in a fresh network namespace (``unshare -n``).
+Everything goes through a ``Target`` and the ``scenarios/pair.py`` program.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import posixpath
-import threading
-import time
 
 import pytest
 
-from lab import SCENARIOS_DIR, LabError, cgroups, redirect
-from lab.target import LocalTarget, Target
+from lab import LabError, cgroups, redirect
+from lab.scenario import entry_tuples, run_pair, socket_tuples
+from lab.target import Target
 
 NBYTES = 4 << 20  # each direction
-PAIR_ON_TARGET = f"{redirect.RUN_DIR}/scenarios/pair.py"
-
-
-# ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def target() -> Target:
-    if os.geteuid() != 0:
-        pytest.skip("host tests need root (BPF programs, cgroups, network namespaces)")
-    host = LocalTarget()
-    missing = redirect.sockmap_missing(host)
-    if missing:
-        pytest.skip(f"no sockmap support: {missing}")
-    return host
-
-
-@pytest.fixture
-def cgroup(target):
-    with cgroups.dedicated(target) as path:
-        try:
-            yield path
-        finally:
-            redirect.uninstall(target, path)
-
-
-# ----------------------------------------------------------------------------- the driver
-
-def run_pair(target: Target, family: str = "ipv4", nbytes: int = NBYTES, client_cgroup: str | None = None,
-             server_cgroup: str | None = None, while_open=None, timeout: int = 120) -> tuple[dict, object]:
-    """Run scenarios/pair.py in a fresh netns on ``target``; call ``while_open(state)`` while the
-    connection is still up (after the data phase). Returns (pair result, while_open's result)."""
-    target.put(SCENARIOS_DIR / "pair.py", PAIR_ON_TARGET)
-    hold_dir = target.run(["mktemp", "-d", f"{redirect.RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
-    cmd = ["unshare", "-n", "python3", PAIR_ON_TARGET, "--lo-up", "--family", family, "--bytes", str(nbytes),
-           "--hold-dir", hold_dir, "--timeout", str(timeout)]
-    if client_cgroup:
-        cmd += ["--client-cgroup", client_cgroup]
-    if server_cgroup:
-        cmd += ["--server-cgroup", server_cgroup]
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=target.run(cmd, timeout=timeout + 30)))
-    runner.start()
-    held = None
-    try:
-        state = _wait_for_state(target, hold_dir, runner)
-        if state is not None and while_open is not None:
-            held = while_open(state)
-    finally:
-        target.run(["touch", f"{hold_dir}/release"])
-        runner.join()
-        target.run(["rm", "-rf", hold_dir])
-    result = outcome["result"]
-    assert result.stdout.strip(), f"pair.py printed nothing: {result.stderr}"
-    return json.loads(result.stdout), held
-
-
-def _wait_for_state(target: Target, hold_dir: str, runner: threading.Thread) -> dict | None:
-    while runner.is_alive():
-        got = target.run(["cat", f"{hold_dir}/state.json"])
-        if got.ok:
-            return json.loads(got.stdout)
-        time.sleep(0.05)
-    return None  # pair.py ended without holding (an error): its JSON says why
-
-
-def plain(address: list) -> tuple[str, int]:
-    """A socket address as the decoded keys show it: v4-mapped IPv6 as IPv4."""
-    host, port = address
-    return (host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host, port)
-
-
-def socket_tuples(pair: dict, roles=("client", "server")) -> set:
-    return {(plain(pair[r]["sockname"]), plain(pair[r]["peername"])) for r in roles}
-
-
-def entry_tuples(entries: list[dict]) -> set:
-    return {(tuple(e["local"]), tuple(e["remote"])) for e in entries}
 
 
 def show_programs(installation: redirect.Installation) -> None:
@@ -106,14 +26,13 @@ def show_programs(installation: redirect.Installation) -> None:
 
 
 def baseline_out_segs(target: Target) -> int:
-    pair, _ = run_pair(target)
+    pair, _ = run_pair(target, nbytes=NBYTES)
     assert pair["error"] is None and pair["intact"], pair
     return pair["counters_delta"]["tcp_out_segs"]
 
 
 # ----------------------------------------------------------------------------- one connection
 
-@pytest.mark.host
 @pytest.mark.parametrize("variant", ["seed", "production", "netns"])
 def test_one_connection_two_entries_data_intact(target, cgroup, variant):
     if variant == "netns" and not redirect.netns_supported(target):
@@ -150,7 +69,6 @@ def test_one_connection_two_entries_data_intact(target, cgroup, variant):
         assert len(cookies) == 1 and None not in cookies, entries
 
 
-@pytest.mark.host
 @pytest.mark.parametrize("variant", ["seed", "production"])
 def test_redirected_data_bypasses_tcp(target, cgroup, variant):
     """During the data phase, TCP sends (almost) no segments when redirected."""
@@ -168,7 +86,6 @@ def test_redirected_data_bypasses_tcp(target, cgroup, variant):
 
 # ----------------------------------------------------------------------------- families
 
-@pytest.mark.host
 @pytest.mark.parametrize("family,inserted", [
     ("ipv6", {"inserted_v6": 2}),
     ("v4mapped", {"inserted_v4": 1, "inserted_v4mapped": 1}),
@@ -187,7 +104,6 @@ def test_production_ipv6_and_v4_mapped(target, cgroup, family, inserted):
     assert counters["bytes_redirected"] == 2 * NBYTES and counters["msgs_missed"] == 0
 
 
-@pytest.mark.host
 def test_seed_ignores_ipv6(target, cgroup):
     """The seed handles AF_INET only: an IPv6 connection is not inserted and stays plain TCP."""
     redirect.install(target, cgroup, "seed")
@@ -200,7 +116,6 @@ def test_seed_ignores_ipv6(target, cgroup):
 
 # ----------------------------------------------------------------------------- peers outside
 
-@pytest.mark.host
 def test_server_outside_cgroup_keeps_working_over_tcp(target, cgroup):
     redirect.install(target, cgroup, "production")
     pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=None,
@@ -215,7 +130,6 @@ def test_server_outside_cgroup_keeps_working_over_tcp(target, cgroup):
     assert pair["counters_delta"]["tcp_out_segs"] > 0
 
 
-@pytest.mark.host
 def test_full_map_falls_back_to_tcp(target, cgroup):
     """max_entries=1 (compiled in): the second socket cannot be inserted, the data still flows."""
     installation = redirect.install(target, cgroup, "production", max_entries=1)
@@ -231,7 +145,6 @@ def test_full_map_falls_back_to_tcp(target, cgroup):
 
 # ----------------------------------------------------------------------------- the loader itself
 
-@pytest.mark.host
 def test_installs_on_two_cgroups_coexist(target, cgroup):
     with cgroups.dedicated(target) as other:
         try:
@@ -246,14 +159,12 @@ def test_installs_on_two_cgroups_coexist(target, cgroup):
             redirect.uninstall(target, other)
 
 
-@pytest.mark.host
 def test_install_twice_is_refused(target, cgroup):
     redirect.install(target, cgroup, "production")
     with pytest.raises(LabError, match="already installed"):
         redirect.install(target, cgroup, "production")
 
 
-@pytest.mark.host
 def test_uninstall_after_partial_install(target, cgroup):
     """sockops attached, verdict never attached: uninstall still leaves nothing behind."""
     pin_dir = redirect.new_pin_dir(target, cgroup)
@@ -268,7 +179,6 @@ def test_uninstall_after_partial_install(target, cgroup):
     assert not target.run(["bpftool", "prog", "show", "id", str(sockops.id)]).ok, "program still loaded"
 
 
-@pytest.mark.host
 def test_uninstall_detaches_our_program_whose_pins_are_gone(target, cgroup):
     installation = redirect.install(target, cgroup, "production")
     target.run(["rm", "-rf", installation.pin_dir], check=True)
@@ -277,7 +187,6 @@ def test_uninstall_detaches_our_program_whose_pins_are_gone(target, cgroup):
     assert redirect.attached_sockops(target, cgroup) == []
 
 
-@pytest.mark.host
 def test_install_refuses_root_and_missing_cgroups(target):
     mount = cgroups.cgroup2_mount(target)
     with pytest.raises(LabError, match="root cgroup"):
@@ -286,7 +195,6 @@ def test_install_refuses_root_and_missing_cgroups(target):
         redirect.install(target, posixpath.join(cgroups.LAB_PARENT, "no-such-cgroup"))
 
 
-@pytest.mark.host
 def test_load_failures_are_classified(target, cgroup):
     pin_dir = redirect.new_pin_dir(target, cgroup)
     from lab import BPF_DIR, bpf
@@ -307,7 +215,6 @@ def test_load_failures_are_classified(target, cgroup):
         target.run(["rm", "-rf", pin_dir])
 
 
-@pytest.mark.host
 def test_auto_picks_netns_when_probed(target, cgroup):
     installation = redirect.install(target, cgroup, "auto")
     expected = "netns" if redirect.netns_supported(target) else "production"
@@ -315,7 +222,6 @@ def test_auto_picks_netns_when_probed(target, cgroup):
     assert (installation.fallback_reason is None) == (expected == "netns")
 
 
-@pytest.mark.host
 def test_explicit_netns_falls_back_with_the_verifiers_reason(target, cgroup):
     if redirect.netns_supported(target):
         pytest.skip(f"{target.kernel_release} offers bpf_get_netns_cookie: no fallback to see here")
