@@ -1,0 +1,79 @@
+#!/bin/sh
+# /init of the lab's per-kernel initramfs (busybox only). It loads the modules needed to reach the
+# root disk and the NIC, in the order the host computed from the kernel's modules.dep
+# (/lib/modules/load-order, one file name per line), mounts the root read-write (the disk is
+# snapshot=on, so writes vanish with the guest), mounts the kernel's modules disk read-only at
+# /lib/modules/$(uname -r) in the new root, and hands over to the guest's init.
+#
+# Kernel command line: lab.root=LABEL=x|/dev/x  lab.modules=LABEL=y|/dev/y  lab.init=/sbin/lab-init
+# lab.probe=1 only prints a line and powers off (the host's KVM probe: does a real boot work?).
+
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+fail() {
+    echo "SOCKREDIR-INITRAMFS-FAILED: $*"
+    poweroff -f
+}
+
+root=LABEL=sockredir-root
+modules=LABEL=sockredir-mods
+init=/sbin/lab-init
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        lab.root=*) root=${arg#lab.root=} ;;
+        lab.modules=*) modules=${arg#lab.modules=} ;;
+        lab.init=*) init=${arg#lab.init=} ;;
+        lab.probe=1)
+            echo "SOCKREDIR-PROBE-OK release=$(uname -r)"
+            poweroff -f ;;
+    esac
+done
+
+while read -r module; do
+    insmod "/lib/modules/$module" || fail "insmod $module"
+done < /lib/modules/load-order
+
+# device SPEC: print the block device for LABEL=x or /dev/x, waiting up to 5 s for it to appear
+# (a driver may finish probing after insmod returns).
+device() {
+    i=0
+    while [ $i -lt 500 ]; do
+        case "$1" in
+            LABEL=*) dev=$(findfs "$1" 2>/dev/null) && { echo "$dev"; return 0; } ;;
+            *) [ -b "$1" ] && { echo "$1"; return 0; } ;;
+        esac
+        i=$((i + 1))
+        usleep 10000
+    done
+    return 1
+}
+
+mkdir -p /newroot
+rootdev=$(device "$root") || fail "root disk $root not found (block devices: $(ls /sys/block))"
+mount -t ext4 -o rw "$rootdev" /newroot || fail "cannot mount root $rootdev"
+[ -x "/newroot$init" ] || fail "no executable $init in the root filesystem"
+
+release=$(uname -r)
+moddev=$(device "$modules") || fail "modules disk $modules not found"
+mkdir -p "/newroot/lib/modules/$release"
+mount -t ext4 -o ro "$moddev" "/newroot/lib/modules/$release" || fail "cannot mount modules $moddev"
+
+for fs in dev proc sys; do
+    mkdir -p "/newroot/$fs"
+    mount --move "/$fs" "/newroot/$fs"
+done
+# The guest init mounts whatever is missing, but busybox is static and util-linux's mount is not:
+# under TCG each dynamically linked exec costs ~0.1 s, so the usual set is mounted here.
+m() { mkdir -p "/newroot$2" && mount -t "$1" ${3:+-o "$3"} "$1" "/newroot$2"; }
+m devpts /dev/pts "gid=5,mode=620,ptmxmode=666"
+m tmpfs /dev/shm "mode=1777"
+m tmpfs /run "mode=755"
+m tmpfs /tmp "mode=1777"
+m cgroup2 /sys/fs/cgroup "nsdelegate"
+m bpf /sys/fs/bpf "mode=700"
+m tracefs /sys/kernel/tracing
+m debugfs /sys/kernel/debug
+exec switch_root /newroot "$init"

@@ -1,0 +1,233 @@
+"""A QEMU guest as a context manager: boot a kernel on the lab image, wait for the ready line, SSH.
+
+    with Guest(kernel, ensure_image(), workdir) as guest:
+        guest.target.run(["uname", "-r"])
+
+The kernel boots directly (``-kernel``/``-initrd``) with the per-kernel initramfs; the root image is
+attached with ``snapshot=on`` (writes vanish) and the modules disk read-only. The network is QEMU's
+user mode with ``restrict=on``: the guest reaches nothing, the host reaches its sshd through one
+forwarded loopback port. Readiness is the guest init's ready line on the serial console (a log file
+in ``workdir``), never a sleep; an early exit, a panic or the timeout raise a LabError that names the
+kernel and quotes the console. Every QEMU is started through ``lab.reaper`` and cannot outlive us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from lab import LabError, accel as accel_mod, initramfs, reaper
+from lab.image import GUEST_INIT_PATH, GuestImage
+from lab.target import SSHTarget
+
+QEMU = accel_mod.QEMU
+READY_RE = re.compile(r"SOCKREDIR-READY uptime=(?P<uptime>[\d.]+) release=(?P<release>\S+)")
+INITRAMFS_FAILED = "SOCKREDIR-INITRAMFS-FAILED"
+PORT_ATTEMPTS = 5
+POLL_SECONDS = 0.02
+
+
+class Guest:
+    def __init__(self, kernel, image: GuestImage, workdir: Path, accel: accel_mod.Accel | None = None,
+                 memory_mb: int = 1024, cpus: int = 2, boot_timeout: float = 120,
+                 machine: str = "q35", append: str = "", progress=lambda msg: None):
+        self.kernel = kernel
+        self.image = image
+        self.workdir = Path(workdir)
+        self.accel = accel
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.boot_timeout = boot_timeout
+        self.machine = machine
+        self.append = append
+        self.progress = progress
+        self.console_log = self.workdir / "console.log"
+        self.qemu_log = self.workdir / "qemu.log"
+        self.port: int | None = None
+        self.boot_seconds: float | None = None   # QEMU start -> ready line
+        self.guest_uptime: float | None = None   # guest's own uptime at the ready line
+        self.ssh_seconds: float | None = None    # ready line -> SSH session up
+        self._target: SSHTarget | None = None
+        self._proc: subprocess.Popen | None = None
+        self._record: reaper.Record | None = None
+        self._qemu_log_handle = None
+        self._marker = reaper.new_marker()  # on QEMU's command line: how the reaper knows it
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> "Guest":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        boot = initramfs.ensure_boot_files(self.kernel, progress=self.progress)
+        if self.accel is None:
+            self.accel = accel_mod.detect(self.kernel, boot.initramfs)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.port = _free_port()
+            started = time.monotonic()
+            self._launch(self._argv(boot))
+            if self._wait_ready(started, last_attempt=attempt == PORT_ATTEMPTS):
+                break
+            self._stop_qemu()  # the forwarded port was taken between our check and QEMU's bind
+        connected = time.monotonic()
+        self._target = self._connect(deadline=started + self.boot_timeout)
+        self.ssh_seconds = time.monotonic() - connected
+
+    def stop(self) -> None:
+        if self._target is not None:
+            self._request_poweroff()
+            with contextlib.suppress(Exception):
+                self._target.close()
+            self._target = None
+        self._stop_qemu()
+
+    # ---- what callers use ----------------------------------------------------------------------
+
+    @property
+    def target(self) -> SSHTarget:
+        if self._target is None:
+            raise LabError(f"guest for kernel {self.kernel.id} is not running; use it inside `with`")
+        return self._target
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[127.0.0.1]:{self.port} {self.image.host_key_line}"
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _argv(self, boot: initramfs.BootFiles) -> list[str]:
+        append = " ".join(filter(None, [
+            "console=ttyS0", "panic=-1", "quiet",
+            f"lab.root=LABEL={self.image.label}", f"lab.modules=LABEL={boot.modules_label}",
+            f"lab.init={GUEST_INIT_PATH}", self.append]))
+        return [
+            QEMU, "-name", self._marker, "-machine", self.machine, *self.accel.qemu_args(),
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(self.kernel.vmlinuz), "-initrd", str(boot.initramfs), "-append", append,
+            "-serial", f"file:{self.console_log}",
+            "-drive", f"file={self.image.rootfs},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=root",
+            "-drive", f"file={boot.modules_disk},format=raw,if=none,id=modules,readonly=on",
+            "-device", "virtio-blk-pci,drive=modules",
+            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device", "virtio-net-pci,netdev=n0",
+        ]
+
+    def _launch(self, argv: list[str]) -> None:
+        self.console_log.write_text("")
+        (self.workdir / "qemu.cmdline").write_text(" ".join(argv) + "\n")
+        self._qemu_log_handle = open(self.qemu_log, "w")
+        self._proc, self._record = reaper.spawn(argv, self._marker, stdin=subprocess.DEVNULL,
+                                                stdout=self._qemu_log_handle, stderr=subprocess.STDOUT)
+
+    def _wait_ready(self, started: float, last_attempt: bool) -> bool:
+        """Poll the console for the ready line. False: retry on another port. Raises otherwise."""
+        deadline = started + self.boot_timeout
+        offset, pending = 0, ""
+        with open(self.console_log, "rb") as console:
+            while True:
+                console.seek(offset)
+                chunk = console.read()
+                offset += len(chunk)
+                pending += chunk.decode(errors="replace")
+                match = READY_RE.search(pending)
+                if match:
+                    self.boot_seconds = time.monotonic() - started
+                    self.guest_uptime = float(match["uptime"])
+                    self.progress(f"guest {self.kernel.id}: ready in {self.boot_seconds:.2f}s "
+                                  f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name})")
+                    return True
+                pending = pending[-4096:]
+                if self._proc.poll() is not None:
+                    if _port_taken(self.qemu_log) and not last_attempt:
+                        return False
+                    raise self._boot_error(f"QEMU exited (status {self._proc.returncode}) before "
+                                           "the guest was ready")
+                if time.monotonic() > deadline:
+                    raise self._boot_error(f"no ready line within {self.boot_timeout:.0f}s")
+                time.sleep(POLL_SECONDS)
+
+    def _boot_error(self, what: str) -> LabError:
+        console = self.console_tail(60)
+        qemu_out = self.qemu_log.read_text(errors="replace").strip()[-1500:] if \
+            self.qemu_log.exists() else ""
+        cause = ""
+        if "Kernel panic" in console:
+            cause = " The kernel panicked (see the console below)."
+        elif INITRAMFS_FAILED in console:
+            cause = " The initramfs could not reach the root filesystem (see the console below)."
+        elif "KVM internal error" in qemu_out:
+            cause = " KVM failed: force TCG with SOCKREDIR_ACCEL=tcg."
+        return LabError(
+            f"guest for kernel {self.kernel.id} ({getattr(self.kernel, 'release', '?')}, "
+            f"{self.accel.name}) did not boot: {what}.{cause} Full console: {self.console_log}\n"
+            f"--- console tail ---\n{console}\n"
+            + (f"--- qemu output ---\n{qemu_out}\n" if qemu_out else ""))
+
+    def _connect(self, deadline: float) -> SSHTarget:
+        """sshd listens before the ready line, so this normally succeeds at once; a few retries
+        absorb a slow first handshake on a loaded host."""
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise self._boot_error("QEMU exited while we connected over SSH")
+            try:
+                return SSHTarget("127.0.0.1", self.port, self.image.client_key,
+                                 self.image.host_key_line, name=f"guest-{self.kernel.id}",
+                                 connect_timeout=min(30.0, max(1.0, deadline - time.monotonic())))
+            except Exception as exc:  # paramiko raises several unrelated types
+                last = exc
+                time.sleep(0.2)
+        raise LabError(f"guest for kernel {self.kernel.id}: SSH to 127.0.0.1:{self.port} failed: "
+                       f"{last}; see {self.console_log} and /run/sshd.log in the guest")
+
+    def _request_poweroff(self) -> None:
+        """Ask the kernel to power off (sysrq 'o', no init involved); QEMU then exits by itself."""
+        with contextlib.suppress(Exception):
+            self._target.run("echo o > /proc/sysrq-trigger", timeout=1)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=2)
+
+    def _stop_qemu(self) -> None:
+        if self._proc is not None:
+            reaper.stop(self._proc, self._record, grace=2.0)
+            self._proc = self._record = None
+        if self._qemu_log_handle is not None:
+            self._qemu_log_handle.close()
+            self._qemu_log_handle = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_taken(qemu_log: Path) -> bool:
+    try:
+        text = qemu_log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return "Could not set up host forwarding rule" in text
