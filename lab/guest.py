@@ -124,7 +124,7 @@ class Guest:
             QEMU, "-name", self._marker, "-machine", self.machine, *self.accel.qemu_args(),
             "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(self.kernel.vmlinuz), "-initrd", str(boot.initramfs), "-append", append,
+            "-kernel", str(boot.kernel_image), "-initrd", str(boot.initramfs), "-append", append,
             "-serial", f"file:{self.console_log}",
             "-drive", f"file={self.image.rootfs},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
             "-device", "virtio-blk-pci,drive=root",
