@@ -85,9 +85,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 def gone(pid: int) -> bool:
-    """The process has exited (reaping it if it is our own child)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    """The process has exited. A zombie counts as gone; it is left for its parent to reap, so a
+    Popen of ours still learns the real exit status."""
     return cmdline(pid) is None or _is_zombie(pid)
 
 
