@@ -36,19 +36,20 @@ while read -r module; do
     insmod "/lib/modules/$module" || fail "insmod $module"
 done < /lib/modules/load-order
 
-# device SPEC: print the block device for LABEL=x or /dev/x, waiting up to 5 s for it to appear
-# (a driver may finish probing after insmod returns).
+# device SPEC: print the block device for LABEL=x or /dev/x, waiting up to 5 s (of guest uptime:
+# under TCG a loop count says little about time) for a driver that finishes probing late.
 device() {
-    i=0
-    while [ $i -lt 500 ]; do
+    read -r now _ < /proc/uptime
+    deadline=$((${now%.*} + 5))
+    while :; do
         case "$1" in
             LABEL=*) dev=$(findfs "$1" 2>/dev/null) && { echo "$dev"; return 0; } ;;
             *) [ -b "$1" ] && { echo "$1"; return 0; } ;;
         esac
-        i=$((i + 1))
-        usleep 10000
+        read -r now _ < /proc/uptime
+        [ "${now%.*}" -ge "$deadline" ] && return 1
+        usleep 20000
     done
-    return 1
 }
 
 mkdir -p /newroot
