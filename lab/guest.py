@@ -83,7 +83,7 @@ class Guest:
                 break
             self._stop_qemu()  # the forwarded port was taken between our check and QEMU's bind
         connected = time.monotonic()
-        self._target = self._connect(deadline=started + self.boot_timeout)
+        self._target = self._connect(deadline=max(started + self.boot_timeout, connected + 30))
         self.ssh_seconds = time.monotonic() - connected
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -80,7 +81,6 @@ def cmd_shell(args) -> int:
         if args.keep:
             print(f"guest files kept in {workdir}", file=sys.stderr)
         else:
-            import shutil
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -97,6 +97,7 @@ def _build(entry: Path, recipe: dict, progress: Progress) -> None:
     started = time.monotonic()
     with atomic_dir(entry) as out, tempfile.TemporaryDirectory(dir=entry.parent,
                                                                prefix=".tree.") as scratch:
+        os.chmod(scratch, 0o755)  # apt's _apt user must reach the tree, or apt warns and runs as root
         tree = Path(scratch) / "tree"
         progress(f"image: mmdebstrap {recipe['suite']} ({len(recipe['packages'])} packages)")
         _run_streaming(_mmdebstrap_argv(recipe, tree), progress, "mmdebstrap")
