@@ -187,7 +187,7 @@ def ensure_boot_files(kernel, progress: Progress = print) -> BootFiles:
 
 
 def _ensure_initramfs(kernel, order: list[str], progress: Progress) -> Path:
-    key = digest_of([kernel.key, FORMAT, INIT_SCRIPT, sha256_file(BUSYBOX)])
+    key = digest_of([kernel.key, FORMAT, INIT_SCRIPT, sha256_file(BUSYBOX), order])
     path = cache_dir("initramfs", kernel.id) / f"initramfs-{key}.cpio.gz"
     if not path.exists():
         started = time.monotonic()
