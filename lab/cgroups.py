@@ -45,8 +45,12 @@ def parse_mounts(text: str) -> list[Mount]:
     return mounts
 
 
-def mounts(target: Target) -> list[Mount]:
-    return parse_mounts(target.run(["cat", "/proc/self/mounts"], check=True).stdout)
+def mounts(target: Target, fresh: bool = False) -> list[Mount]:
+    """The target's mount table, read once and remembered (``fresh`` after the lab mounts something)."""
+    if fresh or "mounts" not in target.memo:
+        text = target.run(["cat", "/proc/self/mounts"], check=True).stdout
+        target.memo["mounts"] = parse_mounts(text)
+    return target.memo["mounts"]
 
 
 def mounts_of_type(target: Target, fstype: str) -> list[Mount]:

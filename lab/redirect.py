@@ -111,11 +111,6 @@ def bpftool_json(target: Target, args: list[str], timeout: float = 60) -> Any:
     return json.loads(result.stdout) if result.stdout.strip() else []
 
 
-def _ls(target: Target, path: str) -> list[str]:
-    result = target.run(["ls", "-1", path])
-    return result.stdout.split() if result.ok else []
-
-
 # ----------------------------------------------------------------------------- where pins live
 
 def cgroup_slug(cgroup: str, mount: str) -> str:
@@ -133,12 +128,17 @@ def bpffs_mounts(target: Target) -> list[str]:
 
 
 def ensure_bpffs(target: Target) -> str:
-    """A bpffs mount on the target: an existing one, else a private one the lab owns."""
+    """Where new pins go: /sys/fs/bpf if it is a bpffs, else a private bpffs the lab owns.
+
+    Other bpffs mounts (another tool's) are searched for our pins but never receive new ones.
+    """
     mounts = bpffs_mounts(target)
-    if mounts:
-        return mounts[0]
+    for preferred in ("/sys/fs/bpf", PRIVATE_BPFFS):
+        if preferred in mounts:
+            return preferred
     target.run(["mkdir", "-p", PRIVATE_BPFFS], check=True)
     result = target.run(["mount", "-t", "bpf", "sockredir-bpffs", PRIVATE_BPFFS])
+    cgroups.mounts(target, fresh=True)
     if not result.ok:
         raise LabError(f"no bpffs on {target.name} and mounting one at {PRIVATE_BPFFS} failed: "
                        f"{result.stderr.strip()}; mount one with `mount -t bpf bpf /sys/fs/bpf`")
@@ -232,18 +232,26 @@ def load(target: Target, obj: Path, pin_dir: str) -> dict[str, Program]:
     return programs
 
 
+def _pinned_under(target: Target, kind: str, directory: str) -> dict[str, tuple[str, dict]]:
+    """name -> (pin path, bpftool info) of the programs or maps pinned in ``directory``.
+
+    One ``bpftool -f`` call lists every object with its pin paths, instead of one call per pin.
+    """
+    found = {}
+    for info in bpftool_json(target, ["-f", kind, "show"]):
+        for pin in info.get("pinned", []):
+            if posixpath.dirname(pin) == directory:
+                found[posixpath.basename(pin)] = (pin, info)
+    return found
+
+
 def pinned_programs(target: Target, pin_dir: str) -> dict[str, Program]:
-    programs = {}
-    for name in _ls(target, f"{pin_dir}/progs"):
-        pin = f"{pin_dir}/progs/{name}"
-        info = bpftool_json(target, ["prog", "show", "pinned", pin])
-        programs[name] = Program(name, info["id"], info["type"], pin, info.get("verified_insns"))
-    return programs
+    return {name: Program(name, info["id"], info["type"], pin, info.get("verified_insns"))
+            for name, (pin, info) in _pinned_under(target, "prog", f"{pin_dir}/progs").items()}
 
 
 def pinned_maps(target: Target, pin_dir: str) -> dict[str, dict]:
-    return {name: bpftool_json(target, ["map", "show", "pinned", f"{pin_dir}/maps/{name}"])
-            for name in _ls(target, f"{pin_dir}/maps")}
+    return {name: info for name, (_, info) in _pinned_under(target, "map", f"{pin_dir}/maps").items()}
 
 
 def _one(items: dict, kind: str, pin_dir: str) -> tuple[str, Any]:
@@ -331,7 +339,13 @@ def foreign_attachments(target: Target, cgroup: str) -> list[dict]:
 def attached_sockops(target: Target, cgroup: str) -> list[dict]:
     if not target.run(["test", "-d", cgroup]).ok:
         return []
-    entries = bpftool_json(target, ["cgroup", "show", cgroup])
+    result = target.run(["bpftool", "-j", "cgroup", "show", cgroup])
+    if not result.ok:
+        # bpftool 7.1 on kernels before 6.0 fails the plain query once a program is attached (it
+        # asks for per-program attach flags those kernels do not know); the effective query works
+        # there, and for a lab cgroup (nothing attached above it) lists the same programs.
+        result = target.run(["bpftool", "-j", "cgroup", "show", cgroup, "effective"], check=True)
+    entries = json.loads(result.stdout) if result.stdout.strip() else []
     return [e for e in entries if e.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
 
 

@@ -65,6 +65,9 @@ class Target:
     def __init__(self) -> None:
         self._features: dict | None = None
         self._release: str | None = None
+        # Facts about the target that callers look up often and that change only through the lab
+        # (e.g. the mount table): each SSH round trip costs ~0.1-0.2 s in a TCG guest.
+        self.memo: dict = {}
 
     def run(self, cmd: Command, timeout: float = 60, check: bool = False,
             input: str | None = None) -> Result:

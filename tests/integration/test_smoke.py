@@ -2,6 +2,11 @@
 
 import json
 
+import pytest
+
+# Guest-only: these check the guest the lab built (the host has its own mounts and no catalog entry).
+pytestmark = pytest.mark.usefixtures("guest")
+
 
 def _mounts(target) -> dict[str, str]:
     """Mount point -> filesystem type, from the guest's /proc/self/mounts."""
