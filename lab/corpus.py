@@ -1,0 +1,254 @@
+"""The verifier corpus: ``bpf/cases/NAME.bpf.c`` + ``NAME.toml`` (expected outcomes, log pattern).
+
+A sidecar looks like this (``docs/verifier.md`` has the full description)::
+
+    summary = "2-byte load of sk_msg_md.remote_port"
+    capabilities = ["bpf", "net_admin"]   # optional: load with only these (default: full root)
+    defines = ["NAME=VALUE"]              # optional: -D for clang
+
+    [log]                                 # per outcome the case can have: a regex its evidence
+    rejected = 'invalid bpf_context access off=60 size=2'   # (log / libbpf output) must match
+
+    [feature]                             # optional: predicts the outcome on unrecorded kernels
+    prog_type = "sock_ops"
+    helper = "bpf_get_netns_cookie"
+    present = "accepted"
+    absent = "rejected"
+
+    [kernels]                             # measured; rewritten by `sockredir-lab verify --record`
+    "5.10" = { outcome = "rejected", key_line = "...", release = "5.10.0-32-cloud-amd64" }
+
+The expected outcome on a kernel: its own record (by kernel id, or by the major.minor of its
+release: the host's 6.18.44 uses the "6.18" record); else the probed feature; else the record of
+the newest older kernel (an inference, said so); else none.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import BPF_DIR, LabError
+from lab.verify import OUTCOMES, ObjectVerdict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+CASES_DIR = BPF_DIR / "cases"
+SOURCE_SUFFIX = ".bpf.c"
+KERNELS_HEADER = "[kernels]"
+TOP_KEYS = {"summary", "capabilities", "defines", "log", "feature", "kernels"}
+FEATURE_KEYS = {"prog_type", "helper", "present", "absent"}
+RECORD_KEYS = {"outcome", "key_line", "release"}
+
+
+class CorpusError(LabError):
+    pass
+
+
+@dataclass(frozen=True)
+class Record:
+    outcome: str
+    key_line: str | None = None
+    release: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureRule:
+    prog_type: str
+    helper: str
+    present: str
+    absent: str
+
+    def predict(self, target) -> tuple[str, str]:
+        have = target.has_helper(self.prog_type, self.helper)
+        word = "can" if have else "cannot"
+        return (self.present if have else self.absent,
+                f"probed: {self.prog_type} programs {word} call {self.helper}")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str
+    source: str  # how it was decided, for the report
+    key_line: str | None = None
+
+
+@dataclass
+class Case:
+    name: str
+    source: Path
+    sidecar: Path
+    summary: str
+    log_patterns: dict[str, str]
+    recorded: dict[str, Record] = field(default_factory=dict)
+    feature: FeatureRule | None = None
+    capabilities: tuple[str, ...] | None = None
+    defines: tuple[str, ...] = ()
+
+    def expectation(self, kernel_id: str | None, release: str, target=None) -> Expectation | None:
+        record = self.recorded.get(kernel_id or "") or self._same_version(release)
+        if record is not None:
+            return Expectation(record.outcome, f"recorded on {record.release or 'this kernel'}",
+                               record.key_line)
+        if self.feature is not None and target is not None:
+            outcome, why = self.feature.predict(target)
+            return Expectation(outcome, why)
+        older = self._newest_older(release)
+        if older is not None:
+            kernel, record = older
+            return Expectation(record.outcome, f"inferred from kernel {kernel}, the newest older "
+                                               f"kernel recorded (not measured on {release})")
+        return None
+
+    def _same_version(self, release: str) -> Record | None:
+        version = kernel_version(release)
+        matches = [r for k, r in self.recorded.items() if kernel_version(k) == version]
+        return matches[0] if matches else None
+
+    def _newest_older(self, release: str) -> tuple[str, Record] | None:
+        version = kernel_version(release)
+        if version is None:
+            return None
+        older = [(kernel_version(k), k, r) for k, r in self.recorded.items()
+                 if kernel_version(k) is not None and kernel_version(k) < version]
+        return max(older)[1:] if older else None
+
+    def check(self, verdict: ObjectVerdict, expected: Expectation) -> list[str]:
+        """What is wrong with ``verdict`` given ``expected``; empty when it holds."""
+        problems = []
+        if verdict.outcome != expected.outcome:
+            problems.append(f"outcome {verdict.outcome} ({verdict.key_line}), expected "
+                            f"{expected.outcome} ({expected.source})")
+            return problems
+        pattern = self.log_patterns.get(verdict.outcome)
+        if pattern and not re.search(pattern, verdict.evidence(), re.M):
+            problems.append(f"the {verdict.outcome} evidence does not match {pattern!r} "
+                            f"(key line: {verdict.key_line})")
+        if expected.key_line and verdict.key_line != expected.key_line:
+            problems.append(f"key line {verdict.key_line!r} differs from the recorded "
+                            f"{expected.key_line!r}")
+        return problems
+
+
+def kernel_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel id ("6.1") or release ("6.1.0-50-cloud-amd64")."""
+    match = re.match(r"^(\d+)\.(\d+)", text or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def sidecar_of(source: Path) -> Path:
+    return Path(source).with_name(Path(source).name.removesuffix(SOURCE_SUFFIX) + ".toml")
+
+
+def load_case(source: Path) -> Case | None:
+    """The case for ``source``, or None when it has no sidecar (not part of the corpus)."""
+    source = Path(source)
+    sidecar = sidecar_of(source)
+    if not source.name.endswith(SOURCE_SUFFIX) or not sidecar.is_file():
+        return None
+    try:
+        data = tomllib.loads(sidecar.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CorpusError(f"{sidecar}: not valid TOML ({exc}); fix the file") from exc
+    return _parse(source, sidecar, data)
+
+
+def load_corpus(directory: Path = CASES_DIR) -> list[Case]:
+    cases = []
+    for source in sorted(Path(directory).glob(f"*{SOURCE_SUFFIX}")):
+        case = load_case(source)
+        if case is None:
+            raise CorpusError(f"{source} has no sidecar {sidecar_of(source).name}; every case needs "
+                              "one (see docs/verifier.md)")
+        cases.append(case)
+    return cases
+
+
+def find_case(name: str, directory: Path = CASES_DIR) -> Case:
+    case = load_case(Path(directory) / f"{name}{SOURCE_SUFFIX}")
+    if case is None:
+        known = ", ".join(c.name for c in load_corpus(directory))
+        raise CorpusError(f"no corpus case {name!r} in {directory} (known: {known})")
+    return case
+
+
+def _parse(source: Path, sidecar: Path, data: dict[str, Any]) -> Case:
+    def fail(problem: str) -> CorpusError:
+        return CorpusError(f"{sidecar}: {problem} (see docs/verifier.md for the format)")
+
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise fail(f"unknown keys {sorted(unknown)}")
+    if not isinstance(data.get("summary"), str):
+        raise fail("`summary` (a string) is missing")
+    logs = data.get("log", {})
+    if not isinstance(logs, dict) or set(logs) - set(OUTCOMES):
+        raise fail(f"[log] must map outcomes ({', '.join(OUTCOMES)}) to regexes")
+    for outcome, pattern in logs.items():
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise fail(f"[log] {outcome} is not a valid regex: {exc}") from exc
+    feature = None
+    if "feature" in data:
+        rule = data["feature"]
+        if not isinstance(rule, dict) or set(rule) != FEATURE_KEYS:
+            raise fail(f"[feature] needs exactly {sorted(FEATURE_KEYS)}")
+        _check_outcome(rule["present"], fail)
+        _check_outcome(rule["absent"], fail)
+        feature = FeatureRule(**rule)
+    recorded = {}
+    for kernel, record in data.get("kernels", {}).items():
+        if not isinstance(record, dict) or set(record) - RECORD_KEYS or "outcome" not in record:
+            raise fail(f"[kernels] {kernel!r} must be {{ outcome = ..., key_line = ..., release = ... }}")
+        _check_outcome(record["outcome"], fail)
+        recorded[kernel] = Record(**record)
+    outcomes = {r.outcome for r in recorded.values()} | ({feature.present, feature.absent} if feature else set())
+    missing = sorted(o for o in outcomes - set(logs) if o != "accepted")
+    if missing:
+        raise fail(f"no [log] pattern for outcome(s) {missing}")
+    caps = data.get("capabilities")
+    return Case(
+        name=source.name.removesuffix(SOURCE_SUFFIX), source=source, sidecar=sidecar,
+        summary=data["summary"], log_patterns=dict(logs), recorded=recorded, feature=feature,
+        capabilities=tuple(caps) if caps is not None else None,
+        defines=tuple(data.get("defines", ())),
+    )
+
+
+def _check_outcome(value: Any, fail) -> None:
+    if value not in OUTCOMES:
+        raise fail(f"outcome {value!r} is not one of {', '.join(OUTCOMES)}")
+
+
+# ----------------------------------------------------------------------------- recording
+
+def record(case: Case, kernel_id: str, verdict: ObjectVerdict) -> None:
+    """Write ``verdict`` as the case's record for ``kernel_id`` (the [kernels] table is
+    regenerated; everything above it in the sidecar is kept as written)."""
+    case.recorded[kernel_id] = Record(verdict.outcome, verdict.key_line, verdict.kernel_release)
+    text = case.sidecar.read_text()
+    head = text.split(KERNELS_HEADER, 1)[0].rstrip() + "\n\n"
+    if KERNELS_HEADER not in text:
+        head = text.rstrip() + "\n\n"
+    lines = [KERNELS_HEADER, "# Measured: sockredir-lab verify bpf/cases/"
+             f"{case.name}{SOURCE_SUFFIX} --kernel all --record"]
+    for kernel in sorted(case.recorded, key=lambda k: kernel_version(k) or (999, 0)):
+        rec = case.recorded[kernel]
+        fields = [f"outcome = {_toml_str(rec.outcome)}"]
+        if rec.key_line:
+            fields.append(f"key_line = {_toml_str(rec.key_line)}")
+        if rec.release:
+            fields.append(f"release = {_toml_str(rec.release)}")
+        lines.append(f"{_toml_str(kernel)} = {{ {', '.join(fields)} }}")
+    case.sidecar.write_text(head + "\n".join(lines) + "\n")
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
