@@ -12,6 +12,9 @@
  *   -DSOCKREDIR_NETNS    netns cookie in the key (needs bpf_get_netns_cookie in sock_ops and
  *                        sk_msg: Linux 5.15+; refused by the verifier on 5.10)
  *   -DSOCKREDIR_MAX_ENTRIES=N   map size (bpftool loadall cannot resize maps)
+ *   -DSOCKREDIR_TEST_WRONG_PORT_ORDER   TEST ONLY, a deliberately broken redirect: the sk_msg
+ *                        program builds the peer key with the remote port in network byte order,
+ *                        so no lookup ever matches (tests show the lab's checks catch it)
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -125,7 +128,11 @@ static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sock
 		key->remote_ip[2] = CTX_U32(msg->local_ip6[2]);
 		key->remote_ip[3] = CTX_U32(msg->local_ip6[3]);
 	}
+#ifdef SOCKREDIR_TEST_WRONG_PORT_ORDER
+	key->local_port = CTX_U32(msg->remote_port);
+#else
 	key->local_port = port_from_remote(CTX_U32(msg->remote_port));
+#endif
 	key->remote_port = CTX_U32(msg->local_port);
 #ifdef SOCKREDIR_NETNS
 	key->netns_cookie = bpf_get_netns_cookie(msg);

@@ -32,7 +32,13 @@ def add_redirect(sub) -> None:
     redirect_cli.register(sub)
 
 
-GROUPS = [add_kernels, add_image, add_guest, add_redirect]
+def add_suite(sub) -> None:
+    from lab import suite_cli
+
+    suite_cli.register(sub)
+
+
+GROUPS = [add_kernels, add_image, add_guest, add_redirect, add_suite]
 
 
 def build_parser() -> argparse.ArgumentParser:

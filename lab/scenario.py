@@ -3,20 +3,87 @@
 A scenario runs in a fresh network namespace (``unshare -n``); its processes put themselves into
 the cgroups they are given. Everything goes through the Target interface, so a scenario runs the
 same on the host and in a guest.
+
+``run_pair`` drives ``scenarios/pair.py`` (one connection, held open while the caller looks at the
+map). ``run_scenario`` drives the other programs, which share ``scenarios/common.py``: each runs
+its rounds (``baseline`` without the redirect, ``redirect`` in the cgroup) in fresh namespaces,
+dumps the map itself at fixed points (``--map-pin``), and prints one JSON object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
-from typing import Callable
+import weakref
+from typing import Callable, Sequence
 
 from lab import SCENARIOS_DIR, LabError
 from lab.redirect import RUN_DIR
 from lab.target import Target
 
-PAIR_ON_TARGET = f"{RUN_DIR}/scenarios/pair.py"
+SCENARIOS_ON_TARGET = f"{RUN_DIR}/scenarios"
+PAIR_ON_TARGET = f"{SCENARIOS_ON_TARGET}/pair.py"
+SHARED_FILES = ("common.py",)
+
+# target -> {file name: sha256 of the copy on it}; copies are refreshed when the file changes.
+_copied: "weakref.WeakKeyDictionary[Target, dict[str, str]]" = weakref.WeakKeyDictionary()
+
+
+def ensure_on_target(target: Target, filename: str) -> str:
+    """Copy ``scenarios/<filename>`` to the target unless this session already did; its remote path."""
+    local = SCENARIOS_DIR / filename
+    if not local.is_file():
+        raise LabError(f"no scenario file {local}; the scenarios are {', '.join(available())}")
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    remote = f"{SCENARIOS_ON_TARGET}/{filename}"
+    done = _copied.setdefault(target, {})
+    if done.get(filename) != digest:
+        target.put(local, remote)
+        done[filename] = digest
+    return remote
+
+
+def available() -> list[str]:
+    """Scenario programs (not the shared module nor pair.py's one-connection driver)."""
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.py") if p.stem not in ("common", "pair"))
+
+
+def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: str | None = None, *,
+                 rounds: Sequence[str] = ("baseline", "redirect"), map_pin: str | None = None,
+                 counters_pin: str | None = None, tag: str = "", port: int = 0, trace=None,
+                 timeout: int = 120) -> dict:
+    """Run ``scenarios/<name>.py`` on ``target`` and return its JSON result.
+
+    ``cgroup``: where both sides go in redirect rounds (``args`` may override a side with
+    ``--client-cgroup``/``--server-cgroup``, ``none`` = stay outside). ``map_pin``/``counters_pin``:
+    the installation's pinned maps, dumped by the scenario at its snapshots. ``tag``: prefix of the
+    loopback names (trace filters select it). ``trace``: a ``lab.trace.Plan`` (or anything with
+    ``wrap(command) -> command``) to count tracepoints around the data phase.
+    The result also carries ``rc``, ``stderr`` and ``command`` of the run.
+    """
+    for shared in SHARED_FILES:
+        ensure_on_target(target, shared)
+    program = ensure_on_target(target, f"{name}.py")
+    command = ["unshare", "-n", "python3", program, "--rounds", ",".join(rounds),
+               "--timeout", str(timeout)]
+    for option, value in (("--cgroup", cgroup), ("--map-pin", map_pin),
+                          ("--counters-pin", counters_pin), ("--tag", tag), ("--port", port)):
+        if value:
+            command += [option, str(value)]
+    command += [str(a) for a in args]
+    if trace is not None:
+        command = trace.wrap(command)
+    # The scenario times itself out (and says which worker hung); this is the backstop.
+    result = target.run(command, timeout=timeout + 60)
+    try:
+        parsed = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise LabError(f"scenario {name} printed no JSON on {target.name} (exit {result.rc}); "
+                       f"stderr: {result.stderr.strip()[-2000:]}") from None
+    parsed.update(rc=result.rc, stderr=result.stderr[-4000:], command=result.command)
+    return parsed
 
 
 def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,

@@ -1,0 +1,51 @@
+"""``sockredir-lab suite`` (the scenario suite on chosen kernels) and ``sockredir-lab main``.
+
+``main`` is what the README's ``./run main`` calls: the suite on the default kernel's guest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from lab import REPO_ROOT, suite
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("suite", help="run the same-host scenarios on kernels; print a kernel x scenario table")
+    add_options(parser, kernels_default=[suite.DEFAULT_KERNEL])
+    parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                        help=f"scenario (repeatable; a prefix like 'echo' selects echo-*); default: all of "
+                             f"{', '.join(suite.SCENARIOS)}")
+    parser.set_defaults(func=run)
+    main = sub.add_parser("main", help=f"the suite on the default kernel ({suite.DEFAULT_KERNEL}): what ./run main does")
+    add_options(main, kernels_default=[suite.DEFAULT_KERNEL])
+    main.set_defaults(func=run, scenario=[])
+
+
+def add_options(parser, kernels_default: list[str]) -> None:
+    parser.add_argument("--kernel", action="append", default=[], metavar="ID",
+                        help=f"kernel id from images/kernels.toml, or 'host' (repeatable; default "
+                             f"{', '.join(kernels_default)})")
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="where scenario JSON, verdicts and dmesg go (default artifacts/suite-<time>)")
+    parser.add_argument("--broken-redirect", action="store_true",
+                        help="install a deliberately broken build (wrong port byte order in the key): "
+                             "shows that the checks fail")
+    parser.set_defaults(kernels_default=kernels_default)
+
+
+def run(args) -> int:
+    kernels = args.kernel or args.kernels_default
+    scenario_ids = suite.select(args.scenario)
+    artifacts = args.artifacts or REPO_ROOT / "artifacts" / time.strftime("suite-%Y%m%d-%H%M%S")
+    artifacts.mkdir(parents=True, exist_ok=True)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    reports = suite.run_suite(kernels, scenario_ids, artifacts, broken=args.broken_redirect, progress=progress)
+    print(suite.format_table(reports, scenario_ids))
+    print(f"\nartifacts: {artifacts}")
+    return 1 if any(report.failed for report in reports) else 0

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""churn: --conns connections one after the other; each carries --size bytes to the server and back
+and is closed. Afterwards no map entry may be left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from common import connect, listen, recv_bytes, recv_until_eof, run, send_all
+
+
+def server(family: str, port: int, conns: int, size: int):
+    listener = listen(family, port, backlog=1024)
+    yield {"port": listener.getsockname()[1]}
+    yield {"listening": True}
+    echoed, clean_eofs = 0, 0
+    for _ in range(conns):
+        conn, _ = listener.accept()
+        data = recv_bytes(conn, size)
+        send_all(conn, data)
+        echoed += len(data)
+        clean_eofs += recv_until_eof(conn) == 0
+        conn.close()
+    listener.close()
+    yield {"echoed": echoed, "clean_eofs": clean_eofs}
+    yield {"closed": True}
+
+
+def client(port: int, family: str, conns: int, size: int):
+    yield {"ready": True}
+    payload = os.urandom(size)
+    intact, received = 0, 0
+    started = time.monotonic()
+    for _ in range(conns):
+        conn = connect(family, port)
+        send_all(conn, payload)
+        reply = recv_bytes(conn, size)
+        received += len(reply)
+        intact += reply == payload
+        conn.close()
+    seconds = time.monotonic() - started
+    yield {"conns": conns, "intact_conns": intact, "sent": conns * size, "received": received,
+           "seconds": round(seconds, 6), "conns_per_second": round(conns / seconds, 1)}
+    yield {"closed": True}
+
+
+def body(ctx):
+    args = ctx.args
+    ctx.snapshot("start", ("counters",))
+    server_w, client_w, _ = ctx.start_pair(server, (args.family, args.port, args.conns, args.size),
+                                           client, (args.family, args.conns, args.size))
+    results = ctx.data_phase([client_w, server_w])
+    ctx.close([client_w, server_w], open_snapshot=False)
+    return {"results": results}
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--conns", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=100)
+
+
+if __name__ == "__main__":
+    run("churn", body, arguments)

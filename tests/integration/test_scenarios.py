@@ -1,0 +1,126 @@
+"""The same-host scenario suite on every kernel of the matrix (and the host as ``kernel_host``).
+
+Each test runs one scenario of ``lab/suite.py`` on the kernel's target: a baseline round without
+the redirect and a redirected round, each in a fresh network namespace, with tracepoints counted
+around the data phase. The judging (two entries per connection, bytes intact, bypass ratio against
+the baseline, program counters, kprobe) lives in ``lab.suite`` so that ``sockredir-lab suite``
+judges the same way; here a verdict's failures fail the test, its gate skips it with the reason,
+and its warnings become pytest warnings. Scenario JSON (with the raw map dumps) and the verdict are
+saved under the run's artifacts.
+
+The redirect installations are shared by the tests of one kernel (module-scoped ``suite_env``),
+so a guest installs the production redirect once, not once per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+
+from lab import suite
+from lab.pytest_plugin import HostKernel
+
+
+@pytest.fixture(scope="module")
+def suite_env(kernel, request, lab):
+    if isinstance(kernel, HostKernel):
+        target = request.getfixturevalue("host_target")
+    else:
+        target = request.getfixturevalue("guest").target
+    artifacts = lab.artifacts / "scenarios" / kernel.test_id
+    with suite.Env(target, artifacts=artifacts, progress=lab.progress) as env:
+        yield env
+
+
+def judge(env: suite.Env, scenario_id: str, artifacts) -> suite.Verdict:
+    verdict = env.check(scenario_id)
+    (artifacts / "verdict.json").write_text(json.dumps(verdict.as_dict(), indent=1))
+    print(f"{scenario_id}: {verdict.status} in {verdict.seconds:.1f}s: {verdict.summary()}")
+    for note in verdict.notes:
+        print(f"note: {note}")
+    if verdict.status == "gated":
+        pytest.skip(verdict.reason)
+    for warning in verdict.warnings:
+        warnings.warn(f"{scenario_id} on {env.target.kernel_release}: {warning}")
+    assert not verdict.failures, f"{scenario_id}:\n  " + "\n  ".join(verdict.failures)
+    return verdict
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "v4mapped"])
+def test_echo(target, suite_env, artifacts, family):
+    judge(suite_env, f"echo-{family}", artifacts)
+
+
+def test_bulk(target, suite_env, artifacts):
+    judge(suite_env, "bulk", artifacts)
+
+
+def test_small_writes(target, suite_env, artifacts):
+    judge(suite_env, "smallwrites", artifacts)
+
+
+@pytest.mark.parametrize("mode", ["sendfile", "splice"])
+def test_sendfile_and_splice(target, suite_env, artifacts, mode):
+    judge(suite_env, mode, artifacts)
+
+
+def test_concurrent_connections(target, suite_env, artifacts):
+    verdict = judge(suite_env, "concurrent", artifacts)
+    assert verdict.figures["entries"].startswith(f"{2 * suite_env.scale.conns} ")
+
+
+def test_churn_leaves_no_entry(target, suite_env, artifacts):
+    judge(suite_env, "churn", artifacts)
+
+
+def test_half_close(target, suite_env, artifacts):
+    judge(suite_env, "halfclose", artifacts)
+
+
+@pytest.mark.parametrize("outside", ["server", "client"])
+def test_peer_outside_cgroup(target, suite_env, artifacts, outside):
+    judge(suite_env, f"outside-{outside}", artifacts)
+
+
+@pytest.mark.parametrize("variant", ["seed", "production", "netns"])
+def test_two_namespaces_same_ports(target, suite_env, artifacts, variant):
+    judge(suite_env, f"netns2-{variant}", artifacts)
+
+
+def test_full_map_falls_back(target, suite_env, artifacts):
+    judge(suite_env, "fullmap", artifacts)
+
+
+def test_detach_mid_stream(target, suite_env, artifacts):
+    judge(suite_env, "detach", artifacts)
+
+
+def test_udp_and_unix_untouched(target, suite_env, artifacts):
+    judge(suite_env, "untouched", artifacts)
+
+
+def test_slow_reader(target, suite_env, artifacts):
+    judge(suite_env, "slowreader", artifacts)
+
+
+# ----------------------------------------------------------------------------- the checks can fail
+
+@pytest.mark.parametrize("scenario_id", ["bulk", "echo-ipv4"])
+def test_broken_redirect_fails_loudly(target, artifacts, scenario_id):
+    """A redirect built with the test-only wrong-byte-order key: sockops still inserts both
+    sockets (the map looks right), but no sk_msg lookup matches, so every byte goes over TCP. The
+    suite's checks must say so: program counters and the bypass ratio fail, naming the numbers."""
+    with suite.Env(target, artifacts=artifacts, broken=True) as env:
+        verdict = env.check(scenario_id)
+    print("\n".join(verdict.failures))
+    assert verdict.status == "fail", "the checks passed a redirect that redirects nothing"
+    failures = "\n".join(verdict.failures)
+    assert "program counter bytes_redirected: got 0" in failures
+    assert re.search(r"program counter msgs_missed: got [1-9]\d*, expected 0", failures)  # all missed
+    assert "lo packets in the data phase" in failures
+    assert "the payload went through the TCP/IP stack" in failures
+    # The map itself looks healthy: only the data-path checks can catch this bug.
+    assert not any(f.startswith("map entries") or f.startswith("map keys") for f in verdict.failures)
