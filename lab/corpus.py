@@ -122,8 +122,8 @@ class Case:
         """What is wrong with ``verdict`` given ``expected``; empty when it holds."""
         problems = []
         if verdict.outcome != expected.outcome:
-            problems.append(f"outcome {verdict.outcome} ({verdict.key_line}), expected "
-                            f"{expected.outcome} ({expected.source})")
+            problems.append(f"outcome {verdict.outcome} ({verdict.key_line or 'no key line'}), "
+                            f"expected {expected.outcome}")
             return problems
         pattern = self.log_patterns.get(verdict.outcome)
         if pattern and not re.search(pattern, verdict.evidence(), re.M):
@@ -252,3 +252,62 @@ def record(case: Case, kernel_id: str, verdict: ObjectVerdict) -> None:
 def _toml_str(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+# ----------------------------------------------------------------------------- verifier statistics
+
+STATS_FILE = CASES_DIR / "stats.toml"
+
+
+@dataclass(frozen=True)
+class StatsBand:
+    """How far a program's instruction count may drift from the recorded figure."""
+
+    relative: float
+    absolute: int
+
+    def allows(self, recorded: int, measured: int) -> bool:
+        return abs(measured - recorded) <= max(self.absolute, self.relative * recorded)
+
+    def describe(self, recorded: int) -> str:
+        slack = max(self.absolute, self.relative * recorded)
+        return f"{recorded} +/- {slack:.0f}"
+
+
+@dataclass
+class RecordedStats:
+    band: StatsBand
+    figures: dict[str, dict[str, dict[str, int]]]  # variant -> kernel -> program -> processed insns
+
+    def lookup(self, variant: str, kernel_id: str, release: str) -> dict[str, int] | None:
+        per_kernel = self.figures.get(variant, {})
+        if kernel_id in per_kernel:
+            return per_kernel[kernel_id]
+        version = kernel_version(release)
+        same = [v for k, v in per_kernel.items() if kernel_version(k) == version]
+        return same[0] if same else None
+
+
+def load_stats(path: Path = STATS_FILE) -> RecordedStats:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CorpusError(f"{path}: cannot read the recorded verifier statistics ({exc}); "
+                          "restore it from git or re-record it (docs/verifier.md)") from exc
+    band = data.pop("tolerance", {})
+    return RecordedStats(StatsBand(float(band.get("relative", 0.1)), int(band.get("absolute", 5))), data)
+
+
+def record_stats(variant: str, kernel_id: str, figures: dict[str, int], path: Path = STATS_FILE) -> None:
+    """Set the figures of one variant on one kernel (the file is regenerated, comments on top kept)."""
+    stats = load_stats(path)
+    stats.figures.setdefault(variant, {})[kernel_id] = dict(sorted(figures.items()))
+    text = path.read_text()
+    head = "\n".join(ln for ln in text.split("\n[", 1)[0].splitlines() if ln.startswith("#"))
+    out = [head, "", "[tolerance]", f"relative = {stats.band.relative}", f"absolute = {stats.band.absolute}"]
+    for name in sorted(stats.figures):
+        out += ["", f"[{name}]"]
+        for kernel in sorted(stats.figures[name], key=lambda k: kernel_version(k) or (999, 0)):
+            programs = ", ".join(f"{p} = {n}" for p, n in stats.figures[name][kernel].items())
+            out.append(f"{_toml_str(kernel)} = {{ {programs} }}")
+    path.write_text("\n".join(out).lstrip("\n") + "\n")

@@ -106,6 +106,7 @@ class ObjectVerdict:
     programs: list[ProgramVerdict]
     capabilities: tuple[str, ...] | None = None
     bpftool_output: str = ""
+    solo_outputs: dict[str, str] = field(default_factory=dict)  # section -> bpftool output
 
     def program(self, name: str) -> ProgramVerdict:
         for prog in self.programs:
@@ -130,6 +131,7 @@ class ObjectVerdict:
         data = asdict(self)
         if not with_logs:
             data.pop("bpftool_output")
+            data.pop("solo_outputs")
             for prog in data["programs"]:
                 prog.pop("log")
         return data
@@ -260,7 +262,8 @@ def verify_object(target: Target, obj: Path, capabilities: Iterable[str] | None 
         rejected = [v for v in verdicts if v.outcome == "rejected"]
         outcome = "rejected" if rejected else "accepted"
         return ObjectVerdict(obj.name, target.name, target.kernel_release, outcome,
-                             rejected[0].key_line if rejected else None, verdicts, caps, first.output)
+                             rejected[0].key_line if rejected else None, verdicts, caps, first.output,
+                             session.solo_outputs)
     finally:
         session.cleanup()
 
@@ -288,6 +291,7 @@ class _Session:
         self.workdir = f"{RUN_DIR}/{token}"
         self.pin_root = posixpath.join(redirect.ensure_bpffs(target), PIN_PARENT, f"verify-{token}")
         self.loads = 0
+        self.solo_outputs: dict[str, str] = {}
         self._local = tempfile.TemporaryDirectory(prefix="sockredir-verify-")
         target.run(["mkdir", "-p", self.workdir, self.pin_root], check=True)
 
@@ -328,6 +332,7 @@ class _Session:
         for section in dict.fromkeys(s for s, name in parsed.programs if name not in known):
             solo_obj = only_section(obj, section, sections, Path(self._local.name))
             raw = self.load(solo_obj)
+            self.solo_outputs[section] = raw.output
             solo = parse_loadall(raw.output)
             mine = [v for v in program_verdicts(solo, raw.rc) if v.section.lstrip("?") == section
                     and v.outcome != "skipped"]
@@ -359,8 +364,10 @@ class _Session:
             _set_verified(verdicts, name, report.get(pin, {}).get("verified_insns"))
 
     def cleanup(self) -> None:
-        # Unpinning frees the programs and maps: nothing else holds them.
+        # Unpinning frees the programs and maps: nothing else holds them. The parent directory
+        # goes only when empty (an installed redirect may pin there too).
         self.target.run(["rm", "-rf", self.pin_root, self.workdir])
+        self.target.run(["rmdir", posixpath.dirname(self.pin_root)])
         self._local.cleanup()
 
 

@@ -1,0 +1,264 @@
+"""``sockredir-lab verify FILE.bpf.c|FILE.o --kernel ID [--kernel ID ...|--kernel all]``.
+
+Builds the object once (CO-RE, on the host), then for each kernel in turn boots its guest (or uses
+the host for ``--kernel host``), loads every program of the object and prints what happened:
+accepted, rejected by the verifier (with its key line) or refused by libbpf before the verifier,
+the instruction counts, and where the full logs are. The exit status says whether the expectation
+held on every kernel: 0 yes, 1 no, 2 a kernel could not be checked (unavailable, did not boot).
+
+The expectation is ``--expect``; else, for a corpus case (``bpf/cases/NAME.bpf.c`` with its
+sidecar), the corpus's expectation for that kernel; else ``accepted``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import REPO_ROOT, LabError, corpus, verify
+
+HOST = "host"
+
+
+@dataclass
+class KernelRun:
+    kernel: str
+    verdict: verify.ObjectVerdict | None = None
+    expected: corpus.Expectation | None = None
+    problems: list[str] | None = None
+    error: str | None = None
+    log_dir: Path | None = None
+
+    @property
+    def held(self) -> bool | None:
+        if self.verdict is None or self.expected is None:
+            return None
+        return not self.problems
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="load a BPF object on one or more kernels and report the verifier's verdict",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, metavar="FILE.bpf.c|FILE.o",
+                        help="a BPF C source (built with the lab's flags) or a built object")
+    parser.add_argument("--kernel", action="append", required=True, metavar="ID",
+                        help="kernel id from images/kernels.toml (repeatable), `all` for every "
+                             "available catalogued kernel, or `host` for this machine's kernel")
+    parser.add_argument("--expect", choices=verify.OUTCOMES,
+                        help="the outcome that must happen on every kernel (default: the corpus's "
+                             "expectation for a corpus case, else accepted)")
+    parser.add_argument("--log-dir", type=Path, metavar="DIR",
+                        help="where logs go (default: artifacts/verify/<name>-<time>)")
+    parser.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="preprocessor define for a C source (repeatable)")
+    parser.add_argument("--caps", metavar="CAP,CAP",
+                        help="load with only these capabilities, e.g. bpf,net_admin (default: full "
+                             "root, or the corpus case's)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the outcomes into the corpus case's sidecar ([kernels] table)")
+    parser.add_argument("--json", action="store_true", help="also print the verdicts as JSON")
+    parser.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    source = args.file.resolve()
+    if not source.is_file():
+        raise LabError(f"{args.file} does not exist; pass a .bpf.c source or a .o object")
+    case = corpus.load_case(source)
+    if args.record and case is None:
+        raise LabError(f"--record writes into a corpus case's sidecar, and {source.name} has none; "
+                       f"put the source in bpf/cases/ with a NAME.toml (see docs/verifier.md)")
+    capabilities = _capabilities(args.caps, case)
+    obj = _object(source, tuple(args.define) + (case.defines if case else ()))
+    kernel_ids = _kernel_ids(args.kernel)
+    log_root = args.log_dir or REPO_ROOT / "artifacts" / "verify" / (
+        f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"verifying {source.name} ({obj}) on {', '.join(kernel_ids)}; logs in {log_root}")
+    runs = []
+    for kernel_id in kernel_ids:
+        run = KernelRun(kernel_id, log_dir=log_root / kernel_id)
+        try:
+            _run_kernel(run, obj, capabilities, case, args.expect)
+        except LabError as exc:
+            run.error = str(exc)
+        runs.append(run)
+        print_run(run)
+        if args.record and run.verdict is not None:
+            if kernel_id == HOST:
+                print(f"  (not recorded: the host is not a corpus kernel)")
+            else:
+                corpus.record(case, kernel_id, run.verdict)
+                print(f"  recorded in {case.sidecar}")
+    print_summary(runs)
+    if args.json:
+        print(json.dumps([_run_dict(r) for r in runs], indent=2))
+    if any(r.error for r in runs):
+        return 2
+    return 0 if all(r.held for r in runs) else 1
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _capabilities(caps: str | None, case: corpus.Case | None) -> tuple[str, ...] | None:
+    if caps is None:
+        return case.capabilities if case else None
+    names = tuple(c.strip().lower().removeprefix("cap_") for c in caps.split(",") if c.strip())
+    bad = [c for c in names if not re.fullmatch(r"[a-z_]+", c)]
+    if bad or not names:
+        raise LabError(f"--caps {caps!r}: expected capability names like bpf,net_admin")
+    return names
+
+
+def _object(source: Path, defines: tuple[str, ...]) -> Path:
+    if source.suffix == ".o":
+        if defines:
+            raise LabError("--define applies to C sources; rebuild the object yourself instead")
+        return source
+    from lab import bpf
+
+    return bpf.build(source, defines)
+
+
+def _stem(source: Path) -> str:
+    return source.name.removesuffix(".o").removesuffix(".c").removesuffix(".bpf")
+
+
+def _kernel_ids(requested: list[str]) -> list[str]:
+    from lab.catalog import Catalog
+
+    catalog = Catalog.load()
+    ids: list[str] = []
+    for kernel in requested:
+        if kernel == "all":
+            for entry in catalog.entries:
+                reason = entry.unavailable_reason()
+                if reason:
+                    print(f"skipping kernel {entry.id}: {reason}")
+                else:
+                    ids.append(entry.id)
+        elif kernel == HOST or catalog.find(kernel):
+            ids.append(kernel)
+        else:
+            raise LabError(f"--kernel {kernel}: not in the catalog (known: {', '.join(catalog.ids)}, "
+                           f"or `all`, or `host`)")
+    return list(dict.fromkeys(ids))
+
+
+def _run_kernel(run: KernelRun, obj: Path, capabilities, case, expect: str | None) -> None:
+    run.log_dir.mkdir(parents=True, exist_ok=True)
+    if run.kernel == HOST:
+        from lab.target import LocalTarget
+
+        if os.geteuid() != 0:
+            raise LabError("--kernel host loads BPF programs on this machine and needs root; run with sudo")
+        _verify_on(run, LocalTarget(), obj, capabilities, case, expect)
+        return
+    from lab import image, kernels
+    from lab.catalog import Catalog
+    from lab.guest import Guest
+
+    entry = Catalog.load().get(run.kernel)
+    artifacts = kernels.prepare(entry, progress=_progress)
+    guest_image = image.ensure_image(progress=_progress)
+    with Guest(artifacts, guest_image, run.log_dir / "guest", progress=_progress) as guest:
+        _verify_on(run, guest.target, obj, capabilities, case, expect)
+
+
+def _verify_on(run: KernelRun, target, obj: Path, capabilities, case, expect: str | None) -> None:
+    run.verdict = verify.verify_object(target, obj, capabilities)
+    save_logs(run.verdict, run.log_dir)
+    if expect:
+        run.expected = corpus.Expectation(expect, "--expect")
+    elif case is not None:
+        run.expected = case.expectation(run.kernel, run.verdict.kernel_release, target)
+    if run.expected is None:
+        run.expected = corpus.Expectation("accepted", "default (no --expect, not a corpus case)")
+    if case is not None and not expect:
+        run.problems = case.check(run.verdict, run.expected)
+    elif run.verdict.outcome != run.expected.outcome:
+        run.problems = [f"outcome {run.verdict.outcome}, expected {run.expected.outcome}"]
+    else:
+        run.problems = []
+
+
+def save_logs(verdict: verify.ObjectVerdict, directory: Path) -> None:
+    """bpftool's whole output, one verifier log per program, and the verdict as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bpftool-loadall.txt").write_text(verdict.bpftool_output)
+    for section, output in verdict.solo_outputs.items():
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", section)
+        (directory / f"bpftool-loadall-only-{safe}.txt").write_text(output)
+    for prog in verdict.programs:
+        if prog.log:
+            (directory / f"{prog.name}.log").write_text(prog.log)
+    (directory / "verdict.json").write_text(json.dumps(verdict.as_dict(), indent=2) + "\n")
+
+
+def full_log_path(verdict: verify.ObjectVerdict, directory: Path) -> Path:
+    if verdict.outcome == "rejected":
+        return directory / f"{verdict.rejected[0].name}.log"
+    return directory / "bpftool-loadall.txt"
+
+
+# ----------------------------------------------------------------------------- output
+
+def _progress(message: str) -> None:
+    print(f"  [{message}]", flush=True)
+
+
+def print_run(run: KernelRun) -> None:
+    if run.verdict is None:
+        print(f"== kernel {run.kernel}: NOT CHECKED\n  {run.error}", flush=True)
+        return
+    verdict = run.verdict
+    print(f"== kernel {run.kernel}: {verdict.kernel_release}")
+    headline = {"accepted": "ACCEPTED: every program passed the verifier",
+                "rejected": f"REJECTED by the verifier: {verdict.key_line}",
+                "refused": f"REFUSED by libbpf before the verifier: {verdict.key_line}"}[verdict.outcome]
+    print(f"  {headline}")
+    if verdict.capabilities is not None:
+        print(f"  (loaded with only CAP_{', CAP_'.join(c.upper() for c in verdict.capabilities)})")
+    for prog in verdict.programs:
+        print("  " + format_program(prog))
+    expected = run.expected
+    state = "held" if run.held else "DID NOT HOLD: " + "; ".join(run.problems or [])
+    print(f"  expected {expected.outcome} ({expected.source}): {state}")
+    print(f"  full log: {full_log_path(verdict, run.log_dir)}", flush=True)
+
+
+def format_program(prog: verify.ProgramVerdict) -> str:
+    counts = []
+    if prog.processed_insns is not None:
+        counts.append(f"processed {prog.processed_insns} insns")
+    if prog.verified_insns is not None:
+        counts.append(f"verified_insns {prog.verified_insns}")
+    if prog.stats.peak_states:
+        counts.append(f"peak states {prog.stats.peak_states}")
+    note = " (verified alone)" if prog.solo else ""
+    reason = f"  {prog.key_line}" if prog.key_line else ""
+    return f"{prog.section:10} {prog.name:20} {prog.outcome:10} {', '.join(counts) or '-'}{note}{reason}"
+
+
+def print_summary(runs: list[KernelRun]) -> None:
+    print("\nkernel   outcome    expected   held  key line / insns")
+    for run in runs:
+        if run.verdict is None:
+            print(f"{run.kernel:8} {'-':10} {'-':10} {'-':5} not checked: {run.error.splitlines()[0]}")
+            continue
+        detail = run.verdict.key_line or ", ".join(
+            f"{p.name}={p.processed_insns}" for p in run.verdict.programs)
+        print(f"{run.kernel:8} {run.verdict.outcome:10} {run.expected.outcome:10} "
+              f"{'yes' if run.held else 'NO':5} {detail}")
+
+
+def _run_dict(run: KernelRun) -> dict:
+    return {"kernel": run.kernel, "error": run.error, "held": run.held,
+            "expected": run.expected.__dict__ if run.expected else None, "problems": run.problems,
+            "log_dir": str(run.log_dir),
+            "verdict": run.verdict.as_dict() if run.verdict else None}

@@ -1,0 +1,155 @@
+"""The verifier corpus on every kernel of the matrix, the redirect's verifier statistics, and the
+run-time consequence of the padding-holes case.
+
+- ``test_case_outcome[kernel x case]``: load the case on the kernel's target, compare with the
+  corpus (outcome, log pattern, recorded key line, probed feature); every log is an artifact.
+- ``test_verifier_statistics[kernel x variant]``: the production, netns and seed programs'
+  "processed N insns" against ``bpf/cases/stats.toml`` within its tolerance band.
+- ``test_padding_holes_*``: the key-with-holes program installed on a cgroup, one real
+  connection: the sockops side inserts both sockets, the sk_msg side never finds the peer; the
+  same program with the key zeroed redirects everything (the control).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+
+from lab import BPF_DIR, bpf, corpus, redirect, verify
+from lab.keys import hex_bytes
+from lab.scenario import run_pair, socket_tuples
+from lab.verify_cli import save_logs
+
+CASES = corpus.load_corpus()
+RECORD_STATS = os.environ.get("SOCKREDIR_RECORD_VERIFIER_STATS") == "1"
+STAT_VARIANTS = {
+    "seed": (BPF_DIR / "seed" / "sockredir_seed.bpf.c", ()),
+    "production": (BPF_DIR / "sockredir.bpf.c", ()),
+    "netns": (BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_NETNS",)),
+}
+HOLES = corpus.find_case("key_padding_holes")
+HOLE_COUNTERS = ("inserted", "insert_failed", "redirected", "missed")  # enum order in the source
+PAIR_BYTES = 1 << 20
+
+
+# ----------------------------------------------------------------------------- the corpus
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_outcome(kernel, target, case, artifacts):
+    verdict = verify.verify_object(target, bpf.build(case.source, case.defines), case.capabilities)
+    save_logs(verdict, artifacts)
+    print(f"{case.name} on {verdict.kernel_release}: {verdict.outcome} ({verdict.key_line}); "
+          + ", ".join(f"{p.name}={p.processed_insns}" for p in verdict.programs))
+
+    expected = case.expectation(kernel.id, verdict.kernel_release, target)
+    assert expected is not None, (
+        f"nothing recorded for {case.name} on kernel {kernel.id}: measured {verdict.outcome} "
+        f"({verdict.key_line}); record it with `sockredir-lab verify {case.source} --kernel "
+        f"{kernel.id} --record`")
+    problems = case.check(verdict, expected)
+    assert not problems, f"{case.name} on {verdict.kernel_release} ({expected.source}): {problems}"
+    if verdict.outcome == "rejected":
+        assert all(p.processed_insns is not None for p in verdict.rejected), "no statistics in the log"
+    if case.feature is not None:
+        predicted, why = case.feature.predict(target)
+        assert predicted == verdict.outcome, f"the probe ({why}) predicts {predicted}"
+
+
+# ----------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("variant", sorted(STAT_VARIANTS))
+def test_verifier_statistics(kernel, target, variant, artifacts):
+    source, defines = STAT_VARIANTS[variant]
+    if variant == "netns" and not redirect.netns_supported(target):
+        pytest.skip(f"{target.kernel_release}: bpf_get_netns_cookie is not available to sock_ops and "
+                    "sk_msg (the netns_cookie_* cases cover the rejection)")
+    verdict = verify.verify_object(target, bpf.build(source, defines))
+    save_logs(verdict, artifacts)
+    assert verdict.outcome == "accepted", f"{variant} was {verdict.outcome}: {verdict.key_line}"
+    figures = {p.name: p.processed_insns for p in verdict.programs}
+    stats = {p.name: {"processed_insns": p.processed_insns, "verified_insns": p.verified_insns,
+                      "peak_states": p.stats.peak_states, "total_states": p.stats.total_states,
+                      "stack_depth": p.stats.stack_depth} for p in verdict.programs}
+    (artifacts / "verifier-stats.json").write_text(json.dumps(
+        {"variant": variant, "kernel": kernel.id, "release": verdict.kernel_release, "programs": stats},
+        indent=2) + "\n")
+    print(f"{variant} on {verdict.kernel_release}: {stats}")
+    for prog in verdict.programs:
+        if prog.verified_insns is not None:
+            assert prog.verified_insns == prog.processed_insns, "the log and the kernel disagree"
+
+    if RECORD_STATS and kernel.id != "host":
+        corpus.record_stats(variant, kernel.id, figures)
+        return
+    recorded = corpus.load_stats()
+    expected = recorded.lookup(variant, kernel.id, verdict.kernel_release)
+    if expected is None:
+        pytest.skip(f"no figures recorded for {variant} on {kernel.id} (measured {figures}); record "
+                    "them with SOCKREDIR_RECORD_VERIFIER_STATS=1")
+    assert set(figures) == set(expected), f"programs changed: {sorted(figures)} vs {sorted(expected)}"
+    outside = {name: f"{figures[name]} (recorded {recorded.band.describe(count)})"
+               for name, count in expected.items() if not recorded.band.allows(count, figures[name])}
+    assert not outside, f"verifier work of {variant} moved out of its band on {kernel.id}: {outside}"
+
+
+# ----------------------------------------------------------------------------- padding holes at run time
+
+def _install_holes(target, cgroup, defines: tuple[str, ...]) -> str:
+    pin_dir = redirect.new_pin_dir(target, cgroup)
+    programs = redirect.load(target, bpf.build(HOLES.source, defines), pin_dir)
+    redirect.attach(target, cgroup, pin_dir, programs)
+    return pin_dir
+
+
+def _hole_counters(target, pin_dir: str) -> dict[str, int]:
+    rows = redirect.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_counters"])
+    values = {struct.unpack("<I", hex_bytes(r["key"]))[0]: struct.unpack("<Q", hex_bytes(r["value"]))[0]
+              for r in rows}
+    return {name: values[index] for index, name in enumerate(HOLE_COUNTERS)}
+
+
+def _decode_hole_key(raw: bytes) -> dict:
+    """struct hole_key: ip4 x2 (network order), family u8, 3-byte hole, ports u32 x2 (host order),
+    4-byte hole, u64."""
+    local_ip, remote_ip = raw[0:4], raw[4:8]
+    local_port, remote_port = struct.unpack("<II", raw[12:20])
+    return {"local": (".".join(map(str, local_ip)), local_port),
+            "remote": (".".join(map(str, remote_ip)), remote_port),
+            "family": raw[8], "holes": (raw[9:12] + raw[20:24]).hex()}
+
+
+def _run_holes(kernel, target, cgroup, defines, artifacts, label):
+    expected = HOLES.expectation(kernel.id, target.kernel_release, target)
+    if expected is None or expected.outcome != "accepted":
+        pytest.skip(f"{HOLES.name} is not expected to load on {target.kernel_release}")
+    pin_dir = _install_holes(target, cgroup, defines)
+    dump = lambda state: redirect.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_hash"])
+    pair, held = run_pair(target, nbytes=PAIR_BYTES, client_cgroup=cgroup, server_cgroup=cgroup,
+                          while_open=dump)
+    counters = _hole_counters(target, pin_dir)
+    keys = [_decode_hole_key(hex_bytes(entry["key"])) for entry in held]
+    report = {"counters": counters, "keys": keys, "pair": pair}
+    (artifacts / f"{label}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"{label} on {target.kernel_release}: counters {counters}; key holes "
+          f"{[k['holes'] for k in keys]}; Tcp OutSegs {pair['counters_delta']['tcp_out_segs']}")
+    assert pair["error"] is None and pair["intact"], pair["error"]
+    # The visible fields are right: each socket is stored under its own 4-tuple.
+    tuples = {(tuple(k["local"]), tuple(k["remote"])) for k in keys}
+    assert tuples == socket_tuples(pair) and all(k["family"] == 1 for k in keys), keys
+    assert counters["inserted"] == 2 and counters["insert_failed"] == 0
+    return counters, pair
+
+
+def test_padding_holes_keys_never_match(kernel, target, cgroup, artifacts):
+    counters, pair = _run_holes(kernel, target, cgroup, (), artifacts, "holes")
+    assert counters["missed"] > 0, "the sk_msg program never ran"
+    assert counters["redirected"] == 0, "a lookup with an uninitialised key found the peer"
+    assert pair["counters_delta"]["tcp_out_segs"] > 0, "the data must have gone over TCP"
+
+
+def test_padding_holes_zeroed_control_matches(kernel, target, cgroup, artifacts):
+    counters, pair = _run_holes(kernel, target, cgroup, ("HOLE_KEY_ZEROED",), artifacts, "zeroed")
+    assert counters["redirected"] > 0 and counters["missed"] == 0, counters
