@@ -32,13 +32,19 @@ def add_redirect(sub) -> None:
     redirect_cli.register(sub)
 
 
+def add_verify(sub) -> None:
+    from lab import verify_cli
+
+    verify_cli.register(sub)
+
+
 def add_suite(sub) -> None:
     from lab import suite_cli
 
     suite_cli.register(sub)
 
 
-GROUPS = [add_kernels, add_image, add_guest, add_redirect, add_suite]
+GROUPS = [add_kernels, add_image, add_guest, add_redirect, add_verify, add_suite]
 
 
 def build_parser() -> argparse.ArgumentParser:
