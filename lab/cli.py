@@ -13,7 +13,9 @@ GROUP_MODULES = ["kernels_cli", "image_cli", "guest_cli", "redirect_cli", "verif
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockredir-lab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sockredir-lab",
+        description="eBPF socket redirection for same-host TCP, and a QEMU lab that proves it on many kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in GROUP_MODULES:
         importlib.import_module(f"lab.{name}").register(sub)
