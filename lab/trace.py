@@ -112,7 +112,8 @@ def new_tag() -> str:
 
 @dataclass
 class Plan:
-    """Tracing of one scenario run: which events, and the tag and port that narrow them."""
+    """Tracing of one scenario run: which events, and the tag and port that narrow them.
+    The instances exist for that one command only."""
 
     target: Target
     support: Support
@@ -128,3 +129,35 @@ class Plan:
 
 def plan(target: Target, tag: str, port: int) -> Plan:
     return Plan(target, support(target), tag, port)
+
+
+class Session:
+    """Tracing instances kept for many scenario runs (one tag, one server port), then removed.
+
+    Setting instances up and tearing them down costs seconds in a TCG guest (each tracepoint
+    (un)registration waits for RCU), so a suite sets them up once. Counts are always on; each
+    scenario reports the difference across its data phase, so runs must not overlap.
+    """
+
+    def __init__(self, target: Target, tag: str, port: int):
+        self.target, self.tag, self.port = target, tag, port
+        self.support = support(target)
+        self.control: str | None = None
+
+    def __enter__(self) -> "Session":
+        from lab.scenario import ensure_on_target
+
+        self.script = ensure_on_target(self.target, SCRIPT)
+        result = self.target.run(["sh", self.script, "start", self.tag, str(self.port),
+                                  *self.support.specs()], timeout=120)
+        if not result.ok:
+            raise LabError(f"could not set up tracefs instances on {self.target.name}: "
+                           f"{result.stderr.strip()[-1000:]}")
+        self.control = result.stdout.strip().splitlines()[-1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.target.run(["sh", self.script, "stop", self.tag], timeout=120)
+
+    def wrap(self, command: list[str]) -> list[str]:
+        return ["env", f"SOCKREDIR_TRACE_CONTROL={self.control}", *command]

@@ -73,7 +73,7 @@ def body(ctx):
     # After a mid-stream detach the pins are gone: nothing left to dump.
     if midway:
         ctx.args.map_pin = ctx.args.counters_pin = None
-    ctx.close([client_w, server_w])
+    ctx.close([client_w, server_w], open_snapshot=True)
     return {"sockets": sockets, "results": results, "writes_per_side": len(sizes),
             "bytes_per_side": sum(sizes)}
 

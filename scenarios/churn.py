@@ -52,7 +52,7 @@ def body(ctx):
     server_w, client_w, _ = ctx.start_pair(server, (args.family, args.port, args.conns, args.size),
                                            client, (args.family, args.conns, args.size))
     results = ctx.data_phase([client_w, server_w])
-    ctx.close([client_w, server_w], open_snapshot=False)
+    ctx.close([client_w, server_w])
     return {"results": results}
 
 

@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -337,7 +338,7 @@ class Round:
                 worker.resume()
             return {worker.name: worker.report() for worker in workers}
 
-    def close(self, workers: list[Worker], open_snapshot: bool = True) -> None:
+    def close(self, workers: list[Worker], open_snapshot: bool = False) -> None:
         """Snapshot the map while open, let the workers close their sockets, snapshot again."""
         if open_snapshot:
             self.snapshot("open", ("sockhash",))
@@ -375,14 +376,23 @@ class Phase:
 
 
 def bpftool_dumps(pins: dict[str, str]) -> dict:
-    """``bpftool -j map dump pinned`` of several maps in one bpftool process (batch mode)."""
-    script = "".join(f"map dump pinned {pin}\n" for pin in pins.values())
-    proc = subprocess.run(["bpftool", "-j", "batch", "file", "-"], input=script,
-                          capture_output=True, text=True, timeout=60)
-    outputs = json.loads(proc.stdout) if proc.stdout.strip() else []
-    if proc.returncode != 0 or len(outputs) != len(pins):
-        raise ScenarioError(f"bpftool batch map dump {sorted(pins.values())} failed: "
-                            f"{proc.stderr.strip() or outputs}")
+    """``bpftool -j map dump pinned`` of several maps in one bpftool process (batch mode).
+
+    bpftool 7.1 on some kernels ends every batch with ``{"error": "reading batch file failed: Bad
+    file descriptor"}`` and exit 255 after running all commands; that trailing error is ignored
+    when every command has its output.
+    """
+    with tempfile.NamedTemporaryFile("w", prefix="sockredir-dump-", suffix=".batch") as script:
+        script.write("".join(f"map dump pinned {pin}\n" for pin in pins.values()))
+        script.flush()
+        proc = subprocess.run(["bpftool", "-j", "batch", "file", script.name],
+                              capture_output=True, text=True, timeout=60)
+    items = json.loads(proc.stdout) if proc.stdout.strip() else []
+    outputs = [item for item in items if "command" in item]
+    if len(outputs) != len(pins):
+        errors = [item.get("error") for item in items if "error" in item]
+        raise ScenarioError(f"bpftool batch map dump of {sorted(pins)} failed (exit {proc.returncode}): "
+                            f"{(proc.stderr.strip() or str(errors))[:300]}")
     dumps = {}
     for name, output in zip(pins, outputs):
         body = output.get("output")
@@ -409,6 +419,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def main(name: str, body, add_arguments=None) -> int:
+    program_started = time.monotonic()
     parser = base_parser(f"scenario {name}")
     if add_arguments:
         add_arguments(parser)
@@ -422,6 +433,7 @@ def main(name: str, body, add_arguments=None) -> int:
     for index, round_name in enumerate(args.rounds.split(",")):
         ctx = Round(args, round_name, index, trace)
         outcome: dict = {"error": None}
+        started = time.monotonic()
         try:
             new_netns()
             setup_loopback(ctx.device)
@@ -432,9 +444,11 @@ def main(name: str, body, add_arguments=None) -> int:
         finally:
             ctx.finish()
         outcome["phases"], outcome["snapshots"] = ctx.phases, ctx.snapshots
+        outcome["seconds"] = round(time.monotonic() - started, 3)
         result["rounds"][round_name] = outcome
         if result["error"]:
             break
+    result["seconds"] = round(time.monotonic() - program_started, 3)
     print(json.dumps(result))
     return 0 if result["error"] is None else 1
 

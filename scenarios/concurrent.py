@@ -57,7 +57,7 @@ def body(ctx):
                                                  client, (args.family, args.conns, args.size))
     ctx.snapshot("connected", ("sockhash",))
     results = ctx.data_phase([client_w, server_w])
-    ctx.close([client_w, server_w])
+    ctx.close([client_w, server_w], open_snapshot=True)
     return {"sockets": sockets, "results": results}
 
 

@@ -64,8 +64,6 @@ def body(ctx):
                                                  client, (args.family, args.bytes))
     ctx.snapshot("connected", ("sockhash",))
     results = ctx.data_phase([client_w, server_w])
-    # Both directions are shut down: TCP has closed the sockets (and the map dropped them) even
-    # though the descriptors are still open, so "open" here shows what is left after the FINs.
     ctx.close([client_w, server_w])
     return {"sockets": sockets, "results": results}
 

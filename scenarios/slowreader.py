@@ -6,7 +6,8 @@ socket queues). Then the server drains everything and checks the SHA-256.
 
 Plain TCP stops the sender after a few MB (the receive window and the send buffer); under the
 redirect the payload goes straight into the receiver's queue, and how much can pile up there is the
-measurement. Keep --cap within what the target can spare.
+measurement (so far: until the cap, or until TCP's global memory limit, net.ipv4.tcp_mem (global, so not readable from this namespace), makes
+send() fail with ENOMEM). Keep --cap within what the target can spare.
 """
 
 from __future__ import annotations

@@ -4,9 +4,14 @@
 #   tracefs.sh probe GROUP/EVENT... [kprobe:FUNCTION]
 #       one line per question: "tracefs PATH", "event GROUP/EVENT yes|no",
 #       "kprobe FUNCTION yes|no REASON"
+#   tracefs.sh start TAG PORT SPEC...
+#       set up one private tracefs instance per SPEC and print the path of a control file that
+#       lists them; scenarios find it in SOCKREDIR_TRACE_CONTROL. Counting is always on: the
+#       scenario reads the counts at the edges of its data phase, so instances can serve many runs.
+#   tracefs.sh stop TAG
+#       remove what start TAG set up (idempotent).
 #   tracefs.sh run TAG PORT SPEC... -- COMMAND...
-#       set up one private tracefs instance per SPEC, run COMMAND with SOCKREDIR_TRACE_CONTROL
-#       naming a control file that lists them, then remove everything again (also on errors).
+#       start, run COMMAND with SOCKREDIR_TRACE_CONTROL set, stop (also on errors).
 #       SPEC is GROUP/EVENT:FILTER or kprobe:FUNCTION, FILTER one of
 #         dev       net device name starts with TAG (the scenario renames its loopbacks TAG...)
 #         port      TCP source or destination port is PORT (the scenario's server port)
@@ -113,6 +118,28 @@ teardown() {
     rm -f "$control" "$control.kprobes"
 }
 
+control_of() {
+    mkdir -p "$RUN_DIR/trace"
+    echo "$RUN_DIR/trace/$1.ctl"
+}
+
+start() {
+    tag=$1 port=$2
+    shift 2
+    tfs=$(tracefs_dir)
+    control=$(control_of "$tag")
+    # On a failure half-way, remove what was made; on success leave it for stop.
+    trap 'teardown "$tfs" "$control"' EXIT
+    trap 'exit 130' INT TERM
+    setup "$tfs" "$tag" "$port" "$control" "$@"
+    trap - EXIT
+    echo "$control"
+}
+
+stop() {
+    teardown "$(tracefs_dir)" "$(control_of "$1")"
+}
+
 run() {
     tag=$1 port=$2
     shift 2
@@ -122,13 +149,10 @@ run() {
         shift
     done
     [ $# -gt 0 ] && shift  # the --
-    tfs=$(tracefs_dir)
-    mkdir -p "$RUN_DIR/trace"
-    control=$RUN_DIR/trace/$tag.ctl
-    trap 'teardown "$tfs" "$control"' EXIT
-    trap 'exit 130' INT TERM
     # shellcheck disable=SC2086 # specs are words without spaces
-    setup "$tfs" "$tag" "$port" "$control" $specs
+    control=$(start "$tag" "$port" $specs)
+    trap 'stop "$tag"' EXIT
+    trap 'exit 130' INT TERM
     set +e
     SOCKREDIR_TRACE_CONTROL=$control "$@"
     rc=$?
@@ -140,6 +164,9 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
 probe) probe "$@" ;;
+start) start "$@" ;;
+stop) stop "$@" ;;
 run) run "$@" ;;
-*) echo "usage: tracefs.sh probe EVENT... | run TAG PORT SPEC... -- COMMAND..." >&2; exit 2 ;;
+*) echo "usage: tracefs.sh probe EVENT... | start TAG PORT SPEC... | stop TAG | run TAG PORT SPEC... -- COMMAND..." >&2
+   exit 2 ;;
 esac
