@@ -3,11 +3,12 @@
  * A complete (if naive) redirect whose SOCKHASH key has padding holes that are never written:
  * `struct hole_key key;` without `= {}`, filled field by field. The 3 bytes after `family` and
  * the 4 after `remote_port` hold whatever the stack held. Passing that key to a helper reads
- * uninitialised stack. Kernels that refuse it say so; a fully privileged loader on kernels that
- * allow uninitialised stack reads gets a program that loads and whose keys never match: the
- * sockops and sk_msg programs leave different garbage in the holes. Counters show it at run
- * time (tests/integration/test_verifier_cases.py); -DHOLE_KEY_ZEROED builds the fixed program
- * (every key byte written) as the control.
+ * uninitialised stack. A fully privileged loader gets it past the verifier on every kernel of the
+ * matrix (key_padding_holes_capbpf: not without CAP_PERFMON), and the program then redirects only
+ * when the garbage the sockops and the sk_msg program leave in the holes happens to agree: never
+ * on most kernels, one direction of the connection on 6.1. Counters show it at run time
+ * (tests/integration/test_verifier_cases.py); -DHOLE_KEY_ZEROED builds the fixed program (every
+ * key byte written) as the control.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>

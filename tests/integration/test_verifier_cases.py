@@ -6,8 +6,11 @@ run-time consequence of the padding-holes case.
 - ``test_verifier_statistics[kernel x variant]``: the production, netns and seed programs'
   "processed N insns" against ``bpf/cases/stats.toml`` within its tolerance band.
 - ``test_padding_holes_*``: the key-with-holes program installed on a cgroup, one real
-  connection: the sockops side inserts both sockets, the sk_msg side never finds the peer; the
-  same program with the key zeroed redirects everything (the control).
+  connection: the sockops side inserts both sockets under their right 4-tuples, yet the sk_msg
+  side's lookups miss, because the holes hold stack garbage that differs between the programs
+  (measured: every lookup misses on 5.10, 6.12, 6.18, 7.2 and the host; on 6.1 one direction's
+  garbage happens to agree, so half the messages are redirected and the other direction silently
+  stays on TCP). The same program with the key zeroed redirects every message (the control).
 """
 
 from __future__ import annotations
@@ -143,11 +146,11 @@ def _run_holes(kernel, target, cgroup, defines, artifacts, label):
     return counters, pair
 
 
-def test_padding_holes_keys_never_match(kernel, target, cgroup, artifacts):
+def test_padding_holes_make_lookups_miss(kernel, target, cgroup, artifacts):
     counters, pair = _run_holes(kernel, target, cgroup, (), artifacts, "holes")
-    assert counters["missed"] > 0, "the sk_msg program never ran"
-    assert counters["redirected"] == 0, "a lookup with an uninitialised key found the peer"
-    assert pair["counters_delta"]["tcp_out_segs"] > 0, "the data must have gone over TCP"
+    assert counters["missed"] > 0, ("every lookup with an uninitialised key found its peer: the "
+                                    "garbage in the holes agreed this time (see the key holes above)")
+    assert pair["counters_delta"]["tcp_out_segs"] > 0, "the missed messages must have gone over TCP"
 
 
 def test_padding_holes_zeroed_control_matches(kernel, target, cgroup, artifacts):
