@@ -12,6 +12,9 @@
 #       remove what start TAG set up (idempotent).
 #   tracefs.sh run TAG PORT SPEC... -- COMMAND...
 #       start, run COMMAND with SOCKREDIR_TRACE_CONTROL set, stop (also on errors).
+#   tracefs.sh cleanup
+#       remove every instance and kprobe the lab ever left behind (a killed run); only when no
+#       suite is running on this machine.
 #       SPEC is GROUP/EVENT:FILTER or kprobe:FUNCTION, FILTER one of
 #         dev       net device name starts with TAG (the scenario renames its loopbacks TAG...)
 #         port      TCP source or destination port is PORT (the scenario's server port)
@@ -160,6 +163,21 @@ run() {
     return $rc
 }
 
+cleanup() {
+    tfs=$(tracefs_dir)
+    for inst in "$tfs"/instances/sockredir-*; do
+        [ -d "$inst" ] || continue
+        echo 0 > "$inst/events/enable" 2>/dev/null || true
+        rmdir "$inst" && echo "removed $inst"
+    done
+    if [ -f "$tfs/kprobe_events" ]; then
+        grep '^p:sockredir_' "$tfs/kprobe_events" | while read -r definition _; do
+            echo "-:${definition#p:}" >> "$tfs/kprobe_events" && echo "removed kprobe ${definition#p:}"
+        done
+    fi
+    rm -f "$RUN_DIR"/trace/*.ctl "$RUN_DIR"/trace/*.ctl.kprobes
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
@@ -167,6 +185,7 @@ probe) probe "$@" ;;
 start) start "$@" ;;
 stop) stop "$@" ;;
 run) run "$@" ;;
-*) echo "usage: tracefs.sh probe EVENT... | start TAG PORT SPEC... | stop TAG | run TAG PORT SPEC... -- COMMAND..." >&2
+cleanup) cleanup ;;
+*) echo "usage: tracefs.sh probe EVENT... | start TAG PORT SPEC... | stop TAG | run TAG PORT SPEC... -- COMMAND... | cleanup" >&2
    exit 2 ;;
 esac

@@ -30,7 +30,7 @@ def suite_env(kernel, request, lab):
         target = request.getfixturevalue("host_target")
     else:
         target = request.getfixturevalue("guest").target
-    artifacts = lab.artifacts / "scenarios" / kernel.test_id
+    artifacts = lab.artifacts / "scenarios" / f"kernel_{kernel.id.replace('.', '_')}"
     with suite.Env(target, artifacts=artifacts, progress=lab.progress) as env:
         yield env
 

@@ -1,0 +1,148 @@
+"""The suite's judging and the trace plumbing, without a VM: synthetic phases and probe outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from lab import LabError, SCENARIOS_DIR, suite, trace
+
+
+def load_common():
+    spec = importlib.util.spec_from_file_location("scenario_common", SCENARIOS_DIR / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("scenario_common", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeEnv:
+    """What check_bypass/check_kprobe read from an Env: the trace support."""
+
+    def __init__(self, events=("net/net_dev_xmit", "tcp/tcp_probe"), kprobe=True):
+        self.trace = trace.Support(tracefs="/t", events=list(events), kprobe=kprobe,
+                                   missing={} if kprobe else {trace.KPROBE_EVENT: "no kprobes"})
+
+
+def view(name, lo, segs, events=None):
+    phase = {"seconds": 1.0, "counters": {"lo_tx_packets": lo, "tcp_out_segs": segs},
+             "trace": events or {}}
+    return suite.RoundView(name, {"phases": {"data": phase}, "results": {}})
+
+
+def test_bypass_passes_at_one_percent_and_fails_above():
+    env = FakeEnv()
+    events = {"net/net_dev_xmit": 1000, "tcp/tcp_probe": 900}
+    ok = suite.Verdict("x")
+    suite.check_bypass(ok, env, view("baseline", 1000, 1000, events),
+                       view("redirect", 10, 10, {"net/net_dev_xmit": 10, "tcp/tcp_probe": 9}))
+    assert ok.status == "pass", ok.failures
+    assert ok.figures["lo pkts"] == "10/1000"
+
+    leak = suite.Verdict("x")
+    suite.check_bypass(leak, env, view("baseline", 1000, 1000, events),
+                       view("redirect", 11, 0, {"net/net_dev_xmit": 0, "tcp/tcp_probe": 0}))
+    assert leak.status == "fail"
+    assert any(f.startswith("lo packets in the data phase: 11 with the redirect") for f in leak.failures)
+
+
+def test_bypass_allows_protocol_packets_only_for_packet_counts():
+    env = FakeEnv(events=("tcp/tcp_sendmsg_locked",))
+    verdict = suite.Verdict("x")
+    suite.check_bypass(verdict, env, view("baseline", 1000, 1000, {"tcp/tcp_sendmsg_locked": 200}),
+                       view("redirect", 700, 700, {"tcp/tcp_sendmsg_locked": 3}),
+                       protocol_packets=700)
+    assert [f.split(":")[0] for f in verdict.failures] == ["tcp/tcp_sendmsg_locked in the data phase"]
+
+
+def test_bypass_refuses_a_meaningless_baseline():
+    verdict = suite.Verdict("x")
+    suite.check_bypass(verdict, FakeEnv(events=()), view("baseline", 10, 10), view("redirect", 0, 0))
+    assert verdict.status == "fail"
+    assert "too few to show a 1% ratio" in verdict.failures[0]
+
+
+def test_kprobe_must_be_silent_without_the_redirect():
+    env = FakeEnv(events=())
+    verdict = suite.Verdict("x")
+    suite.check_kprobe(verdict, env, view("baseline", 0, 0, {trace.KPROBE_EVENT: 3}),
+                       view("redirect", 0, 0, {trace.KPROBE_EVENT: 100}), at_least=100)
+    assert verdict.failures == ["kprobe tcp_bpf_sendmsg hits without the redirect: got 3, expected 0"]
+
+    no_kprobes = suite.Verdict("x")
+    suite.check_kprobe(no_kprobes, FakeEnv(kprobe=False), view("b", 0, 0), view("r", 0, 0), at_least=1)
+    assert no_kprobes.status == "pass" and no_kprobes.figures["kprobe"] == "n/a"
+    assert "no kprobes" in no_kprobes.notes[0]
+
+
+def test_spurious_eagain_is_a_warning_not_a_failure():
+    verdict = suite.Verdict("x")
+    result = {"error": None, "rounds": {"redirect": {"results": {"server": {"eagain": 2}, "client": {}},
+                                                      "phases": {}, "snapshots": {}}}}
+    suite.rounds_of(verdict, result)
+    assert verdict.status == "warn" and not verdict.failures
+    assert "EAGAIN 2 times" in verdict.warnings[0]
+
+
+def test_a_scenario_error_stops_the_check():
+    verdict = suite.Verdict("x")
+    with pytest.raises(suite.Stop):
+        suite.rounds_of(verdict, {"error": "redirect: boom", "rounds": {}})
+    assert verdict.failures == ["scenario error: redirect: boom"]
+
+
+def test_select_by_name_and_prefix():
+    assert suite.select(["echo"]) == ["echo-ipv4", "echo-ipv6", "echo-v4mapped"]
+    assert suite.select(["bulk", "echo-ipv6", "bulk"]) == ["bulk", "echo-ipv6"]
+    with pytest.raises(LabError, match="no scenario 'nope'"):
+        suite.select(["nope"])
+
+
+def test_table_shows_status_figures_and_reasons():
+    passed = suite.Verdict("bulk", figures={"lo pkts": "0/280"})
+    gated = suite.Verdict("netns2-netns", status="gated", reason="no bpf_get_netns_cookie")
+    failed = suite.Verdict("echo-ipv4")
+    failed.expect(False, "lo packets too many")
+    reports = [suite.KernelReport("5.10", "5.10.0-32", [passed, gated, failed]),
+               suite.KernelReport("5.15", unavailable="not provided")]
+    table = suite.format_table(reports, ["bulk", "netns2-netns", "echo-ipv4"])
+    lines = table.splitlines()
+    assert lines[2].split() == ["bulk", "pass", "n/a"]
+    assert lines[3].split() == ["netns2-netns", "gated", "n/a"]
+    assert lines[4].split() == ["echo-ipv4", "FAIL", "n/a"]
+    assert "no bpf_get_netns_cookie" in table and "FAIL: lo packets too many" in table
+    assert reports[0].failed and not reports[1].failed
+
+
+def test_parse_probe():
+    output = ("tracefs /sys/kernel/tracing\nevent net/net_dev_xmit yes\nevent tcp/tcp_sendmsg_locked no\n"
+              "kprobe tcp_bpf_sendmsg no kernel built without kprobes (no kprobe_events in tracefs)\n")
+    support = trace.parse_probe(output, "6.1.0")
+    assert support.events == ["net/net_dev_xmit"]
+    assert support.missing["tcp/tcp_sendmsg_locked"] == "no tracepoint tcp/tcp_sendmsg_locked in kernel 6.1.0"
+    assert not support.kprobe and "without kprobes" in support.missing[trace.KPROBE_EVENT]
+    assert support.specs() == ["net/net_dev_xmit:dev"]
+    with pytest.raises(LabError, match="tracefs"):
+        trace.parse_probe("", "6.1.0")
+
+
+def test_trace_counts_sum_entries_overrun_and_drops_over_cpus(tmp_path):
+    common = load_common()
+    for cpu, (entries, overrun) in enumerate([(240, 2760), (5, 0)]):
+        stats = tmp_path / "inst" / "per_cpu" / f"cpu{cpu}"
+        stats.mkdir(parents=True)
+        (stats / "stats").write_text(f"entries: {entries}\noverrun: {overrun}\ncommit overrun: 0\n"
+                                     f"bytes: 4096\ndropped events: 1\nread events: 0\n")
+    control = tmp_path / "control"
+    control.write_text(f"net/net_dev_xmit {tmp_path / 'inst'} all\n")
+    assert common.Trace(str(control)).counts() == {"net/net_dev_xmit": 3007}
+
+
+def test_write_sizes_cover_one_byte_to_four_kib():
+    common = load_common()
+    sizes = common.small_sizes(1000)
+    assert min(sizes) == 1 and 4000 <= max(sizes) <= 4096
+    assert len(set(sizes)) > 900
+    assert sum(common.bulk_sizes(1000, 64)) == 1000 and common.bulk_sizes(1000, 64)[-1] == 1000 % 64
