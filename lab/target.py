@@ -153,35 +153,42 @@ class SSHTarget(Target):
         self._sftp = None
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
-        transport = self._client.get_transport()
-        channel = transport.open_session(timeout=timeout)
-        channel.settimeout(timeout)
-        channel.exec_command(cmd)
-        if input is not None:
-            channel.sendall(input.encode())
-        channel.shutdown_write()
-        stdout, stderr = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
+        channel = self._client.get_transport().open_session(timeout=timeout)
         try:
-            while not (channel.exit_status_ready() and not channel.recv_ready()
-                       and not channel.recv_stderr_ready()):
-                if time.monotonic() > deadline:
-                    raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}")
-                got = False
-                if channel.recv_ready():
-                    stdout += channel.recv(65536)
-                    got = True
-                if channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(65536)
-                    got = True
-                if not got:
-                    time.sleep(0.005)
+            channel.exec_command(cmd)
+            if input is not None:
+                channel.sendall(input.encode())
+            channel.shutdown_write()
+            stdout, stderr = self._drain(channel, cmd, time.monotonic() + timeout, timeout)
             rc = channel.recv_exit_status()
         except socket.timeout as exc:
             raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}") from exc
         finally:
             channel.close()
         return Result(cmd, rc, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+    def _drain(self, channel, cmd: str, deadline: float, timeout: float) -> tuple[bytes, bytes]:
+        """Read stdout and stderr until the server's EOF *and* exit status have both arrived.
+
+        sshd may send the exit status before the last output, so stopping at the exit status can
+        lose output; EOF comes after all of it.
+        """
+        stdout, stderr = bytearray(), bytearray()
+        while True:
+            got = False
+            while channel.recv_ready():
+                stdout += channel.recv(65536)
+                got = True
+            while channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(65536)
+                got = True
+            finished = (channel.eof_received or channel.closed) and channel.exit_status_ready()
+            if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return bytes(stdout), bytes(stderr)
+            if time.monotonic() > deadline:
+                raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}")
+            if not got:
+                time.sleep(0.002)
 
     def _sftp_client(self):
         if self._sftp is None:

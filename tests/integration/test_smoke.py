@@ -46,3 +46,13 @@ def test_file_round_trip(target, tmp_path):
     back = tmp_path / "back.bin"
     target.get("/tmp/payload.bin", back)
     assert back.read_bytes() == payload.read_bytes()
+
+
+def test_command_output_complete_with_exit_status(target):
+    # Output written right before exit must all arrive with the exit status (sshd may send the
+    # status before the last data), on both streams, also when large.
+    for _ in range(5):
+        result = target.run("seq 1 200000; echo tail-err >&2; exit 3", timeout=60)
+        assert result.rc == 3
+        assert result.stdout.splitlines()[-1] == "200000" and len(result.stdout.splitlines()) == 200000
+        assert result.stderr == "tail-err\n"
