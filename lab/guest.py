@@ -27,6 +27,17 @@ from lab.target import SSHTarget
 QEMU = accel_mod.QEMU
 READY_RE = re.compile(r"SOCKREDIR-READY uptime=(?P<uptime>[\d.]+) release=(?P<release>\S+)")
 INITRAMFS_FAILED = "SOCKREDIR-INITRAMFS-FAILED"
+# A kernel crash on the console before the ready line: the boot has failed, no need to wait it out.
+CRASH_RE = re.compile(r"Kernel panic|Oops: |BUG: ")
+# A fault inside the kernel (not a panic for want of a root or an init, which would recur).
+OOPS_RE = re.compile(r"Oops: |BUG: ")
+BOOT_TRIES = 2  # a crash during boot is retried once (see Guest.start)
+
+
+class BootFailed(LabError):
+    def __init__(self, message: str, crashed: bool):
+        super().__init__(message)
+        self.crashed = crashed
 PORT_ATTEMPTS = 5
 POLL_SECONDS = 0.02
 
@@ -51,6 +62,7 @@ class Guest:
         self.boot_seconds: float | None = None   # QEMU start -> ready line
         self.guest_uptime: float | None = None   # guest's own uptime at the ready line
         self.ssh_seconds: float | None = None    # ready line -> SSH session up
+        self._started = 0.0                      # monotonic time of the last QEMU start
         self._target: SSHTarget | None = None
         self._proc: subprocess.Popen | None = None
         self._record: reaper.Record | None = None
@@ -75,16 +87,35 @@ class Guest:
         boot = initramfs.ensure_boot_files(self.kernel, progress=self.progress)
         if self.accel is None:
             self.accel = accel_mod.detect(self.kernel, boot.initramfs)
+        for boot_try in range(1, BOOT_TRIES + 1):
+            try:
+                self._boot(boot)
+                break
+            except BootFailed as failure:
+                # Under TCG a kernel sometimes oopses while it patches its own code at boot (seen:
+                # 7.2, "Oops: int3" in enqueue_task_fair, 2 boots of 15). Once more, loudly, with the
+                # crashed console kept; a second oops is reported. Panics for want of a root or an
+                # init would recur, so they are reported at once.
+                if not failure.crashed or boot_try == BOOT_TRIES:
+                    raise
+                kept = self.console_log.with_name(f"console.crashed-{boot_try}.log")
+                self._stop_qemu()
+                self.console_log.replace(kept)
+                self.progress(f"guest {self.kernel.id}: the kernel crashed during boot (console kept in "
+                              f"{kept}); booting it once more")
+        connected = time.monotonic()
+        self._target = self._connect(deadline=max(self._started + self.boot_timeout, connected + 30))
+        self.ssh_seconds = time.monotonic() - connected
+
+    def _boot(self, boot: initramfs.BootFiles) -> None:
+        """Start QEMU and wait for the ready line, on another port if the forwarded one was taken."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.port = _free_port()
-            started = time.monotonic()
+            self._started = time.monotonic()
             self._launch(self._argv(boot))
-            if self._wait_ready(started, last_attempt=attempt == PORT_ATTEMPTS):
-                break
+            if self._wait_ready(self._started, last_attempt=attempt == PORT_ATTEMPTS):
+                return
             self._stop_qemu()  # the forwarded port was taken between our check and QEMU's bind
-        connected = time.monotonic()
-        self._target = self._connect(deadline=max(started + self.boot_timeout, connected + 30))
-        self.ssh_seconds = time.monotonic() - connected
 
     def stop(self) -> None:
         if self._target is not None:
@@ -158,6 +189,9 @@ class Guest:
                     self.progress(f"guest {self.kernel.id}: ready in {self.boot_seconds:.2f}s "
                                   f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name})")
                     return True
+                if CRASH_RE.search(pending):
+                    time.sleep(1)  # let the oops/panic text reach the console log
+                    raise self._boot_error("the kernel crashed before the guest was ready")
                 pending = pending[-4096:]
                 if self._proc.poll() is not None:
                     if _port_taken(self.qemu_log) and not last_attempt:
@@ -173,17 +207,20 @@ class Guest:
         qemu_out = self.qemu_log.read_text(errors="replace").strip()[-1500:] if \
             self.qemu_log.exists() else ""
         cause = ""
+        crashed = bool(OOPS_RE.search(console))
         if "Kernel panic" in console:
             cause = " The kernel panicked (see the console below)."
         elif INITRAMFS_FAILED in console:
             cause = " The initramfs could not reach the root filesystem (see the console below)."
+        elif crashed:
+            cause = " The kernel crashed (Oops/BUG, see the console below)."
         elif "KVM internal error" in qemu_out:
             cause = " KVM failed: force TCG with SOCKREDIR_ACCEL=tcg."
-        return LabError(
+        return BootFailed(
             f"guest for kernel {self.kernel.id} ({getattr(self.kernel, 'release', '?')}, "
             f"{self.accel.name}) did not boot: {what}.{cause} Full console: {self.console_log}\n"
             f"--- console tail ---\n{console}\n"
-            + (f"--- qemu output ---\n{qemu_out}\n" if qemu_out else ""))
+            + (f"--- qemu output ---\n{qemu_out}\n" if qemu_out else ""), crashed)
 
     def _connect(self, deadline: float) -> SSHTarget:
         """sshd listens before the ready line, so this normally succeeds at once; a few retries
