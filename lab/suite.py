@@ -277,6 +277,11 @@ class Env:
             pass
         except LabError as exc:
             verdict.expect(False, f"the lab could not run it: {exc}")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # A result without the expected shape: a bug in a scenario or a check. Keep going so
+            # the other scenarios still run and the table still prints.
+            verdict.expect(False, f"internal error judging the result: {type(exc).__name__}: {exc} "
+                                  f"(see {self.artifacts or 'the scenario JSON'})")
         verdict.seconds = time.monotonic() - started
         if self.artifacts is not None:
             (self.artifacts / f"{scenario_id}.verdict.json").write_text(json.dumps(verdict.as_dict(), indent=1))
