@@ -149,9 +149,14 @@ def plain(address: list) -> tuple[str, int]:
     return (host, port)
 
 
+def socket_tuple(description: dict) -> tuple:
+    """(local, remote) of a socket described by a scenario, as the decoded map keys show them."""
+    return (plain(description["sockname"]), plain(description["peername"]))
+
+
 def socket_tuples(pair: dict, roles=("client", "server")) -> set:
     """{(local, remote)} of the scenario's sockets, to compare with the decoded map keys."""
-    return {(plain(pair[r]["sockname"]), plain(pair[r]["peername"])) for r in roles}
+    return {socket_tuple(pair[r]) for r in roles}
 
 
 def entry_tuples(entries: list[dict]) -> set:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab import REPO_ROOT, suite
+from lab import REPO_ROOT, scenario_checks, suite
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
     add_options(parser, kernels_default=[suite.DEFAULT_KERNEL])
     parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
                         help=f"scenario (repeatable; a prefix like 'echo' selects echo-*); default: all of "
-                             f"{', '.join(suite.SCENARIOS)}")
+                             f"{', '.join(scenario_checks.SCENARIOS)}")
     parser.set_defaults(func=run)
     main = sub.add_parser("main", help=f"the suite on the default kernel ({suite.DEFAULT_KERNEL}): what ./run main does")
     add_options(main, kernels_default=[suite.DEFAULT_KERNEL])
@@ -38,7 +38,7 @@ def add_options(parser, kernels_default: list[str]) -> None:
 
 def run(args) -> int:
     kernels = args.kernel or args.kernels_default
-    scenario_ids = suite.select(args.scenario)
+    scenario_ids = scenario_checks.select(args.scenario)
     artifacts = args.artifacts or REPO_ROOT / "artifacts" / time.strftime("suite-%Y%m%d-%H%M%S")
     artifacts.mkdir(parents=True, exist_ok=True)
 

@@ -1,12 +1,12 @@
 """The same-host scenario suite on every kernel of the matrix (and the host as ``kernel_host``).
 
-Each test runs one scenario of ``lab/suite.py`` on the kernel's target: a baseline round without
-the redirect and a redirected round, each in a fresh network namespace, with tracepoints counted
-around the data phase. The judging (two entries per connection, bytes intact, bypass ratio against
-the baseline, program counters, kprobe) lives in ``lab.suite`` so that ``sockredir-lab suite``
-judges the same way; here a verdict's failures fail the test, its gate skips it with the reason,
-and its warnings become pytest warnings. Scenario JSON (with the raw map dumps) and the verdict are
-saved under the run's artifacts.
+Each test runs one scenario of ``lab/scenario_checks.py`` on the kernel's target: a baseline round
+without the redirect and a redirected round, each in a fresh network namespace, with tracepoints
+counted around the data phase. The judging (two entries per connection, bytes intact, bypass ratio
+against the baseline, program counters, kprobe) lives in ``lab.scenario_checks`` and ``lab.checks``
+so that ``sockredir-lab suite`` judges the same way; here a verdict's failures fail the test, its
+gate skips it with the reason, and its warnings become pytest warnings. Scenario JSON (with the raw
+map dumps) and the verdict are saved under the run's artifacts.
 
 The redirect installations are shared by the tests of one kernel (module-scoped ``suite_env``),
 so a guest installs the production redirect once, not once per scenario.
@@ -20,8 +20,10 @@ import warnings
 
 import pytest
 
-from lab import suite
+from lab.check_env import Env
+from lab.checks import Verdict
 from lab.pytest_plugin import HostKernel
+from lab.scenario_checks import run_check
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +33,12 @@ def suite_env(kernel, request, lab):
     else:
         target = request.getfixturevalue("guest").target
     artifacts = lab.artifacts / "scenarios" / f"kernel_{kernel.id.replace('.', '_')}"
-    with suite.Env(target, artifacts=artifacts, progress=lab.progress) as env:
+    with Env(target, artifacts=artifacts, progress=lab.progress) as env:
         yield env
 
 
-def judge(env: suite.Env, scenario_id: str, artifacts) -> suite.Verdict:
-    verdict = env.check(scenario_id)
+def judge(env: Env, scenario_id: str, artifacts) -> Verdict:
+    verdict = run_check(env, scenario_id)
     (artifacts / "verdict.json").write_text(json.dumps(verdict.as_dict(), indent=1))
     print(f"{scenario_id}: {verdict.status} in {verdict.seconds:.1f}s: {verdict.summary()}")
     for note in verdict.notes:
@@ -113,8 +115,8 @@ def test_broken_redirect_fails_loudly(target, artifacts, scenario_id):
     """A redirect built with the test-only wrong-byte-order key: sockops still inserts both
     sockets (the map looks right), but no sk_msg lookup matches, so every byte goes over TCP. The
     suite's checks must say so: program counters and the bypass ratio fail, naming the numbers."""
-    with suite.Env(target, artifacts=artifacts, broken=True) as env:
-        verdict = env.check(scenario_id)
+    with Env(target, artifacts=artifacts, broken=True) as env:
+        verdict = run_check(env, scenario_id)
     print("\n".join(verdict.failures))
     assert verdict.status == "fail", "the checks passed a redirect that redirects nothing"
     failures = "\n".join(verdict.failures)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lab import LabError, SCENARIOS_DIR, suite, trace
+from lab import LabError, SCENARIOS_DIR, checks, scenario_checks, suite, trace
 
 
 def load_common():
@@ -29,20 +29,20 @@ class FakeEnv:
 def view(name, lo, segs, events=None):
     phase = {"seconds": 1.0, "counters": {"lo_tx_packets": lo, "tcp_out_segs": segs},
              "trace": events or {}}
-    return suite.RoundView(name, {"phases": {"data": phase}, "results": {}})
+    return checks.RoundView(name, {"phases": {"data": phase}, "results": {}})
 
 
 def test_bypass_passes_at_one_percent_and_fails_above():
     env = FakeEnv()
     events = {"net/net_dev_xmit": 1000, "tcp/tcp_probe": 900}
-    ok = suite.Verdict("x")
-    suite.check_bypass(ok, env, view("baseline", 1000, 1000, events),
+    ok = checks.Verdict("x")
+    checks.check_bypass(ok, env, view("baseline", 1000, 1000, events),
                        view("redirect", 10, 10, {"net/net_dev_xmit": 10, "tcp/tcp_probe": 9}))
     assert ok.status == "pass", ok.failures
     assert ok.figures["lo pkts"] == "10/1000"
 
-    leak = suite.Verdict("x")
-    suite.check_bypass(leak, env, view("baseline", 1000, 1000, events),
+    leak = checks.Verdict("x")
+    checks.check_bypass(leak, env, view("baseline", 1000, 1000, events),
                        view("redirect", 11, 0, {"net/net_dev_xmit": 0, "tcp/tcp_probe": 0}))
     assert leak.status == "fail"
     assert any(f.startswith("lo packets in the data phase: 11 with the redirect") for f in leak.failures)
@@ -50,60 +50,60 @@ def test_bypass_passes_at_one_percent_and_fails_above():
 
 def test_bypass_allows_protocol_packets_only_for_packet_counts():
     env = FakeEnv(events=("tcp/tcp_sendmsg_locked",))
-    verdict = suite.Verdict("x")
-    suite.check_bypass(verdict, env, view("baseline", 1000, 1000, {"tcp/tcp_sendmsg_locked": 200}),
+    verdict = checks.Verdict("x")
+    checks.check_bypass(verdict, env, view("baseline", 1000, 1000, {"tcp/tcp_sendmsg_locked": 200}),
                        view("redirect", 700, 700, {"tcp/tcp_sendmsg_locked": 3}),
                        protocol_packets=700)
     assert [f.split(":")[0] for f in verdict.failures] == ["tcp/tcp_sendmsg_locked in the data phase"]
 
 
 def test_bypass_refuses_a_meaningless_baseline():
-    verdict = suite.Verdict("x")
-    suite.check_bypass(verdict, FakeEnv(events=()), view("baseline", 10, 10), view("redirect", 0, 0))
+    verdict = checks.Verdict("x")
+    checks.check_bypass(verdict, FakeEnv(events=()), view("baseline", 10, 10), view("redirect", 0, 0))
     assert verdict.status == "fail"
     assert "too few to show a 1% ratio" in verdict.failures[0]
 
 
 def test_kprobe_must_be_silent_without_the_redirect():
     env = FakeEnv(events=())
-    verdict = suite.Verdict("x")
-    suite.check_kprobe(verdict, env, view("baseline", 0, 0, {trace.KPROBE_EVENT: 3}),
+    verdict = checks.Verdict("x")
+    checks.check_kprobe(verdict, env, view("baseline", 0, 0, {trace.KPROBE_EVENT: 3}),
                        view("redirect", 0, 0, {trace.KPROBE_EVENT: 100}), at_least=100)
     assert verdict.failures == ["kprobe tcp_bpf_sendmsg hits without the redirect: got 3, expected 0"]
 
-    no_kprobes = suite.Verdict("x")
-    suite.check_kprobe(no_kprobes, FakeEnv(kprobe=False), view("b", 0, 0), view("r", 0, 0), at_least=1)
+    no_kprobes = checks.Verdict("x")
+    checks.check_kprobe(no_kprobes, FakeEnv(kprobe=False), view("b", 0, 0), view("r", 0, 0), at_least=1)
     assert no_kprobes.status == "pass" and no_kprobes.figures["kprobe"] == "n/a"
     assert "no kprobes" in no_kprobes.notes[0]
 
 
 def test_spurious_eagain_is_a_warning_not_a_failure():
-    verdict = suite.Verdict("x")
+    verdict = checks.Verdict("x")
     result = {"error": None, "rounds": {"redirect": {"results": {"server": {"eagain": 2}, "client": {}},
                                                       "phases": {}, "snapshots": {}}}}
-    suite.rounds_of(verdict, result)
+    checks.rounds_of(verdict, result)
     assert verdict.status == "warn" and not verdict.failures
     assert "EAGAIN 2 times" in verdict.warnings[0]
 
 
 def test_a_scenario_error_stops_the_check():
-    verdict = suite.Verdict("x")
-    with pytest.raises(suite.Stop):
-        suite.rounds_of(verdict, {"error": "redirect: boom", "rounds": {}})
+    verdict = checks.Verdict("x")
+    with pytest.raises(checks.Stop):
+        checks.rounds_of(verdict, {"error": "redirect: boom", "rounds": {}})
     assert verdict.failures == ["scenario error: redirect: boom"]
 
 
 def test_select_by_name_and_prefix():
-    assert suite.select(["echo"]) == ["echo-ipv4", "echo-ipv6", "echo-v4mapped"]
-    assert suite.select(["bulk", "echo-ipv6", "bulk"]) == ["bulk", "echo-ipv6"]
+    assert scenario_checks.select(["echo"]) == ["echo-ipv4", "echo-ipv6", "echo-v4mapped"]
+    assert scenario_checks.select(["bulk", "echo-ipv6", "bulk"]) == ["bulk", "echo-ipv6"]
     with pytest.raises(LabError, match="no scenario 'nope'"):
-        suite.select(["nope"])
+        scenario_checks.select(["nope"])
 
 
 def test_table_shows_status_figures_and_reasons():
-    passed = suite.Verdict("bulk", figures={"lo pkts": "0/280"})
-    gated = suite.Verdict("netns2-netns", status="gated", reason="no bpf_get_netns_cookie")
-    failed = suite.Verdict("echo-ipv4")
+    passed = checks.Verdict("bulk", figures={"lo pkts": "0/280"})
+    gated = checks.Verdict("netns2-netns", status="gated", reason="no bpf_get_netns_cookie")
+    failed = checks.Verdict("echo-ipv4")
     failed.expect(False, "lo packets too many")
     reports = [suite.KernelReport("5.10", "5.10.0-32", [passed, gated, failed]),
                suite.KernelReport("5.15", unavailable="not provided")]

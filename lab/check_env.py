@@ -1,0 +1,157 @@
+"""What the scenario checks run in: a target, data sizes and the redirect installations they share.
+
+``Env`` makes each installation on first use, on a fresh cgroup, and removes them all on close;
+``Env.run`` runs a scenario program with tracing and keeps its JSON as an artifact. The checks
+themselves are in ``lab.scenario_checks``; ``lab.suite`` runs them on booted kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from lab import cgroups, redirect, trace
+from lab import bpf as bpf_build
+from lab.checks import MiB
+from lab.scenario import run_scenario
+from lab.target import Target
+
+BROKEN_DEFINE = "SOCKREDIR_TEST_WRONG_PORT_ORDER"
+
+
+# ----------------------------------------------------------------------------- sizes
+
+@dataclass(frozen=True)
+class Scale:
+    """Data sizes: modest in TCG guests (slow), larger on the host."""
+
+    bulk_bytes: int
+    echo_trips: int
+    small_writes: int
+    sendfile_bytes: int
+    conns: int
+    churn_conns: int
+    halfclose_bytes: int
+    netns_bytes: int
+    datagrams: int
+    slow_cap: int
+    timeout: int
+
+
+GUEST_SCALE = Scale(bulk_bytes=4 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
+                    conns=500, churn_conns=500, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
+                    datagrams=200, slow_cap=64 * MiB, timeout=150)
+HOST_SCALE = Scale(bulk_bytes=32 * MiB, echo_trips=5000, small_writes=4000, sendfile_bytes=32 * MiB,
+                   conns=1000, churn_conns=3000, halfclose_bytes=8 * MiB, netns_bytes=8 * MiB,
+                   datagrams=1000, slow_cap=256 * MiB, timeout=90)
+
+
+# ----------------------------------------------------------------------------- installations
+
+@dataclass
+class Installed:
+    cgroup: str
+    installation: redirect.Installation
+    map_pin: str
+    counters_pin: str | None
+    removed: bool = False
+
+
+def install_build(target: Target, cgroup: str, variant: str, max_entries: int | None,
+                  extra_defines: tuple[str, ...]) -> redirect.Installation:
+    """Like redirect.install, plus extra -D defines (the test-only broken build)."""
+    if not extra_defines:
+        return redirect.install(target, cgroup, variant, max_entries)
+    spec = redirect.SOURCES[variant]
+    defines = list(spec.defines) + list(extra_defines)
+    if max_entries is not None:
+        defines.append(f"SOCKREDIR_MAX_ENTRIES={max_entries}")
+    obj = bpf_build.build(spec.source, defines)
+    pin_dir = redirect.new_pin_dir(target, cgroup)
+    try:
+        programs = redirect.load(target, obj, pin_dir)
+        maps = redirect.attach(target, cgroup, pin_dir, programs)
+    except BaseException:
+        redirect.uninstall(target, cgroup)
+        raise
+    return redirect.Installation(cgroup, variant, variant, pin_dir, programs, maps, None, max_entries)
+
+
+class Env:
+    """A target, its trace support, data sizes and the redirect installations the checks share.
+
+    Installations are made on first use, each on a fresh cgroup, and removed by ``close``.
+    ``broken=True`` builds every production/netns installation with the test-only define that
+    breaks the key's byte order: the checks must then fail.
+    """
+
+    def __init__(self, target: Target, scale: Scale | None = None, artifacts: Path | None = None,
+                 broken: bool = False, progress: Callable[[str], None] = lambda message: None):
+        self.target = target
+        self.scale = scale or (HOST_SCALE if target.name == "host" else GUEST_SCALE)
+        self.artifacts = artifacts
+        self.broken = broken
+        self.progress = progress
+        self._installed: dict[tuple, Installed] = {}
+        self._stack = contextlib.ExitStack()
+        self._tracing: trace.Session | None = None
+        # One loopback name prefix and one server port for every run: the trace filters select
+        # them. Each round has its own network namespace, so reusing the port is safe.
+        self.tag = trace.new_tag()
+        self.port = random.randrange(20000, 30000)
+
+    def __enter__(self) -> "Env":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._installed.clear()
+        self._stack.close()
+
+    @property
+    def trace(self) -> trace.Support:
+        return trace.support(self.target)
+
+    @property
+    def tracing(self) -> trace.Session:
+        if self._tracing is None:
+            self._tracing = self._stack.enter_context(trace.Session(self.target, self.tag, self.port))
+        return self._tracing
+
+    def installed(self, variant: str = "production", max_entries: int | None = None,
+                  shared: bool = True) -> Installed:
+        key = (variant, max_entries)
+        if shared and key in self._installed and not self._installed[key].removed:
+            return self._installed[key]
+        cgroup = self._stack.enter_context(cgroups.dedicated(self.target))
+        self._stack.callback(redirect.uninstall, self.target, cgroup)  # runs before the rmdir
+        extra = (BROKEN_DEFINE,) if self.broken and variant != "seed" else ()
+        installation = install_build(self.target, cgroup, variant, max_entries, extra)
+        maps = redirect.pinned_maps(self.target, installation.pin_dir)
+        pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()}
+        done = Installed(cgroup, installation, pins["sockhash"], pins.get("percpu_array"))
+        if shared:
+            self._installed[key] = done
+        return done
+
+    def run(self, label: str, program: str, args: list, installed: Installed | None,
+            rounds: tuple[str, ...] = ("baseline", "redirect"), **options) -> dict:
+        """Run a scenario program with tracing; save its JSON as an artifact; fail on errors."""
+        started = time.monotonic()
+        result = run_scenario(
+            self.target, program, [str(a) for a in args], installed.cgroup if installed else None,
+            rounds=rounds, map_pin=installed.map_pin if installed else None,
+            counters_pin=installed.counters_pin if installed else None, tag=self.tag, port=self.port,
+            trace=self.tracing, timeout=self.scale.timeout, **options)
+        result["lab_seconds"] = round(time.monotonic() - started, 3)
+        if self.artifacts is not None:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            (self.artifacts / f"{label}.json").write_text(json.dumps(result, indent=1))
+        return result

@@ -1,0 +1,228 @@
+"""The reusable checks of a scenario result: a Verdict, views of the rounds, and the checks on them.
+
+A scenario program's JSON has a round per setting (``baseline`` without the redirect, ``redirect``
+in a cgroup carrying it), each with its results, sockets, phases and map snapshots. ``RoundView``
+decodes a round; the checks assert numbers on it into a ``Verdict``:
+
+- the data: every byte intact (SHA-256), EOFs seen, no error;
+- the map: exactly two entries per open connection, matching the sockets' addresses, none after
+  close (decoded from the map dumps the scenario took at fixed points);
+- the bypass: loopback packets, Tcp OutSegs and the TCP/IP tracepoints during the redirected data
+  phase are at most ``BYPASS_RATIO`` of the baseline's (plus the handshake/FIN packets a scenario
+  necessarily sends), and the baseline counted enough for the comparison to mean something;
+- positive evidence: the program's counters account for the bytes exactly, and the kprobe on
+  ``tcp_bpf_sendmsg`` fired (where the kernel has kprobes) and never in the baseline.
+
+Nothing here runs anything: the scenarios that use these checks are in ``lab.scenario_checks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lab import keys, trace
+from lab.scenario import entry_tuples, socket_tuple
+
+BYPASS_RATIO = 0.01   # redirected count <= 1% of the baseline's (+ protocol packets: check_bypass)
+MIN_BASELINE = 50     # a baseline below this cannot show a 1% ratio: the data size is too small
+MiB = 1 << 20
+
+
+class Traced(Protocol):
+    """What the bypass and kprobe checks read from an Env: the target's trace support."""
+
+    @property
+    def trace(self) -> trace.Support: ...
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+class Stop(Exception):
+    """Ends a check early (the scenario failed to run); the verdict already says why."""
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    status: str = "pass"              # pass | warn | fail | gated
+    reason: str | None = None         # why gated
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def expect(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.failures.append(message)
+            self.status = "fail"
+        return ok
+
+    def warn(self, message: str) -> None:
+        """Something an application would notice that did not break the data (see docs)."""
+        self.warnings.append(message)
+        if self.status == "pass":
+            self.status = "warn"
+
+    def equal(self, what: str, got, want) -> bool:
+        return self.expect(got == want, f"{what}: got {got}, expected {want}")
+
+    def figure(self, name: str, value) -> None:
+        self.figures[name] = value
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.figures.items())
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.scenario, "status": self.status, "reason": self.reason,
+                "failures": self.failures, "warnings": self.warnings, "notes": self.notes,
+                "figures": self.figures,
+                "seconds": round(self.seconds, 1)}
+
+
+# ----------------------------------------------------------------------------- views of a result
+
+class RoundView:
+    """One round of a scenario result, with the map snapshots decoded."""
+
+    def __init__(self, name: str, data: dict):
+        self.name, self.data = name, data
+
+    @property
+    def results(self) -> dict:
+        return self.data.get("results", {})
+
+    @property
+    def sockets(self) -> dict:
+        return self.data.get("sockets", {})
+
+    def phase(self, label: str = "data") -> dict:
+        return self.data["phases"][label]
+
+    def entries(self, label: str) -> list[dict]:
+        return keys.decode_sockhash_dump(self.data["snapshots"][label]["sockhash"])
+
+    def counters(self, label: str) -> dict[str, int]:
+        return keys.decode_counters(self.data["snapshots"][label]["counters"])
+
+    def counters_delta(self, first: str = "start", last: str = "closed") -> dict[str, int]:
+        before, after = self.counters(first), self.counters(last)
+        return {name: after[name] - before[name] for name in after}
+
+
+
+def rounds_of(verdict: Verdict, result: dict) -> dict[str, RoundView]:
+    """The rounds of a result; a scenario error ends the check with that error as the failure."""
+    views = {name: RoundView(name, data) for name, data in result["rounds"].items()}
+    if result.get("error"):
+        verdict.expect(False, f"scenario error: {result['error'][:1000]}")
+        raise Stop()
+    for view in views.values():
+        eagain = sum(report.get("eagain", 0) for report in view.results.values() if isinstance(report, dict))
+        if eagain:
+            verdict.warn(f"{view.name}: blocking recv()/send() failed with EAGAIN {eagain} times "
+                         "(retried; an application would have seen an error)")
+            verdict.figure(f"{view.name} spurious EAGAIN", eagain)
+    return views
+
+
+# ----------------------------------------------------------------------------- reusable checks
+
+def check_transfer(v: Verdict, label: str, sender: str, a: dict, receiver: str, b: dict, nbytes: int) -> None:
+    """a's bytes arrived at b, all of them, unchanged."""
+    v.expect(a.get("error") is None, f"{label}: {sender} error {a.get('error')}")
+    v.equal(f"{label}: bytes {sender} sent", a["sent"], nbytes)
+    v.equal(f"{label}: bytes {receiver} received from {sender}", b["received"], nbytes)
+    v.expect(a["sent_sha256"] == b["received_sha256"],
+             f"{label}: what {receiver} received differs from what {sender} sent (SHA-256)")
+
+
+def check_both_ways(v: Verdict, view: RoundView, nbytes: int, a: str = "client", b: str = "server") -> None:
+    results = view.results
+    check_transfer(v, view.name, a, results[a], b, results[b], nbytes)
+    check_transfer(v, view.name, b, results[b], a, results[a], nbytes)
+
+
+def check_entries(v: Verdict, view: RoundView, label: str, sockets: list[dict]) -> list[dict]:
+    """The map holds exactly one entry per given socket, keyed by that socket's addresses."""
+    entries = view.entries(label)
+    wanted = {socket_tuple(s) for s in sockets}
+    v.equal(f"map entries {label}", len(entries), len(wanted))
+    got = entry_tuples(entries)
+    v.expect(got == wanted, f"map keys {label} do not match the sockets: missing "
+                            f"{sorted(wanted - got)[:4]}, unexpected {sorted(got - wanted)[:4]}")
+    return entries
+
+
+def check_no_entries(v: Verdict, view: RoundView, label: str = "closed") -> None:
+    entries = view.entries(label)
+    v.expect(not entries, f"{len(entries)} map entries left {label}: {entries[:4]}")
+
+
+def check_counters(v: Verdict, delta: dict[str, int], **expected: int) -> None:
+    for name, want in expected.items():
+        v.equal(f"program counter {name}", delta[name], want)
+
+
+def bypass_pairs(env: Traced, base: dict, red: dict) -> list[tuple[str, int, int, bool]]:
+    """(name, baseline, redirected, is a packet count) of the data phase."""
+    pairs = [("lo packets", base["counters"]["lo_tx_packets"], red["counters"]["lo_tx_packets"], True),
+             ("Tcp OutSegs", base["counters"]["tcp_out_segs"], red["counters"]["tcp_out_segs"], True)]
+    for event in trace.BYPASS_EVENTS:
+        if event in env.trace.events:
+            pairs.append((event, base["trace"][event], red["trace"][event], event != "tcp/tcp_sendmsg_locked"))
+    return pairs
+
+
+def check_bypass(v: Verdict, env: Traced, base_view: RoundView, red_view: RoundView,
+                 protocol_packets: int = 0, label: str = "data") -> None:
+    """The redirected data phase cost the TCP/IP stack at most BYPASS_RATIO of the baseline.
+
+    ``protocol_packets``: packets TCP must still send in the phase (handshakes, FINs).
+    """
+    base, red = base_view.phase(label), red_view.phase(label)
+    for name, before, after, is_packets in bypass_pairs(env, base, red):
+        allowed = BYPASS_RATIO * before + (protocol_packets if is_packets else 0)
+        primary = name in ("lo packets", "Tcp OutSegs")
+        if before < MIN_BASELINE:
+            message = (f"{name}: the baseline counted only {before} (< {MIN_BASELINE}) in the data "
+                       f"phase, too few to show a {BYPASS_RATIO:.0%} ratio")
+            if primary:
+                v.expect(False, message + "; raise the data size")
+            else:
+                v.note(message + "; not compared")
+            continue
+        v.expect(after <= allowed,
+                 f"{name} in the data phase: {after} with the redirect, more than {allowed:.1f} "
+                 f"({BYPASS_RATIO:.0%} of the baseline's {before}"
+                 f"{f' + {protocol_packets} handshake/FIN packets' if is_packets and protocol_packets else ''})"
+                 f": the payload went through the TCP/IP stack")
+    lo = base["counters"]["lo_tx_packets"], red["counters"]["lo_tx_packets"]
+    v.figure("lo pkts", f"{lo[1]}/{lo[0]}")
+    for event in ("net/net_dev_xmit", "tcp/tcp_probe", "tcp/tcp_sendmsg_locked"):
+        if event in env.trace.events:
+            v.figure(event.split("/")[1], f"{red['trace'][event]}/{base['trace'][event]}")
+
+
+def check_kprobe(v: Verdict, env: Traced, base_view: RoundView, red_view: RoundView, at_least: int,
+                 label: str = "data", required: bool = True) -> None:
+    """The kprobe on tcp_bpf_sendmsg: silent without the redirect, firing with it."""
+    if not env.trace.kprobe:
+        v.note(f"kprobe {trace.KPROBE_FUNCTION} not traced: {env.trace.missing.get(trace.KPROBE_EVENT)}")
+        v.figure("kprobe", "n/a")
+        return
+    before = base_view.phase(label)["trace"][trace.KPROBE_EVENT]
+    after = red_view.phase(label)["trace"][trace.KPROBE_EVENT]
+    v.figure("kprobe", after)
+    v.equal(f"kprobe {trace.KPROBE_FUNCTION} hits without the redirect", before, 0)
+    if required:
+        v.expect(after >= at_least, f"kprobe {trace.KPROBE_FUNCTION} fired {after} times with the "
+                                    f"redirect, expected at least {at_least} (one per sendmsg)")
+
+
+def rate(value: float) -> str:
+    return f"{value / MiB:.1f}"

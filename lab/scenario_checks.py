@@ -1,0 +1,456 @@
+"""The same-host scenarios: what each one runs and the numbers its check asserts.
+
+One scenario check = one run of a program of ``scenarios/`` with two rounds in fresh network
+namespaces: ``baseline`` (no redirect) and ``redirect`` (both sides in a cgroup carrying the
+redirect), with tracing around the data phase. Each check runs its program through an ``Env``
+(``lab.check_env``) and judges the result with the reusable checks of ``lab.checks``.
+
+``run_check(env, id)`` runs one scenario and returns a ``Verdict`` (pass / fail / gated with the
+reason, failures, figures). pytest (tests/integration/test_scenarios.py) and ``sockredir-lab
+suite`` (``lab.suite``) both use it, so both judge the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from lab import LabError, redirect, trace
+from lab.check_env import Env
+from lab.checks import (MiB, RoundView, Stop, Verdict, check_both_ways, check_bypass, check_counters,
+                        check_entries, check_kprobe, check_no_entries, check_transfer, rate, rounds_of)
+from lab.scenario import entry_tuples, socket_tuple
+from lab.target import Target
+
+# Packets TCP itself must still send for each connection under the redirect: the handshake
+# (SYN, SYN-ACK, ACK) and the teardown (FIN, ACK each way). Only the payload is redirected.
+HANDSHAKE_PACKETS, TEARDOWN_PACKETS = 3, 4
+
+
+# ----------------------------------------------------------------------------- the scenarios
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    summary: str
+    check: Callable[[Env, Verdict], None]
+    gate: Callable[[Env], str | None] | None = None
+
+
+def ipv6_gate(env: Env) -> str | None:
+    if not env.target.run(["test", "-e", "/proc/net/if_inet6"]).ok:
+        return f"kernel {env.target.kernel_release} has no IPv6 (/proc/net/if_inet6 is missing)"
+    return None
+
+
+def netns_gate(env: Env) -> str | None:
+    if not redirect.netns_supported(env.target):
+        return (f"bpf_get_netns_cookie is not available to sock_ops and sk_msg programs on "
+                f"{env.target.kernel_release} (bpftool feature probe): the netns variant cannot load")
+    return None
+
+
+INSERTED = {"ipv4": {"inserted_v4": 2}, "ipv6": {"inserted_v6": 2},
+            "v4mapped": {"inserted_v4": 1, "inserted_v4mapped": 1}}
+
+
+def echo_check(family: str):
+    def check(env: Env, v: Verdict) -> None:
+        trips, size = env.scale.echo_trips, 64
+        inst = env.installed()
+        rounds = rounds_of(v, env.run(v.scenario, "echo", ["--family", family, "--trips", trips,
+                                                           "--size", size], inst))
+        base, red = rounds["baseline"], rounds["redirect"]
+        for view in (base, red):
+            v.equal(f"{view.name}: intact round trips", view.results["client"]["intact_trips"], trips)
+        check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+        check_no_entries(v, red)
+        delta = red.counters_delta()
+        inserted = {name: INSERTED[family].get(name, 0) for name in ("inserted_v4", "inserted_v6", "inserted_v4mapped")}
+        check_counters(v, delta, **inserted, insert_failed=0, bytes_redirected=2 * trips * size,
+                       msgs_missed=0)
+        check_bypass(v, env, base, red)
+        check_kprobe(v, env, base, red, at_least=trips)
+        speeds = [view.results["client"]["trips_per_second"] for view in (base, red)]
+        v.figure("round trips/s", f"{speeds[1]:.0f} vs {speeds[0]:.0f}")
+    return check
+
+
+def bulk_like(env: Env, v: Verdict, args: list, writes_exact: bool) -> tuple[RoundView, RoundView]:
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "bulk", args, inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    nbytes = red.data["bytes_per_side"]
+    for view in (base, red):
+        check_both_ways(v, view, nbytes)
+    sockets = [red.sockets["client"], red.sockets["server"]]
+    check_entries(v, red, "connected", sockets)
+    check_entries(v, red, "open", sockets)
+    check_no_entries(v, red)
+    delta = red.counters_delta()
+    check_counters(v, delta, inserted_v4=2, bytes_redirected=2 * nbytes, msgs_missed=0, bytes_missed=0)
+    if writes_exact:  # a write of at most 4 KiB is one sk_msg verdict
+        check_counters(v, delta, msgs_redirected=2 * red.data["writes_per_side"])
+    check_bypass(v, env, base, red)
+    sends = red.results["client"]["sends"] + red.results["server"]["sends"]
+    check_kprobe(v, env, base, red, at_least=sends)
+    return base, red
+
+
+def bulk_check(env: Env, v: Verdict) -> None:
+    base, red = bulk_like(env, v, ["--bytes", env.scale.bulk_bytes], writes_exact=False)
+    nbytes = red.data["bytes_per_side"]
+    speeds = [2 * nbytes / view.phase()["seconds"] for view in (base, red)]
+    v.figure("MiB/s", f"{rate(speeds[1])} vs {rate(speeds[0])}")
+    v.figure("bytes", f"2x{nbytes // MiB} MiB")
+
+
+def smallwrites_check(env: Env, v: Verdict) -> None:
+    base, red = bulk_like(env, v, ["--writes", "small", "--small-writes", env.scale.small_writes],
+                          writes_exact=True)
+    v.figure("writes", f"2x{red.data['writes_per_side']} of 1..4096 B")
+
+
+def sendfile_check(mode: str):
+    def check(env: Env, v: Verdict) -> None:
+        nbytes = env.scale.sendfile_bytes
+        inst = env.installed()
+        rounds = rounds_of(v, env.run(v.scenario, "sendfile", ["--mode", mode, "--bytes", nbytes], inst))
+        base, red = rounds["baseline"], rounds["redirect"]
+        for view in (base, red):
+            client, server = view.results["client"], view.results["server"]
+            v.equal(f"{view.name}: bytes received", server["received"], nbytes)
+            v.expect(client["sent_sha256"] == server["received_sha256"],
+                     f"{view.name}: the received file differs from the sent one (SHA-256)")
+        check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+        check_no_entries(v, red)
+        check_counters(v, red.counters_delta(), bytes_redirected=nbytes, msgs_missed=0, bytes_missed=0)
+        check_bypass(v, env, base, red)
+        # sendfile/splice reach tcp_bpf_sendmsg only where the kernel splices through sendmsg
+        # (MSG_SPLICE_PAGES, 6.5+); older kernels use tcp_bpf_sendpage: shown, not required.
+        check_kprobe(v, env, base, red, at_least=1, required=False)
+        v.figure("bytes", f"{nbytes // MiB} MiB in {red.results['client']['calls']} {mode} calls")
+    return check
+
+
+def pair_up(clients: list[dict], servers: list[dict]) -> list[tuple[dict, dict]]:
+    by_peer = {socket_tuple(s)[1]: s for s in servers}
+    return [(c, by_peer.get(socket_tuple(c)[0])) for c in clients]
+
+
+def concurrent_check(env: Env, v: Verdict) -> None:
+    conns, size = env.scale.conns, 1024
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "concurrent", ["--conns", conns, "--size", size], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        v.equal(f"{view.name}: connections intact", view.results["client"]["intact_conns"], conns)
+    sockets = red.sockets["client"]["sockets"] + red.sockets["server"]["sockets"]
+    check_entries(v, red, "connected", sockets)
+    check_entries(v, red, "open", sockets)
+    check_no_entries(v, red)
+    check_counters(v, red.counters_delta(), inserted_v4=2 * conns, insert_failed=0,
+                   bytes_redirected=2 * conns * size, msgs_missed=0)
+    check_bypass(v, env, base, red)
+    check_kprobe(v, env, base, red, at_least=2 * conns)
+    v.figure("entries", f"{len(red.entries('connected'))} for {conns} conns")
+
+
+def churn_check(env: Env, v: Verdict) -> None:
+    conns, size = env.scale.churn_conns, 100
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "churn", ["--conns", conns, "--size", size], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        v.equal(f"{view.name}: connections intact", view.results["client"]["intact_conns"], conns)
+        v.equal(f"{view.name}: clean EOFs at the server", view.results["server"]["clean_eofs"], conns)
+    check_no_entries(v, red)
+    delta = red.counters_delta()
+    check_counters(v, delta, inserted_v4=2 * conns, insert_failed=0)
+    v.equal("program counters: bytes redirected + passed to TCP",
+            delta["bytes_redirected"] + delta["bytes_missed"], 2 * conns * size)
+    v.expect(delta["bytes_redirected"] > 0, "no byte was redirected")
+    # The data phase holds every connection's handshake and teardown: those stay TCP.
+    check_bypass(v, env, base, red, protocol_packets=conns * (HANDSHAKE_PACKETS + TEARDOWN_PACKETS))
+    check_kprobe(v, env, base, red, at_least=conns)
+    speeds = [view.results["client"]["conns_per_second"] for view in (base, red)]
+    v.figure("conns/s", f"{speeds[1]:.0f} vs {speeds[0]:.0f}")
+    v.figure("missed msgs", delta["msgs_missed"])
+
+
+def halfclose_check(env: Env, v: Verdict) -> None:
+    nbytes, reply = env.scale.halfclose_bytes, 64 * 1024
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "halfclose", ["--bytes", nbytes, "--reply", reply], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        client, server = view.results["client"], view.results["server"]
+        v.expect(server["eof_seen"], f"{view.name}: the server never saw the client's EOF ({server['error']})")
+        v.expect(client["eof_seen"], f"{view.name}: the client never saw the server's EOF ({client['error']})")
+        check_transfer(v, view.name, "client", client, "server", server, nbytes)
+        check_transfer(v, view.name, "server", server, "client", client, reply)
+    check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+    check_no_entries(v, red)
+    check_counters(v, red.counters_delta(), bytes_redirected=nbytes + reply, msgs_missed=0)
+    check_bypass(v, env, base, red, protocol_packets=TEARDOWN_PACKETS)
+    check_kprobe(v, env, base, red, at_least=2)
+    v.figure("EOF", "both ways")
+
+
+def outside_check(outside: str):
+    inside = "client" if outside == "server" else "server"
+
+    def check(env: Env, v: Verdict) -> None:
+        nbytes = env.scale.bulk_bytes // 4
+        inst = env.installed()
+        rounds = rounds_of(v, env.run(v.scenario, "bulk", ["--bytes", nbytes, f"--{outside}-cgroup", "none"], inst))
+        base, red = rounds["baseline"], rounds["redirect"]
+        for view in (base, red):
+            check_both_ways(v, view, nbytes)  # in particular no EACCES from an SK_DROP verdict
+        check_entries(v, red, "connected", [red.sockets[inside]])
+        check_no_entries(v, red)
+        # The inside socket is in the map and runs the verdict on each send, which misses (its
+        # peer is not in the map) and passes the bytes on to TCP.
+        check_counters(v, red.counters_delta(), inserted_v4=1, msgs_redirected=0, bytes_redirected=0,
+                       bytes_missed=nbytes)
+        before, after = base.phase()["counters"]["tcp_out_segs"], red.phase()["counters"]["tcp_out_segs"]
+        v.expect(after >= before / 2, f"Tcp OutSegs {after} with one side outside, baseline {before}: "
+                                      "the transfer should have used TCP like the baseline")
+        v.figure("Tcp OutSegs", f"{after}/{before} (TCP, as expected)")
+    return check
+
+
+def netns2_check(variant: str):
+    def check(env: Env, v: Verdict) -> None:
+        nbytes = env.scale.netns_bytes
+        inst = env.installed(variant)
+        rounds = ("baseline", "redirect") if variant == "netns" else ("redirect",)
+        result = env.run(v.scenario, "netns2", ["--bytes", nbytes], inst, rounds=rounds)
+        views = rounds_of(v, result)
+        red = views["redirect"]
+        for name in ("netns0", "netns1"):
+            sides = red.results[name]
+            label = f"{name}"
+            check_transfer(v, label, "client", sides["client"], "server", sides["server"], nbytes)
+            check_transfer(v, label, "server", sides["server"], "client", sides["client"], nbytes)
+        inodes = {red.sockets[name]["netns_inode"] for name in ("netns0", "netns1")}
+        v.equal("distinct network namespaces", len(inodes), 2)
+        ns0 = [red.sockets["netns0"]["client"], red.sockets["netns0"]["server"]]
+        ns1 = [red.sockets["netns1"]["client"], red.sockets["netns1"]["server"]]
+        v.equal("same addresses and ports in both namespaces",
+                {socket_tuple(s) for s in ns0}, {socket_tuple(s) for s in ns1})
+        entries = red.entries("connected")
+        if variant == "netns":
+            v.equal("map entries for 4 sockets in 2 namespaces", len(entries), 4)
+            cookies = {e.get("netns") for e in entries}
+            v.expect(len(cookies) == 2 and None not in cookies,
+                     f"netns cookies in the keys: {cookies}, expected two different ones")
+            check_counters(v, red.counters_delta(), inserted_v4=4, insert_failed=0,
+                           bytes_redirected=4 * nbytes, msgs_missed=0)
+            check_bypass(v, env, views["baseline"], red)
+            v.figure("entries", f"4 for 4 sockets, {len(cookies)} netns cookies")
+        else:
+            # The key has no namespace: namespace 1's sockets collide with namespace 0's and are
+            # refused (BPF_NOEXIST), so namespace 1 talks plain TCP, and nothing crosses.
+            v.equal("map entries (collision: namespace 1's keys equal namespace 0's)", len(entries), 2)
+            v.equal("the entries are namespace 0's sockets", entry_tuples(entries), {socket_tuple(s) for s in ns0})
+            if inst.counters_pin:
+                check_counters(v, red.counters_delta(), inserted_v4=2, insert_failed=2,
+                               bytes_redirected=2 * nbytes, msgs_missed=0)
+            v.figure("entries", "2 for 4 sockets (key collision shown)")
+        check_no_entries(v, red)
+        v.figure("crossed bytes", 0 if not v.failures else "see failures")
+    return check
+
+
+def fullmap_check(env: Env, v: Verdict) -> None:
+    max_entries, conns, size = 4, 4, 64 * 1024
+    inst = env.installed(max_entries=max_entries)
+    rounds = rounds_of(v, env.run(v.scenario, "concurrent", ["--conns", conns, "--size", size], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        v.equal(f"{view.name}: connections intact", view.results["client"]["intact_conns"], conns)
+    entries = red.entries("connected")
+    v.equal("map entries (max_entries)", len(entries), max_entries)
+    in_map = entry_tuples(entries)
+    pairs = pair_up(red.sockets["client"]["sockets"], red.sockets["server"]["sockets"])
+    both = sum(1 for c, s in pairs if s and socket_tuple(c) in in_map and socket_tuple(s) in in_map)
+    one = sum(1 for c, s in pairs if s and (socket_tuple(c) in in_map) != (socket_tuple(s) in in_map))
+    check_no_entries(v, red)
+    check_counters(v, red.counters_delta(), insert_failed=2 * conns - max_entries,
+                   bytes_redirected=2 * size * both, bytes_missed=size * one)
+    v.expect(red.phase()["counters"]["tcp_out_segs"] > 0,
+             "no TCP segment: the connections that did not fit in the map should have used TCP")
+    v.figure("conns", f"{both} redirected, {conns - both} over TCP, 0 lost")
+
+
+def detach_check(env: Env, v: Verdict) -> None:
+    nbytes = env.scale.bulk_bytes
+    inst = env.installed(shared=False)
+    pins = redirect.pinned_programs(env.target, inst.installation.pin_dir)
+    sockops = next(p for p in pins.values() if p.type == "sock_ops")
+    skmsg = next(p for p in pins.values() if p.type == "sk_msg")
+    # What `sockredir-lab redirect uninstall` does, run by the client when half its bytes are out.
+    commands = [["bpftool", "cgroup", "detach", inst.cgroup, "sock_ops", "pinned", sockops.pin],
+                ["bpftool", "prog", "detach", "pinned", skmsg.pin, "msg_verdict", "pinned", inst.map_pin],
+                ["rm", "-rf", inst.installation.pin_dir]]
+    commands_file = f"{redirect.RUN_DIR}/detach-{trace.new_tag()}.json"
+    env.target.put_text(json.dumps(commands), commands_file)
+    try:
+        result = env.run(v.scenario, "bulk", ["--bytes", nbytes, "--midway-exec", commands_file], inst)
+    finally:
+        inst.removed = True
+        env.target.run(["rm", "-f", commands_file])
+    rounds = rounds_of(v, result)
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        check_both_ways(v, view, nbytes)
+    check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+    hook = red.results["client"]["hook"]
+    v.expect(hook is not None, "the client never ran the detach commands")
+    if hook:
+        for command in hook["commands"]:
+            v.equal(f"exit code of {' '.join(command['argv'][:4])}", command["rc"], 0)
+        end = red.results["client"]["counters_end"]
+        after = end["tcp_out_segs"] - hook["counters_after"]["tcp_out_segs"]
+        # A socket keeps its psock (and the programs it holds) until it closes: the established
+        # connection stays redirected after the uninstall; only new connections are plain TCP.
+        v.figure("TCP segs after detach", after)
+    freed = wait_until_gone(env.target, inst.installation.maps.values())
+    v.expect(not freed, f"maps {freed} still exist after every socket closed: the uninstall leaked them")
+    v.figure("maps freed after close", "yes" if not freed else f"no: {freed}")
+
+
+def wait_until_gone(target: Target, map_ids, seconds: float = 5.0) -> list[int]:
+    """Map ids still present after ``seconds`` (a map is freed after an RCU grace period)."""
+    deadline = time.monotonic() + seconds
+    left = list(map_ids)
+    while left and time.monotonic() < deadline:
+        left = [i for i in left if target.run(["bpftool", "map", "show", "id", str(i)]).ok]
+        if left:
+            time.sleep(0.2)
+    return left
+
+
+def untouched_check(env: Env, v: Verdict) -> None:
+    datagrams = env.scale.datagrams
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "untouched", ["--datagrams", datagrams], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        client = view.results["client"]
+        v.equal(f"{view.name}: UDP datagrams intact", client["intact_datagrams"], datagrams)
+        v.expect(client["unix_intact"], f"{view.name}: AF_UNIX bytes differ")
+        v.equal(f"{view.name}: UDP datagrams out", view.phase()["counters"]["udp_out_datagrams"], 2 * datagrams)
+        v.equal(f"{view.name}: lo packets (UDP only)", view.phase()["counters"]["lo_tx_packets"], 2 * datagrams)
+    v.equal("map entries while UDP and AF_UNIX sockets are open", len(red.entries("connected")), 0)
+    delta = red.counters_delta()
+    v.expect(not any(delta.values()), f"program counters moved: {delta}")
+    v.figure("UDP lo pkts", f"{red.phase()['counters']['lo_tx_packets']}/{base.phase()['counters']['lo_tx_packets']}")
+
+
+def slowreader_check(env: Env, v: Verdict) -> None:
+    cap = env.scale.slow_cap
+    inst = env.installed()
+    rounds = rounds_of(v, env.run(v.scenario, "slowreader", ["--cap", cap], inst))
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        client, server = view.results["client"], view.results["server"]
+        v.equal(f"{view.name}: bytes drained", server["received"], client["queued"])
+        v.expect(client["sent_sha256"] == server["received_sha256"], f"{view.name}: drained bytes differ (SHA-256)")
+    check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+    check_no_entries(v, red)
+    client = red.results["client"]
+    queued = client["queued"]
+    delta = red.counters_delta()
+    check_counters(v, delta, msgs_missed=0)
+    # The verdict counts a message before the redirect enqueues it: a send that then fails
+    # (ENOMEM) is counted although its bytes were not queued. At most the failing write (and a
+    # retry of it) on top of what was queued.
+    extra = delta["bytes_redirected"] - queued
+    if client["stopped_by"] in ("cap", "EAGAIN"):
+        v.equal("program counter bytes_redirected (bytes queued)", delta["bytes_redirected"], queued)
+    else:
+        v.expect(0 <= extra <= 2 * SLOW_CHUNK,
+                 f"program counter bytes_redirected {delta['bytes_redirected']} vs {queued} queued: "
+                 f"more than the failed write of {SLOW_CHUNK} bytes (and one retry) apart")
+        v.note(f"the verdict counted {extra} bytes of writes that then failed with {client['stopped_by']}")
+    for view in (base, red):
+        sender = view.results["client"]
+        v.figure(f"{view.name} queued", f"{sender['queued'] / MiB:.1f} MiB ({sender['stopped_by']}, "
+                                         f"MemAvailable -{sender['mem_available_drop_kib'] // 1024} MiB)")
+    if client["stopped_by"] != "EAGAIN":
+        tcp_mem = env.target.run(["cat", "/proc/sys/net/ipv4/tcp_mem"]).stdout.split()
+        limit = f"{int(tcp_mem[2]) * 4096 // MiB} MiB" if len(tcp_mem) == 3 else "unknown"
+        v.warn(f"no backpressure under the redirect: the sender queued {queued / MiB:.0f} MiB into a "
+               f"reader that reads nothing and stopped by {client['stopped_by']} (plain TCP: EAGAIN "
+               f"after {base.results['client']['queued'] / MiB:.1f} MiB; net.ipv4.tcp_mem max {limit})")
+
+
+SLOW_CHUNK = 64 * 1024  # scenarios/slowreader.py CHUNK
+
+
+SCENARIOS: dict[str, Scenario] = {s.id: s for s in [
+    Scenario("echo-ipv4", "ping-pong of 64-byte messages over IPv4", echo_check("ipv4")),
+    Scenario("echo-ipv6", "the same over IPv6 (::1)", echo_check("ipv6"), ipv6_gate),
+    Scenario("echo-v4mapped", "an IPv4 client and a dual-stack IPv6 server (::ffff:127.0.0.1)",
+             echo_check("v4mapped"), ipv6_gate),
+    Scenario("bulk", "bulk transfer both ways at once, 64 KiB writes, SHA-256", bulk_check),
+    Scenario("smallwrites", "writes of 1 B to 4 KiB both ways", smallwrites_check),
+    Scenario("sendfile", "a file sent with sendfile()", sendfile_check("sendfile")),
+    Scenario("splice", "a file sent with splice() through a pipe", sendfile_check("splice")),
+    Scenario("concurrent", "hundreds of connections open at once", concurrent_check),
+    Scenario("churn", "thousands of connect/transfer/close in a row", churn_check),
+    Scenario("halfclose", "shutdown(SHUT_WR) each way, EOF seen by the peer", halfclose_check),
+    Scenario("outside-server", "the server outside the cgroup: plain TCP, no error", outside_check("server")),
+    Scenario("outside-client", "the client outside the cgroup: plain TCP, no error", outside_check("client")),
+    Scenario("netns2-seed", "two namespaces, same addresses and ports, seed key", netns2_check("seed")),
+    Scenario("netns2-production", "the same with the production key", netns2_check("production")),
+    Scenario("netns2-netns", "the same with the netns cookie in the key", netns2_check("netns"), netns_gate),
+    Scenario("fullmap", "max_entries=4 with 4 connections: the rest fall back to TCP", fullmap_check),
+    Scenario("detach", "the redirect removed in the middle of a stream", detach_check),
+    Scenario("untouched", "UDP and AF_UNIX in the cgroup: not touched", untouched_check),
+    Scenario("slowreader", "a reader that does not read: how much can be queued", slowreader_check),
+]}
+
+
+def select(names: list[str] | None) -> list[str]:
+    """Scenario ids from names; a name selects the ids equal to it or starting with ``name-``."""
+    if not names:
+        return list(SCENARIOS)
+    chosen = []
+    for name in names:
+        matching = [sid for sid in SCENARIOS if sid == name or sid.startswith(name + "-")]
+        if not matching:
+            raise LabError(f"no scenario {name!r}; the scenarios are {', '.join(SCENARIOS)}")
+        chosen += [sid for sid in matching if sid not in chosen]
+    return chosen
+
+
+def run_check(env: Env, scenario_id: str) -> Verdict:
+    """Run one scenario on env's target (unless a gate says why not) and judge it."""
+    scenario = SCENARIOS[scenario_id]
+    verdict = Verdict(scenario_id)
+    reason = scenario.gate(env) if scenario.gate else None
+    reason = reason or redirect.sockmap_missing(env.target)
+    if reason:
+        verdict.status, verdict.reason = "gated", reason
+        return verdict
+    started = time.monotonic()
+    try:
+        scenario.check(env, verdict)
+    except Stop:
+        pass
+    except LabError as exc:
+        verdict.expect(False, f"the lab could not run it: {exc}")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        # A result without the expected shape: a bug in a scenario or a check. Keep going so
+        # the other scenarios still run and the table still prints.
+        verdict.expect(False, f"internal error judging the result: {type(exc).__name__}: {exc} "
+                              f"(see {env.artifacts or 'the scenario JSON'})")
+    verdict.seconds = time.monotonic() - started
+    if env.artifacts is not None:
+        (env.artifacts / f"{scenario_id}.verdict.json").write_text(json.dumps(verdict.as_dict(), indent=1))
+    return verdict
