@@ -27,13 +27,20 @@ from lab.scenario_checks import run_check
 
 
 @pytest.fixture(scope="module")
-def suite_env(kernel, request, lab):
+def suite_target(kernel, request):
     if isinstance(kernel, HostKernel):
-        target = request.getfixturevalue("host_target")
-    else:
-        target = request.getfixturevalue("guest").target
+        return request.getfixturevalue("host_target")
+    return request.getfixturevalue("guest").target
+
+
+# suite_target, not suite_env, fetches the guest: pytest orders teardowns only by declared
+# arguments, and a finalizer registered later on `kernel` runs earlier. Fetched here, the guest is
+# set up before suite_env registers its teardown, so when the kernel changes the Env removes its
+# installations while the guest is still up (fetched in suite_env, the guest went first).
+@pytest.fixture(scope="module")
+def suite_env(kernel, suite_target, lab):
     artifacts = lab.artifacts / "scenarios" / f"kernel_{kernel.id.replace('.', '_')}"
-    with Env(target, artifacts=artifacts, progress=lab.progress) as env:
+    with Env(suite_target, artifacts=artifacts, progress=lab.progress) as env:
         yield env
 
 
