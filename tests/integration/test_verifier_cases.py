@@ -138,7 +138,7 @@ def _run_holes(kernel, target, cgroup, defines, artifacts, label):
     (artifacts / f"{label}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"{label} on {target.kernel_release}: counters {counters}; key holes "
           f"{[k['holes'] for k in keys]}; Tcp OutSegs {pair['counters_delta']['tcp_out_segs']}")
-    assert pair["error"] is None and pair["intact"], pair["error"]
+    assert pair["error"] is None, pair["error"]
     # The visible fields are right: each socket is stored under its own 4-tuple.
     tuples = {(tuple(k["local"]), tuple(k["remote"])) for k in keys}
     assert tuples == socket_tuples(pair) and all(k["family"] == 1 for k in keys), keys
@@ -151,8 +151,18 @@ def test_padding_holes_make_lookups_miss(kernel, target, cgroup, artifacts):
     assert counters["missed"] > 0, ("every lookup with an uninitialised key found its peer: the "
                                     "garbage in the holes agreed this time (see the key holes above)")
     assert pair["counters_delta"]["tcp_out_segs"] > 0, "the missed messages must have gone over TCP"
+    if not pair["intact"]:
+        # Seen on 6.1 (1 run of ~5): the stack garbage matched for some messages of a direction
+        # and not for others, so one byte stream went partly through the redirect and partly over
+        # TCP, and the receiver got it out of order. Worse than "never matches": silent corruption.
+        # It can only happen when lookups both hit and missed.
+        assert counters["redirected"] > 0 and counters["missed"] > 0, counters
+        print(f"holes on {target.kernel_release}: the stream was CORRUPTED by mixing redirect and TCP")
 
 
 def test_padding_holes_zeroed_control_matches(kernel, target, cgroup, artifacts):
     counters, pair = _run_holes(kernel, target, cgroup, ("HOLE_KEY_ZEROED",), artifacts, "zeroed")
+    assert pair["intact"], "zeroed keys: every message redirected, the data must be intact"
     assert counters["redirected"] > 0 and counters["missed"] == 0, counters
+
+
