@@ -43,8 +43,8 @@ class Scale:
     timeout: int
 
 
-GUEST_SCALE = Scale(bulk_bytes=4 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
-                    conns=500, churn_conns=500, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
+GUEST_SCALE = Scale(bulk_bytes=16 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
+                    conns=500, churn_conns=1000, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
                     datagrams=200, slow_cap=64 * MiB, timeout=150)
 HOST_SCALE = Scale(bulk_bytes=32 * MiB, echo_trips=5000, small_writes=4000, sendfile_bytes=32 * MiB,
                    conns=1000, churn_conns=3000, halfclose_bytes=8 * MiB, netns_bytes=8 * MiB,
