@@ -45,7 +45,8 @@ POLL_SECONDS = 0.02
 class Guest:
     def __init__(self, kernel, image: GuestImage, workdir: Path, accel: accel_mod.Accel | None = None,
                  memory_mb: int = 1024, cpus: int = 2, boot_timeout: float = 120,
-                 machine: str = "q35", append: str = "", progress=lambda msg: None):
+                 machine: str = "q35", append: str = "", progress=lambda msg: None,
+                 extra_disks: tuple[Path, ...] | list[Path] = ()):
         self.kernel = kernel
         self.image = image
         self.workdir = Path(workdir)
@@ -56,6 +57,7 @@ class Guest:
         self.machine = machine
         self.append = append
         self.progress = progress
+        self.extra_disks = [Path(d) for d in extra_disks]  # read-only virtio-blk disks, mounted by the caller
         self.console_log = self.workdir / "console.log"
         self.qemu_log = self.workdir / "qemu.log"
         self.port: int | None = None
@@ -161,6 +163,9 @@ class Guest:
             "-device", "virtio-blk-pci,drive=root",
             "-drive", f"file={boot.modules_disk},format=raw,if=none,id=modules,readonly=on",
             "-device", "virtio-blk-pci,drive=modules",
+            *[arg for index, disk in enumerate(self.extra_disks) for arg in (
+                "-drive", f"file={disk},format=raw,if=none,id=extra{index},readonly=on",
+                "-device", f"virtio-blk-pci,drive=extra{index}")],
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-pci,netdev=n0",
         ]

@@ -90,6 +90,18 @@ def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | No
     return None
 
 
+def fetch_suite_packages(suite: str, glob: str, progress: Progress = print,
+                         keep: Callable[[str], bool] = lambda name: True
+                         ) -> list[tuple[LockedPackage, Path]]:
+    """Resolve ``glob`` (and its exact-version dependencies) in ``suite`` and download the debs
+    whose name ``keep`` accepts, each checked against the archive's SHA-256: for companions of a
+    kernel, such as its headers."""
+    apt = PrivateApt()
+    apt.update(progress)
+    return [(package, _fetch_deb(package, progress))
+            for package in apt.resolve(suite, glob, progress) if keep(package.name)]
+
+
 def lock_kernels(catalog: Catalog, ids: list[str] | None = None, progress: Progress = print,
                  lock_path: Path = LOCK_PATH) -> list[LabError]:
     """Resolve suite and URL entries afresh and write the lock; returns the per-entry failures."""
