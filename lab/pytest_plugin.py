@@ -72,6 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave the host kernel (kernel_host) out of the matrix")
     group.addoption("--run-name", default=None,
                     help="name of this run's artifact directory (default: date-time-pid)")
+    group.addoption("--bcc-all", action="store_true",
+                    help="run the bcc tests (run-time compile, slow under TCG) on every kernel, "
+                         "not only the default one (tests/integration/test_bcc.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
