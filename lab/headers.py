@@ -45,9 +45,13 @@ def ensure_headers(entry: KernelEntry, kernel: KernelArtifacts, progress: Progre
         found = fetch_suite_packages(entry.suite, f"linux-headers-{kernel.release}", progress,
                                      keep=lambda name: name.startswith("linux-headers-"))
     except LabError as exc:
-        raise LabError(f"kernel {entry.id}: no headers for {kernel.release} in {entry.suite} ({exc}). "
-                       f"The suite may have moved to a newer build than the lock pins. Fix: "
-                       f"`sockredir-lab kernels lock --id {entry.id}`, then retry") from None
+        if "no package matching" not in str(exc):
+            raise
+        # Seen: trixie-backports still has the signed 6.18.15 image but only 7.x headers.
+        raise LabError(f"kernel {entry.id}: {entry.suite} has no linux-headers-{kernel.release}, so bcc "
+                       f"cannot compile for it. Fix: `sockredir-lab kernels lock --id {entry.id}` if "
+                       f"the suite has a newer build with headers (`apt-cache pkgnames linux-headers-` "
+                       f"on the lab's lists shows them), else run bcc on another kernel") from None
     _check_same_build(entry, kernel, found)
     key = digest_of(["headers", HEADERS_FORMAT, *sorted(p.sha256 for p, _ in found)])
     entry_dir = cache_dir("headers") / key

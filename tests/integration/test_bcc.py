@@ -40,9 +40,11 @@ def bcc_result(kernel, lab, guest_image):
     artifacts.mkdir(parents=True, exist_ok=True)
     entry = lab.catalog.get(kernel.id)
     try:
-        disk = headers.ensure_headers(entry, kernel, progress=lab.progress)
+        disk, missing = headers.ensure_headers(entry, kernel, progress=lab.progress), None
     except LabError as exc:
-        pytest.fail(f"kernel {kernel.id}: {exc}", pytrace=False)
+        disk, missing = None, str(exc)
+    if missing:
+        pytest.fail(missing, pytrace=False)
     with Guest(kernel, guest_image, artifacts / "guest", extra_disks=[disk],
                progress=lab.progress) as guest:
         target = guest.target
@@ -78,6 +80,8 @@ def test_bcc_redirect_two_entries_and_intact(bcc_result):
 
 def test_bcc_tracer_shows_the_bypass(bcc_result):
     baseline, redirect = bcc_result["baseline"], bcc_result["redirect"]
+    for name, round_ in (("baseline", baseline), ("redirect", redirect)):
+        assert "counters_delta" in round_["pair"], f"{name}: the connection failed: {round_['pair']}"
     assert redirect["counts"]["tcp_bpf_sendmsg"] > 0, "kprobe tcp_bpf_sendmsg never fired"
     assert baseline["counts"]["tcp_bpf_sendmsg"] == 0, "tcp_bpf_sendmsg fired without the redirect"
     base_lo = baseline["pair"]["counters_delta"]["lo_tx_packets"]
