@@ -34,6 +34,10 @@ GUEST_MOUNT = "/run/kernel-headers"
 DISK_NAME = "headers.ext4"
 
 
+class HeadersUnavailable(LabError):
+    """The archive does not carry this kernel build's headers: bcc cannot run on it (tests skip)."""
+
+
 def ensure_headers(entry: KernelEntry, kernel: KernelArtifacts, progress: Progress = print) -> Path:
     """The ext4 image of ``kernel``'s merged headers, built once per headers build."""
     if entry.source != "suite":
@@ -48,7 +52,7 @@ def ensure_headers(entry: KernelEntry, kernel: KernelArtifacts, progress: Progre
         if "no package matching" not in str(exc):
             raise
         # Seen: trixie-backports still has the signed 6.18.15 image but only 7.x headers.
-        raise LabError(f"kernel {entry.id}: {entry.suite} has no linux-headers-{kernel.release}, so bcc "
+        raise HeadersUnavailable(f"kernel {entry.id}: {entry.suite} has no linux-headers-{kernel.release}, so bcc "
                        f"cannot compile for it. Fix: `sockredir-lab kernels lock --id {entry.id}` if "
                        f"the suite has a newer build with headers (`apt-cache pkgnames linux-headers-` "
                        f"on the lab's lists shows them), else run bcc on another kernel") from None
