@@ -116,10 +116,17 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
 
     thread = threading.Thread(target=sender)
     thread.start()
-    received, digest, error = 0, hashlib.sha256(), None
+    received, digest, error, eagain = 0, hashlib.sha256(), None, 0
     try:
         while received < size:
-            data = sock.recv(min(1 << 20, size - received))
+            try:
+                data = sock.recv(min(1 << 20, size - received))
+            except BlockingIOError:
+                # A blocking recv() on a socket the redirect holds can return EAGAIN with nothing
+                # for it (tcp_bpf's wait woke up empty; seen with a peer outside the map). Counted
+                # and reported, then retried.
+                eagain += 1
+                continue
             if not data:
                 error = f"recv: peer closed after {received} bytes"
                 break
@@ -129,7 +136,7 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
         error = f"recv: {exc}"
     thread.join()
     return {"sent": sent["bytes"], "sent_sha256": hashlib.sha256(payload).hexdigest(),
-            "received": received, "received_sha256": digest.hexdigest(),
+            "received": received, "received_sha256": digest.hexdigest(), "spurious_eagain": eagain,
             "error": sent["error"] or error}
 
 
@@ -173,6 +180,11 @@ def serve_connection(channel: Channel, conn: socket.socket, args, cgroup: str | 
 
 
 def child(role: str, channel: Channel, args) -> None:
+    def timed_out(signum, frame):
+        raise TimeoutError(f"no end within {args.timeout}s (a stalled transfer?)")
+
+    # Reported to the parent like any other error, instead of SIGALRM's silent death.
+    signal.signal(signal.SIGALRM, timed_out)
     signal.alarm(args.timeout)
     code = 0
     try:
