@@ -14,7 +14,7 @@ import json
 import subprocess
 import time
 
-from common import (bulk_sizes, connect, describe, listen, nodelay, run, small_sizes,
+from common import (accept_one, bulk_sizes, connect, describe, nodelay, run, small_sizes,
                     stack_counters, transfer)
 
 
@@ -25,12 +25,7 @@ def sizes_of(args) -> list[int]:
 
 
 def server(family: str, port: int, sizes: list[int]):
-    listener = listen(family, port)
-    yield {"port": listener.getsockname()[1]}
-    conn, _ = listener.accept()
-    listener.close()
-    nodelay(conn)
-    yield describe(conn)
+    conn = yield from accept_one(family, port)
     yield transfer(conn, sizes)
     conn.close()
     yield {"closed": True}

@@ -487,6 +487,18 @@ def describe(sock: socket.socket) -> dict:
             "sockname": list(sock.getsockname()[:2]), "peername": list(sock.getpeername()[:2])}
 
 
+def accept_one(family_name: str, port: int):
+    """A worker's server prologue: listen, report the port, accept one connection (TCP_NODELAY),
+    report its addresses. Use as ``conn = yield from accept_one(family, port)``."""
+    listener = listen(family_name, port)
+    yield {"port": listener.getsockname()[1]}
+    conn, _ = listener.accept()
+    listener.close()
+    nodelay(conn)
+    yield describe(conn)
+    return conn
+
+
 # Blocking recv()/send() calls that failed with EAGAIN anyway, in this process. Seen on sockets the
 # redirect holds (tcp_bpf's receive wait can wake up with nothing for it and return -EAGAIN even
 # without MSG_DONTWAIT). Applications would see an error; the scenarios retry, count them, and

@@ -9,16 +9,11 @@ from __future__ import annotations
 import os
 import time
 
-from common import connect, describe, listen, nodelay, recv, recv_bytes, run, send_all
+from common import accept_one, connect, describe, nodelay, recv, recv_bytes, run, send_all
 
 
 def server(family: str, port: int, total: int):
-    listener = listen(family, port)
-    yield {"port": listener.getsockname()[1]}
-    conn, _ = listener.accept()
-    listener.close()
-    nodelay(conn)
-    yield describe(conn)
+    conn = yield from accept_one(family, port)
     echoed = 0
     while echoed < total:
         data = recv(conn, min(65536, total - echoed))

@@ -10,7 +10,7 @@ import hashlib
 import os
 import socket
 
-from common import connect, describe, listen, nodelay, recv_until_eof, run, send_all, sha256
+from common import accept_one, connect, describe, nodelay, recv_until_eof, run, send_all, sha256
 
 EOF_WAIT = 20  # seconds a side waits for the peer's data and EOF
 
@@ -28,12 +28,7 @@ def read_to_eof(conn: socket.socket) -> dict:
 
 
 def server(family: str, port: int, reply_bytes: int):
-    listener = listen(family, port)
-    yield {"port": listener.getsockname()[1]}
-    conn, _ = listener.accept()
-    listener.close()
-    nodelay(conn)
-    yield describe(conn)
+    conn = yield from accept_one(family, port)
     result = read_to_eof(conn)
     reply = os.urandom(reply_bytes)
     send_all(conn, reply)
