@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab import REPO_ROOT, LabError
-from lab.catalog import Catalog, CatalogError, KernelEntry
+from lab.kernel.catalog import Catalog, CatalogError, KernelEntry
 
 SPLAT_RE = re.compile(r"\b(BUG:|WARNING:|Oops|KASAN|UBSAN|general protection fault|Call Trace:)")
 KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
@@ -180,7 +180,7 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 @pytest.fixture(scope="session")
 def kernel(request: pytest.FixtureRequest, lab: Lab):
     """The kernel's artifacts (fetched and cached); skips when its source is not provided."""
-    from lab import kernels
+    from lab.kernel import fetch as kernels
 
     param = request.param
     if isinstance(param, HostKernel):
@@ -197,7 +197,7 @@ def kernel(request: pytest.FixtureRequest, lab: Lab):
 
 @pytest.fixture(scope="session")
 def guest_image(lab: Lab):
-    from lab import image
+    from lab.vm import image
 
     try:
         return image.ensure_image(progress=lab.progress)
@@ -208,7 +208,7 @@ def guest_image(lab: Lab):
 @pytest.fixture(scope="session")
 def guest(kernel, guest_image, lab: Lab):
     """A booted guest of this kernel, shared by the kernel's tests for the session."""
-    from lab.guest import Guest
+    from lab.vm.guest import Guest
 
     if isinstance(kernel, HostKernel):
         pytest.fail("the guest fixture has no host variant", pytrace=False)
@@ -229,8 +229,8 @@ def guest(kernel, guest_image, lab: Lab):
 @pytest.fixture(scope="session")
 def host_target():
     """The host as a Target, when it can carry the redirect: root and sockmap support."""
-    from lab import redirect
-    from lab.target import LocalTarget
+    from lab.bpf import redirect
+    from lab.vm.target import LocalTarget
 
     if os.geteuid() != 0:
         pytest.skip("kernel_host needs root (BPF programs, cgroups, network namespaces)")
@@ -261,7 +261,8 @@ def target(kernel, request: pytest.FixtureRequest, lab: Lab):
 @pytest.fixture
 def cgroup(target):
     """A fresh cgroup on the target for this test; any redirect on it is removed afterwards."""
-    from lab import cgroups, redirect
+    from lab.bpf import cgroups
+    from lab.bpf import redirect
 
     with cgroups.dedicated(target) as path:
         try:

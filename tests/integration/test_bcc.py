@@ -13,8 +13,9 @@ import json
 
 import pytest
 
-from lab import SCENARIOS_DIR, LabError, headers
-from lab.guest import Guest
+from lab import SCENARIOS_DIR, LabError
+from lab.kernel import headers
+from lab.vm.guest import Guest
 from lab.pytest_plugin import HostKernel
 
 DEFAULT_KERNEL = "6.1"

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import LabError, reaper
-from lab.guest import Guest
+from lab import LabError
+from lab.vm import reaper
+from lab.vm.guest import Guest
 from lab.pytest_plugin import HostKernel
 
 

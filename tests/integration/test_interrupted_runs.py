@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import reaper
+from lab.vm import reaper
 
 
 def _wait_for_guest_record(runtime: Path, proc: subprocess.Popen, seconds: float = 60) -> dict:

@@ -12,9 +12,11 @@ import posixpath
 
 import pytest
 
-from lab import LabError, cgroups, redirect
-from lab.scenario import entry_tuples, run_pair, socket_tuples
-from lab.target import Target
+from lab import LabError
+from lab.bpf import cgroups
+from lab.bpf import redirect
+from lab.scenario.runner import entry_tuples, run_pair, socket_tuples
+from lab.vm.target import Target
 
 NBYTES = 4 << 20  # each direction
 
@@ -197,7 +199,8 @@ def test_install_refuses_root_and_missing_cgroups(target):
 
 def test_load_failures_are_classified(target, cgroup):
     pin_dir = redirect.new_pin_dir(target, cgroup)
-    from lab import BPF_DIR, bpf
+    from lab import BPF_DIR
+    from lab.bpf import build as bpf
 
     try:
         with pytest.raises(redirect.ObjectRefused) as refused:

@@ -20,10 +20,10 @@ import warnings
 
 import pytest
 
-from lab.check_env import Env
-from lab.checks import Verdict
+from lab.scenario.env import Env
+from lab.scenario.checks import Verdict
 from lab.pytest_plugin import HostKernel
-from lab.scenario_checks import run_check
+from lab.scenario.definitions import run_check
 
 
 @pytest.fixture(scope="module")

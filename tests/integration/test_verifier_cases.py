@@ -21,10 +21,14 @@ import struct
 
 import pytest
 
-from lab import BPF_DIR, bpf, corpus, redirect, verify
-from lab.keys import hex_bytes
-from lab.scenario import run_pair, socket_tuples
-from lab.verify_cli import save_logs
+from lab import BPF_DIR
+from lab.bpf import build as bpf
+from lab.bpf import corpus
+from lab.bpf import redirect
+from lab.bpf import verify
+from lab.bpf.keys import hex_bytes
+from lab.scenario.runner import run_pair, socket_tuples
+from lab.cli.verify import save_logs
 
 CASES = corpus.load_corpus()
 RECORD_STATS = os.environ.get("SOCKREDIR_RECORD_VERIFIER_STATS") == "1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab import LabError
-from lab.accel import choose
+from lab.vm.accel import choose
 
 
 class Probe:

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from lab import BPF_DIR, LabError, bpf, redirect
+from lab import BPF_DIR, LabError
+from lab.bpf import build as bpf
+from lab.bpf import redirect
 
 pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
 

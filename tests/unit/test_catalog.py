@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from lab import LabError
-from lab.catalog import (CATALOG_PATH, Catalog, CatalogError, KernelEntry, LockedPackage,
+from lab.kernel.catalog import (CATALOG_PATH, Catalog, CatalogError, KernelEntry, LockedPackage,
                          env_var_of, lock_record, locked_packages, locked_url_sha256, read_lock,
                          write_lock)
-from lab.catalog import test_id_of as kernel_test_id  # renamed so pytest does not collect it
+from lab.kernel.catalog import test_id_of as kernel_test_id  # renamed so pytest does not collect it
 
 GOOD = '''
 [[kernel]]

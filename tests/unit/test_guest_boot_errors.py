@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab.accel import Accel
-from lab.guest import Guest
+from lab.vm.accel import Accel
+from lab.vm.guest import Guest
 
 OOPS = """[    1.20] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
 [    1.21] RIP: 0010:enqueue_task_fair+0x5/0x900

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab import LabError
-from lab.headers import _merge
+from lab.kernel.headers import _merge
 
 RELEASE = "6.1.0-50-cloud-amd64"
 

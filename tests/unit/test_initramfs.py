@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from lab import LabError
-from lab.initramfs import (NewcWriter, has_pvh_entry, module_name, read_module, resolve_modules,
+from lab.vm.initramfs import (NewcWriter, has_pvh_entry, module_name, read_module, resolve_modules,
                            unpack_bzimage, write_initramfs)
 
 

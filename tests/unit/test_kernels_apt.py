@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from lab import LabError
-from lab.catalog import SUITES
-from lab.kernels import KEYRING, PrivateApt, _check_update, _compare_records, _exact_dependencies, parse_deb822
+from lab.kernel.catalog import SUITES
+from lab.kernel.fetch import KEYRING, PrivateApt, _check_update, _compare_records, _exact_dependencies, parse_deb822
 
 SHOW = """\
 Package: linux-image-7.2.13+deb14-cloud-amd64

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.catalog import CATALOG_PATH, Catalog
+from lab.kernel.catalog import CATALOG_PATH, Catalog
 from lab.cli import main
 from test_kernels_fetch import RELEASE, kernel_deb
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import LabError, kernels
-from lab.catalog import Catalog, KernelEntry, LockedPackage, read_lock
-from lab.kernels import KernelUnavailable, bzimage_release, cached, lock_kernels, prepare
+from lab import LabError
+from lab.kernel import fetch as kernels
+from lab.kernel.catalog import Catalog, KernelEntry, LockedPackage, read_lock
+from lab.kernel.fetch import KernelUnavailable, bzimage_release, cached, lock_kernels, prepare
 
 
 def fake_bzimage(release: str) -> bytes:

@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from lab import BPF_DIR, keys
+from lab import BPF_DIR
+from lab.bpf import keys
 
 # sockets (getsockname, getpeername): {"client": [["::1", 49740], ["::1", 46163]], "server": [["::1", 46163], ["::1", 49740]]}
 

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from lab import REPO_ROOT, reaper
-from lab.reaper import Reaper, Record
+from lab import REPO_ROOT
+from lab.vm import reaper
+from lab.vm.reaper import Reaper, Record
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_child_dies_with_a_killed_parent(tmp_path):
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from lab import reaper
+        from lab.vm import reaper
         marker = reaper.new_marker()
         proc, _ = reaper.spawn([marker, "60"], marker, reaper=reaper.Reaper(Path({str(tmp_path)!r})),
                                executable="/bin/sleep")

@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
-from lab import LabError, SCENARIOS_DIR, checks, scenario_checks, suite, trace
+from lab import LabError, SCENARIOS_DIR
+from lab.scenario import checks
+from lab.scenario import definitions as scenario_checks
+from lab.scenario import suite
+from lab.scenario import trace
 
 
 def load_common():

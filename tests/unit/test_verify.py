@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import LabError, bpf, corpus, verify
-from lab.target import Result, Target
+from lab import LabError
+from lab.bpf import build as bpf
+from lab.bpf import corpus
+from lab.bpf import verify
+from lab.vm.target import Result, Target
 
 LOGS = Path(__file__).parent / "verifier_logs"
 MATRIX = ("5.10", "6.1", "6.12", "6.18", "7.2")

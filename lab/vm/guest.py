@@ -20,9 +20,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import LabError, accel as accel_mod, initramfs, reaper
-from lab.image import GUEST_INIT_PATH, GuestImage
-from lab.target import SSHTarget
+from lab import LabError
+from lab.vm import accel as accel_mod
+from lab.vm import initramfs
+from lab.vm import reaper
+from lab.vm.image import GUEST_INIT_PATH, GuestImage
+from lab.vm.target import SSHTarget
 
 QEMU = accel_mod.QEMU
 READY_RE = re.compile(r"SOCKREDIR-READY uptime=(?P<uptime>[\d.]+) release=(?P<release>\S+)")

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lab import cgroups, redirect, trace
-from lab import bpf as bpf_build
-from lab.checks import MiB
-from lab.scenario import run_scenario
-from lab.target import Target
+from lab.bpf import cgroups
+from lab.bpf import redirect
+from lab.scenario import trace
+from lab.bpf import build as bpf_build
+from lab.scenario.checks import MiB
+from lab.scenario.runner import run_scenario
+from lab.vm.target import Target
 
 BROKEN_DEFINE = "SOCKREDIR_TEST_WRONG_PORT_ORDER"
 

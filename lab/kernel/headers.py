@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lab import LabError
 from lab.cache import atomic_dir, cache_dir, digest_of
-from lab.catalog import KernelEntry, locked_packages, read_lock
-from lab.kernels import KernelArtifacts, Progress, _file_lock, fetch_suite_packages
+from lab.kernel.catalog import KernelEntry, locked_packages, read_lock
+from lab.kernel.fetch import KernelArtifacts, Progress, _file_lock, fetch_suite_packages
 
 HEADERS_FORMAT = "1"  # bump when the merged tree's layout changes
 HEADERS_LABEL = "sockredir-hdrs"  # ext4 volume label (at most 16 characters)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lab import SCENARIOS_DIR, LabError
-from lab.target import Target
+from lab.vm.target import Target
 
 OUTCOMES = ("accepted", "rejected", "refused")
 LOAD_TIMEOUT = 300  # seconds for one bpftool run; a big program under TCG takes a few
@@ -282,7 +282,7 @@ class _Session:
     """The target-side state of one verification: a work directory and a bpffs pin directory."""
 
     def __init__(self, target: Target, capabilities: tuple[str, ...] | None, timeout: float):
-        from lab import redirect  # the bpffs helpers; imported late to keep unit tests light
+        from lab.bpf import redirect  # the bpffs helpers; imported late to keep unit tests light
 
         self.target = target
         self.capabilities = capabilities

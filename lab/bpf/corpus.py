@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import BPF_DIR, LabError
-from lab.verify import OUTCOMES, ObjectVerdict
+from lab.bpf.verify import OUTCOMES, ObjectVerdict
 
 try:
     import tomllib

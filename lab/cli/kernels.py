@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from lab import LabError
-from lab import kernels
-from lab.catalog import LOCK_PATH, Catalog, locked_packages, locked_url_sha256, read_lock
+from lab.kernel import fetch as kernels
+from lab.kernel.catalog import LOCK_PATH, Catalog, locked_packages, locked_url_sha256, read_lock
 
 
 def register(subparsers) -> None:

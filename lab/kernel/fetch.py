@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Mapping
 
 from lab import LabError
 from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, sha256_file
-from lab.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
+from lab.kernel.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
                          locked_url_sha256, read_lock, write_lock)
 
 MIRROR = os.environ.get("SOCKREDIR_DEBIAN_MIRROR", "http://deb.debian.org/debian")

@@ -20,8 +20,8 @@ import weakref
 from typing import Callable, Sequence
 
 from lab import SCENARIOS_DIR, LabError
-from lab.redirect import RUN_DIR
-from lab.target import Target
+from lab.bpf.redirect import RUN_DIR
+from lab.vm.target import Target
 
 SCENARIOS_ON_TARGET = f"{RUN_DIR}/scenarios"
 PAIR_ON_TARGET = f"{SCENARIOS_ON_TARGET}/pair.py"

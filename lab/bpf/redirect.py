@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from lab import BPF_DIR, LabError
-from lab import bpf as bpf_build
-from lab import cgroups, keys
-from lab.target import Result, Target
+from lab.bpf import build as bpf_build
+from lab.bpf import cgroups
+from lab.bpf import keys
+from lab.vm.target import Result, Target
 
 VARIANTS = ("production", "netns", "seed", "auto")
 RUN_DIR = "/run/sockredir-lab"

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 
-from lab import LabError, redirect
-from lab.target import LocalTarget, Target
+from lab import LabError
+from lab.bpf import redirect
+from lab.vm.target import LocalTarget, Target
 
 
 def register(subparsers) -> None:

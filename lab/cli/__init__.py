@@ -1,4 +1,4 @@
-"""The ``sockredir-lab`` command. Each group of subcommands lives in its own ``lab/<group>_cli.py``
+"""The ``sockredir-lab`` command. Each group of subcommands lives in its own ``lab/cli/<group>.py``
 module exposing ``register(subparsers)``; each subcommand sets ``func`` (args -> exit code)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from lab import LabError
 
-GROUP_MODULES = ["kernels_cli", "image_cli", "guest_cli", "redirect_cli", "verify_cli", "suite_cli"]
+GROUP_MODULES = ["kernels", "image", "guest", "redirect", "verify", "suite"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="eBPF socket redirection for same-host TCP, and a QEMU lab that proves it on many kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in GROUP_MODULES:
-        importlib.import_module(f"lab.{name}").register(sub)
+        importlib.import_module(f"lab.cli.{name}").register(sub)
     return parser
 
 
@@ -33,6 +33,3 @@ def main(argv: list[str] | None = None) -> int:
         print("sockredir-lab: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -89,7 +89,7 @@ def qemu_version() -> str:
 
 def probe_kvm(kernel, initramfs: Path) -> tuple[bool, str, float]:
     """Boot ``kernel`` under KVM to the initramfs's probe line. Returns (ok, detail, seconds)."""
-    from lab import reaper
+    from lab.vm import reaper
 
     marker = reaper.new_marker()
     started = time.monotonic()

@@ -17,12 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from lab import LabError, redirect, trace
-from lab.check_env import Env
-from lab.checks import (MiB, RoundView, Stop, Verdict, check_both_ways, check_bypass, check_counters,
+from lab import LabError
+from lab.bpf import redirect
+from lab.scenario import trace
+from lab.scenario.env import Env
+from lab.scenario.checks import (MiB, RoundView, Stop, Verdict, check_both_ways, check_bypass, check_counters,
                         check_entries, check_kprobe, check_no_entries, check_transfer, rate, rounds_of)
-from lab.scenario import entry_tuples, socket_tuple
-from lab.target import Target
+from lab.scenario.runner import entry_tuples, socket_tuple
+from lab.vm.target import Target
 
 # Packets TCP itself must still send for each connection under the redirect: the handshake
 # (SYN, SYN-ACK, ACK) and the teardown (FIN, ACK each way). Only the payload is redirected.

@@ -44,14 +44,15 @@ def register(subparsers) -> None:
 
 def prepare_kernel(kernel_id: str):
     """The catalog kernel ``kernel_id``, fetched and prepared (cached after the first time)."""
-    from lab import catalog, kernels
+    from lab.kernel import catalog
+    from lab.kernel import fetch as kernels
 
     entry = catalog.Catalog.load().get(kernel_id)
     return kernels.prepare(entry, progress=lambda line: print(f"{kernel_id}: {line}", file=sys.stderr))
 
 
 def available_kernel_ids() -> list[str]:
-    from lab import catalog
+    from lab.kernel import catalog
 
     return [e.id for e in catalog.Catalog.load().entries if not e.unavailable_reason()]
 
@@ -61,8 +62,8 @@ def _progress(line: str) -> None:
 
 
 def cmd_shell(args) -> int:
-    from lab.guest import Guest
-    from lab.image import ensure_image
+    from lab.vm.guest import Guest
+    from lab.vm.image import ensure_image
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     kernel = prepare_kernel(args.kernel)
@@ -101,8 +102,8 @@ def _interactive(guest, workdir: Path) -> int:
 
 
 def cmd_bench_boot(args) -> int:
-    from lab.guest import Guest
-    from lab.image import ensure_image
+    from lab.vm.guest import Guest
+    from lab.vm.image import ensure_image
 
     if args.runs < 1:
         raise LabError("--runs must be at least 1")

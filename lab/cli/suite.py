@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from lab import REPO_ROOT, scenario_checks, suite
+from lab import REPO_ROOT
+from lab.scenario import definitions as scenario_checks
+from lab.scenario import suite
 
 
 def register(sub) -> None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lab import keys, trace
-from lab.scenario import entry_tuples, socket_tuple
+from lab.bpf import keys
+from lab.scenario import trace
+from lab.scenario.runner import entry_tuples, socket_tuple
 
 BYPASS_RATIO = 0.01   # redirected count <= 1% of the baseline's (+ protocol packets: check_bypass)
 MIN_BASELINE = 50     # a baseline below this cannot show a 1% ratio: the data size is too small

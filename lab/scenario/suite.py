@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from lab import LabError
-from lab.check_env import Env
-from lab.checks import Verdict
-from lab.scenario_checks import run_check
+from lab.scenario.env import Env
+from lab.scenario.checks import Verdict
+from lab.scenario.definitions import run_check
 
 DEFAULT_KERNEL = "6.1"
 HOST_ID = "host"
@@ -65,15 +65,16 @@ def booted_target(kernel_id: str, workdir: Path, progress: Callable[[str], None]
     if kernel_id == HOST_ID:
         import os
 
-        from lab.target import LocalTarget
+        from lab.vm.target import LocalTarget
 
         if os.geteuid() != 0:
             raise LabError("the host target needs root (BPF, cgroups, network namespaces); run as root")
         yield LocalTarget()
         return
-    from lab import image, kernels
-    from lab.catalog import Catalog
-    from lab.guest import Guest
+    from lab.vm import image
+    from lab.kernel import fetch as kernels
+    from lab.kernel.catalog import Catalog
+    from lab.vm.guest import Guest
 
     catalog = Catalog.load()
     entry = catalog.find(kernel_id)
@@ -90,7 +91,7 @@ def booted_target(kernel_id: str, workdir: Path, progress: Callable[[str], None]
 
 def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken: bool,
                progress: Callable[[str], None]) -> KernelReport:
-    from lab.kernels import KernelUnavailable
+    from lab.kernel.fetch import KernelUnavailable
 
     report = KernelReport(kernel_id)
     started = time.monotonic()

@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import REPO_ROOT, LabError, corpus, verify
+from lab import REPO_ROOT, LabError
+from lab.bpf import corpus
+from lab.bpf import verify
 
 HOST = "host"
 
@@ -120,7 +122,7 @@ def _object(source: Path, defines: tuple[str, ...]) -> Path:
         if defines:
             raise LabError("--define applies to C sources; rebuild the object yourself instead")
         return source
-    from lab import bpf
+    from lab.bpf import build as bpf
 
     return bpf.build(source, defines)
 
@@ -130,7 +132,7 @@ def _stem(source: Path) -> str:
 
 
 def _kernel_ids(requested: list[str]) -> list[str]:
-    from lab.catalog import Catalog
+    from lab.kernel.catalog import Catalog
 
     catalog = Catalog.load()
     ids: list[str] = []
@@ -153,15 +155,16 @@ def _kernel_ids(requested: list[str]) -> list[str]:
 def _run_kernel(run: KernelRun, obj: Path, capabilities, case, expect: str | None) -> None:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     if run.kernel == HOST:
-        from lab.target import LocalTarget
+        from lab.vm.target import LocalTarget
 
         if os.geteuid() != 0:
             raise LabError("--kernel host loads BPF programs on this machine and needs root; run with sudo")
         _verify_on(run, LocalTarget(), obj, capabilities, case, expect)
         return
-    from lab import image, kernels
-    from lab.catalog import Catalog
-    from lab.guest import Guest
+    from lab.vm import image
+    from lab.kernel import fetch as kernels
+    from lab.kernel.catalog import Catalog
+    from lab.vm.guest import Guest
 
     entry = Catalog.load().get(run.kernel)
     artifacts = kernels.prepare(entry, progress=_progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from lab import image
+from lab.vm import image
 
 
 def register(subparsers) -> None:

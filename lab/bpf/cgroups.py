@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from lab import LabError
-from lab.target import Target
+from lab.vm.target import Target
 
 LAB_PARENT = "sockredir-lab"
 
