@@ -4,11 +4,14 @@ Everything expensive (downloaded kernels, built images, compiled BPF objects) li
 ``$SOCKREDIR_CACHE`` or ``$XDG_CACHE_HOME/sockredir-lab`` (default ``~/.cache/sockredir-lab``).
 An entry only ever appears complete: it is built under a temporary name and renamed into place,
 so an interrupted run leaves debris that is ignored, never a half-written entry that is trusted.
+Entries that are expensive to build are built under a ``file_lock``, so that concurrent runs build
+each one once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -100,3 +103,22 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` until the block ends; the file and its directory are
+    created if missing, since a lock is taken before the entry it guards exists.
+
+    Between processes: pytest-xdist workers and parallel CLI runs that need the same cache entry
+    take this lock around "check, else build", so one builds it and the others wait, then find it.
+    flock, not a lock file that exists or not: the kernel drops the lock when its holder exits, so
+    a killed run never leaves a stale lock behind. The lock file itself stays (it is empty).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

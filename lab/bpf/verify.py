@@ -14,7 +14,8 @@ all of them. libbpf stops at the first rejected program; the programs after it a
 one by one, each in a copy of the object whose other program sections are renamed ``?<section>``
 (libbpf's "do not autoload" prefix; ``llvm-objcopy`` renames, relocations follow the section
 index). ``verified_insns`` comes from the kernel: bpftool's JSON when it prints it, else the
-program's fdinfo (``scenarios/bpf_prog_info.py``; kernel 5.16+).
+program's fdinfo (``scenarios/bpf_prog_info.py``; kernel 5.16+). bpftool's output and the logs
+are parsed by ``lab.bpf.verifier_log``, the same parser the redirect installer uses.
 
 bpftool's output is written to a file on the target and fetched with ``Target.get``, not read
 from the command's stderr stream: the stream can end early over SSH, a file cannot.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lab import SCENARIOS_DIR, LabError
+from lab.bpf.verifier_log import ParsedLoad, VerifierStats, key_line, parse_loadall, verifier_stats
 from lab.vm.target import Target
 
 OUTCOMES = ("accepted", "rejected", "refused")
@@ -43,19 +45,6 @@ PROG_INFO_SCRIPT = SCENARIOS_DIR / "bpf_prog_info.py"
 RUN_DIR = "/run/sockredir-lab/verify"
 PIN_PARENT = "sockredir-lab"
 
-# libbpf's debug output (libbpf 1.1, as in bpftool 7.1).
-FOUND_RE = re.compile(r"^libbpf: sec '(?P<section>[^']*)': found program '(?P<name>[^']+)'", re.M)
-LOG_RE = re.compile(r"^libbpf: prog '(?P<name>[^']+)': -- BEGIN PROG LOAD LOG --\n(?P<log>.*?)"
-                    r"^-- END PROG LOAD LOG --$", re.M | re.S)
-FAILED_RE = re.compile(r"^libbpf: prog '(?P<name>[^']+)': failed to load: (?P<err>-?\d+)", re.M)
-SKIPPED_RE = re.compile(r"^libbpf: prog '(?P<name>[^']+)': skipped loading", re.M)
-# The verifier's statistics, in the order kernels print them.
-STATS_RE = re.compile(r"^processed (?P<insns>\d+) insns \(limit \d+\)(?: max_states_per_insn (?P<max>\d+)"
-                      r" total_states (?P<total>\d+) peak_states (?P<peak>\d+))?", re.M)
-STACK_RE = re.compile(r"^stack depth (?P<depth>[\d+ ]+)", re.M)
-TIME_RE = re.compile(r"^verification time (?P<usec>\d+) usec", re.M)
-# The first line of the verifier's closing statistics (its order varies between kernels).
-STATS_START_RE = re.compile(r"^(verification time|stack depth|processed \d+ insns|insns processed)")
 # libbpf/bpftool lines that report a failure but are not its reason.
 GENERIC_FAILURE_RE = re.compile(r"^(Error: failed to (open|load) object file|libbpf: failed to load object|"
                                 r"Warning: bpftool is now running in libbpf strict mode|"
@@ -67,17 +56,6 @@ ERRNO_NAMES = {1: "EPERM", 7: "E2BIG", 13: "EACCES", 14: "EFAULT", 22: "EINVAL",
 
 
 # ----------------------------------------------------------------------------- results
-
-@dataclass
-class VerifierStats:
-    """The verifier's closing statistics of one program (any field may be missing)."""
-
-    processed_insns: int | None = None
-    total_states: int | None = None
-    peak_states: int | None = None
-    stack_depth: str | None = None  # "40", or "8+16" with subprograms
-    verification_usec: int | None = None
-
 
 @dataclass
 class ProgramVerdict:
@@ -137,36 +115,7 @@ class ObjectVerdict:
         return data
 
 
-# ----------------------------------------------------------------------------- parsing
-
-def key_line(log: str) -> str | None:
-    """The verifier's reason in the log of a rejected program: the last line before its closing
-    statistics (the verifier stops right after printing it). Only meaningful for a rejection."""
-    lines = []
-    for line in log.splitlines():
-        if STATS_START_RE.match(line):
-            break
-        if line.strip():
-            lines.append(line.strip())
-    return lines[-1] if lines else None
-
-
-def verifier_stats(log: str) -> VerifierStats:
-    stats = VerifierStats()
-    match = STATS_RE.search(log)
-    if match:
-        stats.processed_insns = int(match["insns"])
-        if match["total"] is not None:
-            stats.total_states = int(match["total"])
-            stats.peak_states = int(match["peak"])
-    stack = STACK_RE.search(log)
-    if stack:
-        stats.stack_depth = stack["depth"].strip()
-    took = TIME_RE.search(log)
-    if took:
-        stats.verification_usec = int(took["usec"])
-    return stats
-
+# ----------------------------------------------------------------------------- verdicts
 
 def refusal_reason(output: str) -> str:
     """Why libbpf gave up before the kernel saw a program: its first line that says so."""
@@ -182,29 +131,6 @@ def errno_text(err: int | None) -> str:
     if err is None:
         return "unknown error"
     return ERRNO_NAMES.get(abs(err), f"errno {abs(err)}")
-
-
-@dataclass
-class ParsedLoad:
-    """What one ``bpftool -d prog loadall`` said, program by program."""
-
-    programs: list[tuple[str, str]]  # (section, name) in the object's order
-    logs: dict[str, str]
-    failed: dict[str, int]
-    skipped: set[str]
-
-    @property
-    def reached_kernel(self) -> bool:
-        return bool(self.logs or self.failed)
-
-
-def parse_loadall(output: str) -> ParsedLoad:
-    return ParsedLoad(
-        programs=[(m["section"], m["name"]) for m in FOUND_RE.finditer(output)],
-        logs={m["name"]: m["log"] for m in LOG_RE.finditer(output)},
-        failed={m["name"]: int(m["err"]) for m in FAILED_RE.finditer(output)},
-        skipped={m["name"] for m in SKIPPED_RE.finditer(output)},
-    )
 
 
 def program_verdicts(parsed: ParsedLoad, rc: int) -> list[ProgramVerdict]:

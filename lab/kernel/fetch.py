@@ -10,8 +10,6 @@ warm ``prepare`` reads one small JSON file and touches neither the network nor a
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import fnmatch
 import functools
 import hashlib
@@ -27,10 +25,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 from lab import LabError
-from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, sha256_file
+from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
 from lab.kernel.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
                          locked_url_sha256, read_lock, write_lock)
 
@@ -181,7 +179,7 @@ class PrivateApt:
         (self.root / "status").touch()
         for sub in ("lists/partial", "cache/archives/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.root / "update.lock"):
+        with file_lock(self.root / "update.lock"):
             fresh = (self.stamp.exists() and self.stamp.read_text() == digest_of([sources])
                      and time.time() - self.stamp.stat().st_mtime < max_age)
             if fresh:
@@ -441,7 +439,7 @@ def _build_tree(kernel_id: str, key: str, progress: Progress,
                 populate: Callable[[Path], None]) -> KernelArtifacts:
     """Build ``trees/<key>`` once (others wait on a lock), atomically, then load it."""
     trees = cache_dir("kernels", "trees")
-    with _file_lock(trees / f"{key}.lock"):
+    with file_lock(trees / f"{key}.lock"):
         ready = _load_tree(kernel_id, key)
         if ready:
             return ready
@@ -543,14 +541,3 @@ def _run_checked(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise LabError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-1000:]}")
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (pytest-xdist workers, parallel CLI runs)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

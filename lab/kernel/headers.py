@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from lab import LabError
-from lab.cache import atomic_dir, cache_dir, digest_of
+from lab.cache import atomic_dir, cache_dir, digest_of, file_lock
 from lab.kernel.catalog import KernelEntry, locked_packages, read_lock
-from lab.kernel.fetch import KernelArtifacts, Progress, _file_lock, fetch_suite_packages
+from lab.kernel.fetch import KernelArtifacts, Progress, fetch_suite_packages
 
 HEADERS_FORMAT = "1"  # bump when the merged tree's layout changes
 HEADERS_LABEL = "sockredir-hdrs"  # ext4 volume label (at most 16 characters)
@@ -60,7 +60,7 @@ def ensure_headers(entry: KernelEntry, kernel: KernelArtifacts, progress: Progre
     key = digest_of(["headers", HEADERS_FORMAT, *sorted(p.sha256 for p, _ in found)])
     entry_dir = cache_dir("headers") / key
     disk = entry_dir / DISK_NAME
-    with _file_lock(cache_dir("headers") / f"{key}.lock"):
+    with file_lock(cache_dir("headers") / f"{key}.lock"):
         if not disk.exists():
             _build(entry_dir, kernel.release, [deb for _, deb in found], progress)
     return disk

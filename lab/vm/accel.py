@@ -9,7 +9,6 @@ fails, guests use TCG. The probe runs once per host boot and QEMU version (cache
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from lab import LabError
-from lab.cache import atomic_write, cache_dir, digest_of
+from lab.cache import atomic_write, cache_dir, digest_of, file_lock
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT = 10.0
@@ -63,8 +62,7 @@ def detect(kernel, initramfs: Path) -> Accel:
 def cached_probe(kernel, initramfs: Path) -> bool:
     """The probe's verdict for this host boot and QEMU version, probing once under a lock."""
     path = cache_dir("accel") / f"probe-{probe_cache_key()}.json"
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_suffix(".lock")):
         if path.exists():
             return bool(json.loads(path.read_text())["kvm_ok"])
         ok, detail, seconds = probe_kvm(kernel, initramfs)

@@ -1,5 +1,6 @@
 """lab/verify.py and lab/corpus.py without a VM: real captured bpftool output, real clang and
-llvm-objcopy, a stand-in Target that replays captured output, and the corpus as committed."""
+llvm-objcopy, a stand-in Target that replays captured output, and the corpus as committed.
+The parsing of the captured output itself is tested in test_verifier_log.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from lab import LabError
 from lab.bpf import build as bpf
 from lab.bpf import corpus
+from lab.bpf import verifier_log
 from lab.bpf import verify
 from lab.vm.target import Result, Target
 
@@ -55,52 +57,26 @@ CAPTURES = [
 
 @pytest.mark.parametrize("name,rc,expected", CAPTURES, ids=[c[0] for c in CAPTURES])
 def test_program_verdicts_from_captured_output(name, rc, expected):
-    parsed = verify.parse_loadall(captured(name))
+    parsed = verifier_log.parse_loadall(captured(name))
     verdicts = verify.program_verdicts(parsed, rc)
     assert [(v.name, v.section, v.outcome, v.key_line, v.processed_insns) for v in verdicts] == expected
     assert parsed.reached_kernel
 
 
 def test_programs_after_a_rejection_are_listed_but_not_judged():
-    parsed = verify.parse_loadall(captured("5.10-sockredir-netns"))
+    parsed = verifier_log.parse_loadall(captured("5.10-sockredir-netns"))
     assert parsed.programs == [("sockops", "sredir_ops_ns"), ("sk_msg", "sredir_msg_ns")]
     assert "sredir_msg_ns" not in parsed.logs and parsed.failed == {"sredir_ops_ns": -22}
 
 
 def test_errno_of_a_rejection():
-    verdicts = verify.program_verdicts(verify.parse_loadall(captured("5.10-lookup_no_null_check")), 255)
+    verdicts = verify.program_verdicts(verifier_log.parse_loadall(captured("5.10-lookup_no_null_check")), 255)
     assert verdicts[0].errno == -13 and verify.errno_text(verdicts[0].errno) == "EACCES"
-
-
-@pytest.mark.parametrize("name,stats", [
-    ("6.1-seed", verify.VerifierStats(66, 3, 3, "64", None)),
-    ("7.2-lookup_no_null_check_hash", verify.VerifierStats(9, 0, 0, "8", 4462)),
-    ("5.10-sockredir-netns", verify.VerifierStats(46, 3, 3, "48", None)),
-])
-def test_statistics_of_the_first_program(name, stats):
-    log = next(iter(verify.parse_loadall(captured(name)).logs.values()))
-    measured = verify.verifier_stats(log)
-    measured.verification_usec = measured.verification_usec if stats.verification_usec else None
-    assert measured == stats
-
-
-def test_key_line_is_the_line_before_the_statistics_in_every_format():
-    # 7.2 prints "insns processed N" before the classic line; 6.18 prints liveness tables first.
-    for name, _, expected in CAPTURES:
-        for section_name, verdict in zip(expected, verify.program_verdicts(
-                verify.parse_loadall(captured(name)), 255)):
-            if verdict.outcome == "rejected":
-                assert verify.key_line(verdict.log) == section_name[3]
-
-
-def test_key_line_without_statistics_is_the_last_line():
-    assert verify.key_line("0: (b7) r0 = 0\nR0 !read_ok\n") == "R0 !read_ok"
-    assert verify.key_line("") is None
 
 
 def test_refusal_reason_of_a_legacy_maps_section():
     output = captured("7.2-legacy_map_def")
-    parsed = verify.parse_loadall(output)
+    parsed = verifier_log.parse_loadall(output)
     assert not parsed.reached_kernel and parsed.programs == [("sk_msg", "legacy_redir")]
     assert verify.refusal_reason(output) == (
         "elf: legacy map definitions in 'maps' section are not supported by libbpf v1.0+")
