@@ -1,11 +1,21 @@
-"""sockredir-lab: eBPF socket redirection for same-host TCP, and a QEMU lab that proves it."""
+"""sockredir-lab: eBPF socket redirection for same-host TCP, and a QEMU lab that proves it.
+
+The lab's data (BPF sources, the kernel catalog and guest scripts, the guest-side scenario
+programs) are found through this package, never relative to a checkout, so an installed copy
+works from any directory. In the repository they live at the top (``bpf/``, ``images/``,
+``scenarios/``), where a reader looks first; ``lab/data/*`` are relative symlinks to them, which
+an editable install follows and a wheel build turns into real files (package-data in
+pyproject.toml).
+"""
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BPF_DIR = REPO_ROOT / "bpf"
-IMAGES_DIR = REPO_ROOT / "images"
-SCENARIOS_DIR = REPO_ROOT / "scenarios"
+# resolve(): in a checkout this is the real directory (bpf/, not lab/data/bpf), so the paths the lab
+# prints are the files a reader edits, and they compare equal to resolved paths the user passes.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+BPF_DIR = (DATA_DIR / "bpf").resolve()
+IMAGES_DIR = (DATA_DIR / "images").resolve()
+SCENARIOS_DIR = (DATA_DIR / "scenarios").resolve()
 
 
 class LabError(Exception):

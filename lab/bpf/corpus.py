@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from lab import BPF_DIR, LabError
 from lab.bpf.verify import OUTCOMES, ObjectVerdict
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 CASES_DIR = BPF_DIR / "cases"
 SOURCE_SUFFIX = ".bpf.c"

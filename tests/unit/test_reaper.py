@@ -12,12 +12,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from lab import REPO_ROOT
+import lab
 from lab.vm import reaper
 from lab.vm.reaper import Reaper, Record
+
+# The directory holding the `lab` package under test (a checkout or site-packages), for a child
+# Python that must import the same copy.
+SOURCE_ROOT = Path(lab.__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -126,7 +131,7 @@ def test_child_dies_with_a_killed_parent(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        sys.path.insert(0, {str(REPO_ROOT)!r})
+        sys.path.insert(0, {str(SOURCE_ROOT)!r})
         from lab.vm import reaper
         marker = reaper.new_marker()
         proc, _ = reaper.spawn([marker, "60"], marker, reaper=reaper.Reaper(Path({str(tmp_path)!r})),
