@@ -4,7 +4,14 @@ A test that takes the ``kernel`` fixture (directly or through ``guest``/``target
 catalogued kernel, with ids ``kernel_5_10``, ``kernel_6_1``, ... Tests of one kernel share a guest
 for the session; pytest orders the tests by kernel and tears a guest down before it boots the next,
 so one guest runs at a time. A kernel that is unavailable skips with its reason; a broken catalog
-entry or a guest that fails to boot errors the tests of that kernel only, and the run goes on.
+entry or a guest that fails to boot errors the tests of that kernel only, and the run goes on; a
+guest that dies fails that kernel's remaining tests with its console tail.
+
+Installed into any environment, the plugin stays out of the way of runs that do not use its
+fixtures: the catalog is read only when a test asks for a kernel, and a problem with the lab's
+settings (catalog file, ``--kernel``, ``--kernel-source``) is a one-line usage error (exit 4) only
+for runs that select kernel tests. Errors the lab reports (``LabError``) are shown as their message,
+not as a Python traceback. Guests are booted through ``lab.api``, like everything else.
 """
 
 from __future__ import annotations
@@ -18,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import REPO_ROOT, LabError
+from lab import LabError, api
 from lab.kernel.catalog import Catalog, CatalogError, KernelEntry
+from lab.vm.dmesg import find_splats
 
-SPLAT_RE = re.compile(r"\b(BUG:|WARNING:|Oops|KASAN|UBSAN|general protection fault|Call Trace:)")
 KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
 LAB_KEY = pytest.StashKey["Lab"]()
@@ -40,14 +47,26 @@ class HostKernel:
         return os.uname().release
 
 
+class SettingsProblem(LabError):
+    """The lab's settings cannot be used (catalog file, --kernel, --kernel-source)."""
+
+
 @dataclass
 class Lab:
     """What the plugin keeps for the session."""
 
     config: pytest.Config
-    catalog: Catalog
+    settings: api.Settings
     artifacts: Path
     guests: dict = field(default_factory=dict)
+    problem: str | None = None  # a settings problem, reported only if kernel tests are selected
+
+    @property
+    def catalog(self) -> Catalog:
+        try:
+            return self.settings.catalog()
+        except LabError as exc:
+            raise SettingsProblem(str(exc)) from None
 
     def progress(self, message: str) -> None:
         # Fixtures' output is captured; long work (downloads, image build, boot) is shown anyway.
@@ -64,6 +83,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only these kernel ids (repeatable); default: every catalogued kernel")
     group.addoption("--kernel-source", action="append", default=[], metavar="ID=PATH_OR_URL",
                     help="take kernel ID from a .deb / vmlinuz path or URL (adds or replaces it)")
+    group.addoption("--kernels-toml", default=None, metavar="PATH",
+                    help="your own kernel catalog instead of the lab's (ini: sockredir_kernels)")
+    group.addoption("--image-package", action="append", default=[], metavar="PACKAGE",
+                    help="a Debian package to add to the guest image (repeatable; ini: "
+                         "sockredir_image_packages)")
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default=None,
                     help="force QEMU's accelerator (default: probe KVM by booting, else TCG)")
     group.addoption("--artifacts", default=None, metavar="DIR",
@@ -75,6 +99,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bcc-all", action="store_true",
                     help="run the bcc tests (run-time compile, slow under TCG) on every kernel, "
                          "not only the default one (tests/integration/test_bcc.py)")
+    parser.addini("sockredir_kernels", "path of a kernel catalog (kernels.toml) to use instead of the "
+                  "lab's, relative to the ini file", type="paths", default=[])
+    parser.addini("sockredir_image_packages", "Debian packages added to the guest image",
+                  type="linelist", default=[])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,17 +110,22 @@ def pytest_configure(config: pytest.Config) -> None:
                  "for that program type (from bpftool feature probe)",
                  "requires_map_type(name): skip unless the kernel has that BPF map type"):
         config.addinivalue_line("markers", line)
-    if config.option.accel:
-        os.environ["SOCKREDIR_ACCEL"] = config.option.accel
-    catalog = Catalog.load()
+    run_name = config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+    artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
+    lab = Lab(config, api.Settings(), artifacts)
+    lab.settings.progress = lab.progress
+    lab.settings.accel = config.option.accel
+    lab.settings.image_packages = tuple(config.option.image_package
+                                        or config.getini("sockredir_image_packages"))
+    ini_catalog = config.getini("sockredir_kernels")
+    lab.settings.kernels_toml = (Path(config.option.kernels_toml) if config.option.kernels_toml
+                                 else (ini_catalog[0] if ini_catalog else None))
     for spec in config.option.kernel_source:
         kernel_id, sep, value = spec.partition("=")
         if not sep or not value:
-            raise pytest.UsageError(f"--kernel-source {spec!r}: expected ID=PATH_OR_URL")
-        catalog = catalog.with_override(kernel_id, value)
-    run_name = config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
-    artifacts = Path(config.option.artifacts or REPO_ROOT / "artifacts" / run_name)
-    config.stash[LAB_KEY] = Lab(config, catalog, artifacts)
+            lab.problem = f"--kernel-source {spec!r}: expected ID=PATH_OR_URL"
+        lab.settings.kernel_sources[kernel_id] = value
+    config.stash[LAB_KEY] = lab
 
 
 def _host_in_matrix(lab: Lab) -> bool:
@@ -102,15 +135,16 @@ def _host_in_matrix(lab: Lab) -> bool:
 
 
 def _selected(lab: Lab) -> list[KernelEntry | CatalogError]:
+    """The catalog's entries the run asks for (SettingsProblem when that cannot be known)."""
+    catalog = lab.catalog
     wanted = [k for k in lab.config.option.kernel if k != "host"]
-    entries: list[KernelEntry | CatalogError] = list(lab.catalog.entries) + list(lab.catalog.errors)
+    entries: list[KernelEntry | CatalogError] = list(catalog.entries) + list(catalog.errors)
     if not lab.config.option.kernel:
         return entries
-    unknown = [k for k in wanted if not lab.catalog.find(k)
-               and not any(e.entry_id == k for e in lab.catalog.errors)]
+    unknown = [k for k in wanted if not catalog.find(k) and not any(e.entry_id == k for e in catalog.errors)]
     if unknown:
-        raise pytest.UsageError(f"--kernel {', '.join(unknown)}: not in the catalog "
-                                f"(known: {', '.join(lab.catalog.ids)})")
+        raise SettingsProblem(f"--kernel {', '.join(unknown)}: not in the catalog {catalog.path} "
+                              f"(known: {', '.join(catalog.ids + ['host'])})")
     return [e for e in entries if (e.id if isinstance(e, KernelEntry) else e.entry_id) in wanted]
 
 
@@ -118,10 +152,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kernel" not in metafunc.fixturenames:
         return
     lab = metafunc.config.stash[LAB_KEY]
-    params = [pytest.param(entry, id=entry.test_id) for entry in _selected(lab)]
+    try:
+        if lab.problem:
+            raise SettingsProblem(lab.problem)
+        params = [pytest.param(entry, id=entry.test_id) for entry in _selected(lab)]
+    except SettingsProblem as exc:
+        # Reported as a usage error once collection shows that kernel tests were selected.
+        lab.problem = str(exc)
+        params = [pytest.param(None, id="kernel_settings_problem")]
     if _host_in_matrix(lab) and "guest" not in metafunc.fixturenames:
         params.append(pytest.param(HostKernel(), id=HostKernel.test_id))
     metafunc.parametrize("kernel", params, indirect=True, scope="session")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After every selection (-k, -m): if kernel tests remain and the settings are unusable, stop
+    with a usage error; runs without kernel tests never hear of it."""
+    lab = session.config.stash.get(LAB_KEY, None)
+    if lab is not None and lab.problem and any(_kernel_param(item) is not _NO_KERNEL
+                                               for item in session.items):
+        raise pytest.UsageError(f"sockredir-lab: {lab.problem}")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -163,11 +213,19 @@ def _kernel_aware_matcher(item: pytest.Item, keyword_matcher):
     return matches
 
 
-def _kernel_test_id(item: pytest.Item) -> str | None:
+_NO_KERNEL = object()
+
+
+def _kernel_param(item: pytest.Item):
     callspec = getattr(item, "callspec", None)
     if callspec is None or "kernel" not in callspec.params:
-        return None
-    return callspec.params["kernel"].test_id.lower()
+        return _NO_KERNEL
+    return callspec.params["kernel"]
+
+
+def _kernel_test_id(item: pytest.Item) -> str | None:
+    param = _kernel_param(item)
+    return None if param is _NO_KERNEL or param is None else param.test_id.lower()
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -180,16 +238,18 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 @pytest.fixture(scope="session")
 def kernel(request: pytest.FixtureRequest, lab: Lab):
     """The kernel's artifacts (fetched and cached); skips when its source is not provided."""
-    from lab.kernel import fetch as kernels
+    from lab.kernel.fetch import KernelUnavailable
 
     param = request.param
     if isinstance(param, HostKernel):
         return param
+    if param is None:  # only reachable if the usage error above did not stop the run
+        pytest.fail(f"sockredir-lab: {lab.problem}", pytrace=False)
     if isinstance(param, CatalogError):
         pytest.fail(f"broken catalog entry: {param}", pytrace=False)
     try:
-        return kernels.prepare(param, progress=lab.progress)
-    except kernels.KernelUnavailable as exc:
+        return api.prepare_kernel(param, lab.settings)
+    except KernelUnavailable as exc:
         pytest.skip(str(exc))
     except LabError as exc:
         pytest.fail(f"kernel {param.id}: {exc}", pytrace=False)
@@ -197,10 +257,8 @@ def kernel(request: pytest.FixtureRequest, lab: Lab):
 
 @pytest.fixture(scope="session")
 def guest_image(lab: Lab):
-    from lab.vm import image
-
     try:
-        return image.ensure_image(progress=lab.progress)
+        return api.guest_image(lab.settings)
     except LabError as exc:
         pytest.fail(f"guest image: {exc}", pytrace=False)
 
@@ -208,16 +266,11 @@ def guest_image(lab: Lab):
 @pytest.fixture(scope="session")
 def guest(kernel, guest_image, lab: Lab):
     """A booted guest of this kernel, shared by the kernel's tests for the session."""
-    from lab.vm.guest import Guest
-
     if isinstance(kernel, HostKernel):
         pytest.fail("the guest fixture has no host variant", pytrace=False)
     workdir = lab.artifacts / "guests" / kernel.id
-    workdir.mkdir(parents=True, exist_ok=True)
-    lab.progress(f"booting kernel {kernel.id} ({kernel.release})")
     try:
-        with Guest(kernel, guest_image, workdir) as booted:
-            lab.progress(f"kernel {kernel.id}: ready in {booted.boot_seconds:.1f}s")
+        with api.guest(kernel, lab.settings, workdir, image=guest_image) as booted:
             lab.guests[kernel.id] = booted
             yield booted
     except LabError as exc:
@@ -230,11 +283,11 @@ def guest(kernel, guest_image, lab: Lab):
 def host_target():
     """The host as a Target, when it can carry the redirect: root and sockmap support."""
     from lab.bpf import redirect
-    from lab.vm.target import LocalTarget
 
-    if os.geteuid() != 0:
-        pytest.skip("kernel_host needs root (BPF programs, cgroups, network namespaces)")
-    host = LocalTarget()
+    try:
+        host = api.host()
+    except LabError as exc:
+        pytest.skip(f"kernel_host: {exc}")
     missing = redirect.sockmap_missing(host)
     if missing:
         pytest.skip(f"host kernel {host.kernel_release} cannot carry the redirect: {missing}")
@@ -253,6 +306,9 @@ def target(kernel, request: pytest.FixtureRequest, lab: Lab):
         yield host
         return
     guest = request.getfixturevalue("guest")
+    if not guest.alive:
+        pytest.fail(f"the guest of kernel {kernel.id} died earlier in this run ({guest.death()}); "
+                    f"its remaining tests cannot run", pytrace=False)
     _apply_feature_gates(request, guest.target)
     yield guest.target
     _after_guest_test(request, guest, lab)
@@ -285,10 +341,13 @@ def _apply_feature_gates(request: pytest.FixtureRequest, target) -> None:
 
 def _after_guest_test(request: pytest.FixtureRequest, guest, lab: Lab) -> None:
     outdir = artifact_dir(lab, request.node)
+    (outdir / "console-tail.txt").write_text(guest.console_tail(200))
+    if not guest.alive:
+        pytest.fail(f"the guest of kernel {guest.kernel.id} died during this test ({guest.death()})",
+                    pytrace=False)
     dmesg = guest.target.run(["dmesg", "-c"], timeout=30).stdout
     (outdir / "dmesg.txt").write_text(dmesg)
-    (outdir / "console-tail.txt").write_text(guest.console_tail(200))
-    splats = [line for line in dmesg.splitlines() if SPLAT_RE.search(line)]
+    splats = find_splats(dmesg)
     if splats:
         pytest.fail("kernel splat in dmesg during the test (see "
                     f"{outdir / 'dmesg.txt'}):\n" + "\n".join(splats[:20]), pytrace=False)
@@ -313,11 +372,13 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     report = outcome.get_result()
     if report.passed or report.skipped:
         return
+    if call.excinfo is not None and call.excinfo.errisinstance(LabError):
+        # The one error boundary: what the lab reports is a message for the user, not a bug.
+        report.longrepr = f"{type(call.excinfo.value).__name__}: {call.excinfo.value}"
     lab = item.config.stash.get(LAB_KEY, None)
-    callspec = getattr(item, "callspec", None)
-    if lab is None or callspec is None or "kernel" not in callspec.params:
+    param = _kernel_param(item)
+    if lab is None or param is _NO_KERNEL:
         return
-    param = callspec.params["kernel"]
     booted = lab.guests.get(getattr(param, "id", None))
     if booted is not None:
         report.sections.append((f"guest console of kernel {param.id} (last {CONSOLE_TAIL_LINES} "

@@ -30,6 +30,7 @@ from lab import BPF_DIR, LabError
 from lab.bpf import build as bpf_build
 from lab.bpf import cgroups
 from lab.bpf import keys
+from lab.bpf import verifier_log
 from lab.vm.target import Result, Target
 
 VARIANTS = ("production", "netns", "seed", "auto")
@@ -108,8 +109,19 @@ class Installation:
 
 def bpftool_json(target: Target, args: list[str], timeout: float = 60) -> Any:
     result = target.run(["bpftool", "-j", *args], timeout=timeout, check=True)
+    return parse_bpftool_json(result.stdout, " ".join(args))
+
+
+def parse_bpftool_json(stdout: str, what: str) -> Any:
+    """bpftool's JSON output; a LabError naming the command when it is not JSON."""
     # Some bpftool 7.1 commands (cgroup show with nothing attached) print nothing at all.
-    return json.loads(result.stdout) if result.stdout.strip() else []
+    if not stdout.strip():
+        return []
+    try:
+        return json.loads(stdout)
+    except ValueError as exc:
+        raise LabError(f"`bpftool -j {what}` printed something that is not JSON ({exc}): "
+                       f"{stdout.strip()[:300]!r}; check the bpftool version on the target") from None
 
 
 # ----------------------------------------------------------------------------- where pins live
@@ -173,41 +185,13 @@ def build_object(variant: str, max_entries: int | None = None) -> Path:
     return bpf_build.build(spec.source, defines)
 
 
-LOG_BLOCK = re.compile(r"libbpf: prog '([^']+)': -- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --",
-                       re.S)
-STAT_LINE = re.compile(r"^(processed \d+ insns|verification time|stack depth|\(\d+\) |"
-                       r"mark_precise|Live regs|func#)")
-
-
-def verifier_logs(stderr: str) -> dict[str, str]:
-    """Per program, the verifier log libbpf printed (bpftool -d asks for it on success too)."""
-    return {name: log for name, log in LOG_BLOCK.findall(stderr)}
-
-
-def processed_insns(log: str) -> int | None:
-    match = re.search(r"^processed (\d+) insns", log, re.M)
-    return int(match.group(1)) if match else None
-
-
-def key_line_of(log: str) -> str:
-    """The verifier's reason: the last line before its statistics."""
-    lines = [ln for ln in log.splitlines() if ln.strip()]
-    for index, line in enumerate(lines):
-        if line.startswith("processed ") or line.startswith("verification time"):
-            lines = lines[:index]
-            break
-    reasons = [ln for ln in lines if not STAT_LINE.match(ln)]
-    return reasons[-1].strip() if reasons else "(empty verifier log)"
-
-
 def classify_load_failure(result: Result, obj: str) -> LoadError:
     stderr = result.stderr
-    failed = re.findall(r"libbpf: prog '([^']+)': failed to load", stderr)
-    logs = verifier_logs(stderr)
-    program = failed[-1] if failed else None
-    if program and program in logs:
-        log = logs[program]
-        reason = key_line_of(log)
+    parsed = verifier_log.parse_loadall(stderr)
+    program = next(iter(parsed.failed), None)  # libbpf stops at its first failed program
+    if program in parsed.logs:
+        log = parsed.logs[program]
+        reason = verifier_log.key_line(log) or "(empty verifier log)"
         return VerifierRejected(f"the verifier rejected program {program} of {obj}: {reason}\n"
                                 f"(full log in the exception's .log)", stderr, reason, program, log)
     libbpf_lines = [ln for ln in stderr.splitlines()
@@ -227,9 +211,9 @@ def load(target: Target, obj: Path, pin_dir: str) -> dict[str, Program]:
     if not result.ok:
         raise classify_load_failure(result, obj.name)
     programs = pinned_programs(target, pin_dir)
-    for name, log in verifier_logs(result.stderr).items():
+    for name, log in verifier_log.parse_loadall(result.stderr).logs.items():
         if name in programs and programs[name].verified_insns is None:
-            programs[name].verified_insns = processed_insns(log)
+            programs[name].verified_insns = verifier_log.verifier_stats(log).processed_insns
     return programs
 
 

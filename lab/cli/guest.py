@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab import LabError
+from lab import LabError, api
 from lab.cache import cache_dir
 
 
@@ -42,35 +42,15 @@ def register(subparsers) -> None:
     boot.set_defaults(func=cmd_bench_boot)
 
 
-def prepare_kernel(kernel_id: str):
-    """The catalog kernel ``kernel_id``, fetched and prepared (cached after the first time)."""
-    from lab.kernel import catalog
-    from lab.kernel import fetch as kernels
-
-    entry = catalog.Catalog.load().get(kernel_id)
-    return kernels.prepare(entry, progress=lambda line: print(f"{kernel_id}: {line}", file=sys.stderr))
-
-
-def available_kernel_ids() -> list[str]:
-    from lab.kernel import catalog
-
-    return [e.id for e in catalog.Catalog.load().entries if not e.unavailable_reason()]
-
-
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr)
+def available_kernel_ids(settings) -> list[str]:
+    return [e.id for e in settings.catalog().entries if not e.unavailable_reason()]
 
 
 def cmd_shell(args) -> int:
-    from lab.vm.guest import Guest
-    from lab.vm.image import ensure_image
-
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    kernel = prepare_kernel(args.kernel)
-    image = ensure_image(progress=_progress)
-    workdir = Path(tempfile.mkdtemp(prefix=f"shell-{kernel.id}-", dir=cache_dir("run")))
+    workdir = Path(tempfile.mkdtemp(prefix=f"shell-{args.kernel}-", dir=cache_dir("run")))
     try:
-        with Guest(kernel, image, workdir, progress=_progress) as guest:
+        with api.guest(args.kernel, args.settings, workdir) as guest:
             if command:
                 result = guest.target.run(shlex.join(command), timeout=args.timeout)
                 sys.stdout.write(result.stdout)
@@ -102,20 +82,18 @@ def _interactive(guest, workdir: Path) -> int:
 
 
 def cmd_bench_boot(args) -> int:
-    from lab.vm.guest import Guest
-    from lab.vm.image import ensure_image
-
     if args.runs < 1:
         raise LabError("--runs must be at least 1")
-    ids = args.kernels or available_kernel_ids()
-    image = ensure_image(progress=_progress)
+    settings = args.settings
+    ids = args.kernels or available_kernel_ids(settings)
+    image = api.guest_image(settings)
     rows = []
     for kernel_id in ids:
-        kernel = prepare_kernel(kernel_id)
+        kernel = api.prepare_kernel(kernel_id, settings)
         for run in range(1, args.runs + 1):
             with tempfile.TemporaryDirectory(prefix=f"bench-{kernel_id}-", dir=cache_dir("run")) as tmp:
                 started = time.monotonic()
-                with Guest(kernel, image, Path(tmp), progress=_progress) as guest:
+                with api.guest(kernel, settings, Path(tmp), image=image) as guest:
                     guest.target.run(["true"], timeout=60, check=True)
                     first_command = time.monotonic() - started
                     rows.append((kernel_id, run, guest.accel.name, guest.boot_seconds,

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
 
 def cmd_build(args) -> int:
     started = time.monotonic()
-    built = image.ensure_image(progress=print, force=args.force)
+    built = image.ensure_image(progress=print, force=args.force,
+                               extra_packages=args.settings.image_packages)
     on_disk = built.rootfs.stat().st_blocks * 512 / 2**20
     print(f"image {built.key}: {built.rootfs} ({built.rootfs.stat().st_size / 2**20:.0f} MB "
           f"filesystem, {on_disk:.0f} MB on disk, {time.monotonic() - started:.1f}s)")

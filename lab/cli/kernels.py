@@ -6,7 +6,7 @@ import time
 
 from lab import LabError
 from lab.kernel import fetch as kernels
-from lab.kernel.catalog import LOCK_PATH, Catalog, locked_packages, locked_url_sha256, read_lock
+from lab.kernel.catalog import Catalog, locked_packages, locked_url_sha256
 
 
 def register(subparsers) -> None:
@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 
 def cmd_list(args) -> int:
-    catalog = Catalog.load()
-    lock = read_lock()
+    catalog = args.settings.catalog()
+    lock = catalog.read_lock()
     rows = [("ID", "TEST ID", "SOURCE", "LOCKED", "STATE")]
     for entry in catalog.entries:
         reason = entry.unavailable_reason()
@@ -59,14 +59,14 @@ def _locked_text(entry, lock) -> str:
 
 
 def cmd_fetch(args) -> int:
-    catalog = Catalog.load()
+    catalog = args.settings.catalog()
     for override in args.overrides:
         kernel_id, sep, source = override.partition("=")
         if not sep or not source:
             raise LabError(f"--kernel {override!r}: expected ID=PATH_OR_URL, e.g. 5.15=/tmp/linux.deb")
         catalog = catalog.with_override(kernel_id, source)
     entries = [catalog.get(i) for i in args.ids] if args.ids else list(catalog.entries)
-    lock = read_lock()
+    lock = catalog.read_lock()
     failed = 0
     for error in catalog.errors if not args.ids else ():
         print(f"error: {error}")
@@ -91,9 +91,9 @@ def cmd_fetch(args) -> int:
 
 def cmd_lock(args) -> int:
     # The lock pins the catalog as written: SOCKREDIR_KERNEL_* overrides do not leak into it.
-    catalog = Catalog.load(environ={})
-    failures = kernels.lock_kernels(catalog, args.ids)
+    catalog = Catalog.load(args.settings.catalog_path(), environ={})
+    failures = kernels.lock_kernels(catalog, args.ids, lock_path=catalog.lock_path)
     for error in catalog.errors:
         print(f"error: {error}")
-    print(f"wrote {LOCK_PATH}")
+    print(f"wrote {catalog.lock_path}")
     return 1 if failures or catalog.errors else 0

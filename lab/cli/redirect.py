@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-from lab import LabError
+from lab import api
 from lab.bpf import redirect
-from lab.vm.target import LocalTarget, Target
+from lab.vm.target import Target
 
 
 def register(subparsers) -> None:
@@ -39,9 +38,7 @@ def _cgroup_option(parser) -> None:
 
 
 def host_target() -> Target:
-    if os.geteuid() != 0:
-        raise LabError("the redirect needs root (BPF programs, cgroup attachment); run with sudo")
-    return LocalTarget()
+    return api.host()
 
 
 def cmd_install(args) -> int:

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from lab import REPO_ROOT
 from lab.scenario import definitions as scenario_checks
 from lab.scenario import suite
 
@@ -31,7 +30,8 @@ def add_options(parser, kernels_default: list[str]) -> None:
                         help=f"kernel id from images/kernels.toml, or 'host' (repeatable; default "
                              f"{', '.join(kernels_default)})")
     parser.add_argument("--artifacts", type=Path, default=None,
-                        help="where scenario JSON, verdicts and dmesg go (default artifacts/suite-<time>)")
+                        help="where scenario JSON, verdicts and dmesg go "
+                             "(default ./artifacts/suite-<time>, in the working directory)")
     parser.add_argument("--broken-redirect", action="store_true",
                         help="install a deliberately broken build (wrong port byte order in the key): "
                              "shows that the checks fail")
@@ -41,13 +41,16 @@ def add_options(parser, kernels_default: list[str]) -> None:
 def run(args) -> int:
     kernels = args.kernel or args.kernels_default
     scenario_ids = scenario_checks.select(args.scenario)
-    artifacts = args.artifacts or REPO_ROOT / "artifacts" / time.strftime("suite-%Y%m%d-%H%M%S")
+    # Relative to the working directory, not to the package: an installed copy has no checkout to write into.
+    artifacts = (args.artifacts or Path("artifacts") / time.strftime("suite-%Y%m%d-%H%M%S")).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    reports = suite.run_suite(kernels, scenario_ids, artifacts, broken=args.broken_redirect, progress=progress)
+    args.settings.progress = progress
+    reports = suite.run_suite(kernels, scenario_ids, artifacts, broken=args.broken_redirect,
+                              settings=args.settings)
     print(suite.format_table(reports, scenario_ids))
     print(f"\nartifacts: {artifacts}")
     return 1 if any(report.failed for report in reports) else 0

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import REPO_ROOT, LabError
-from lab.bpf import corpus
-from lab.bpf import verify
+from lab import LabError, api
+from lab.bpf import corpus, verify
 
-HOST = "host"
+HOST = api.HOST
 
 
 @dataclass
@@ -56,7 +54,7 @@ def register(subparsers) -> None:
                         help="the outcome that must happen on every kernel (default: the corpus's "
                              "expectation for a corpus case, else accepted)")
     parser.add_argument("--log-dir", type=Path, metavar="DIR",
-                        help="where logs go (default: artifacts/verify/<name>-<time>)")
+                        help="where logs go (default: ./artifacts/verify/<name>-<time>, in the working directory)")
     parser.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
                         help="preprocessor define for a C source (repeatable)")
     parser.add_argument("--caps", metavar="CAP,CAP",
@@ -78,22 +76,24 @@ def cmd_verify(args) -> int:
                        f"put the source in bpf/cases/ with a NAME.toml (see docs/verifier.md)")
     capabilities = _capabilities(args.caps, case)
     obj = _object(source, tuple(args.define) + (case.defines if case else ()))
-    kernel_ids = _kernel_ids(args.kernel)
-    log_root = args.log_dir or REPO_ROOT / "artifacts" / "verify" / (
-        f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    args.settings.progress = _progress
+    kernel_ids = _kernel_ids(args.kernel, args.settings)
+    # Relative to the working directory, not to the package: an installed copy has no checkout to write into.
+    log_root = (args.log_dir or Path("artifacts") / "verify" / (
+        f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     print(f"verifying {source.name} ({obj}) on {', '.join(kernel_ids)}; logs in {log_root}")
     runs = []
     for kernel_id in kernel_ids:
         run = KernelRun(kernel_id, log_dir=log_root / kernel_id)
         try:
-            _run_kernel(run, obj, capabilities, case, args.expect)
+            _run_kernel(run, obj, capabilities, case, args.expect, args.settings)
         except LabError as exc:
             run.error = str(exc)
         runs.append(run)
         print_run(run)
         if args.record and run.verdict is not None:
             if kernel_id == HOST:
-                print(f"  (not recorded: the host is not a corpus kernel)")
+                print("  (not recorded: the host is not a corpus kernel)")
             else:
                 corpus.record(case, kernel_id, run.verdict)
                 print(f"  recorded in {case.sidecar}")
@@ -131,10 +131,8 @@ def _stem(source: Path) -> str:
     return source.name.removesuffix(".o").removesuffix(".c").removesuffix(".bpf")
 
 
-def _kernel_ids(requested: list[str]) -> list[str]:
-    from lab.kernel.catalog import Catalog
-
-    catalog = Catalog.load()
+def _kernel_ids(requested: list[str], settings) -> list[str]:
+    catalog = settings.catalog()
     ids: list[str] = []
     for kernel in requested:
         if kernel == "all":
@@ -152,25 +150,10 @@ def _kernel_ids(requested: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _run_kernel(run: KernelRun, obj: Path, capabilities, case, expect: str | None) -> None:
+def _run_kernel(run: KernelRun, obj: Path, capabilities, case, expect: str | None, settings) -> None:
     run.log_dir.mkdir(parents=True, exist_ok=True)
-    if run.kernel == HOST:
-        from lab.vm.target import LocalTarget
-
-        if os.geteuid() != 0:
-            raise LabError("--kernel host loads BPF programs on this machine and needs root; run with sudo")
-        _verify_on(run, LocalTarget(), obj, capabilities, case, expect)
-        return
-    from lab.vm import image
-    from lab.kernel import fetch as kernels
-    from lab.kernel.catalog import Catalog
-    from lab.vm.guest import Guest
-
-    entry = Catalog.load().get(run.kernel)
-    artifacts = kernels.prepare(entry, progress=_progress)
-    guest_image = image.ensure_image(progress=_progress)
-    with Guest(artifacts, guest_image, run.log_dir / "guest", progress=_progress) as guest:
-        _verify_on(run, guest.target, obj, capabilities, case, expect)
+    with api.boot(run.kernel, settings, workdir=run.log_dir / "guest") as target:
+        _verify_on(run, target, obj, capabilities, case, expect)
 
 
 def _verify_on(run: KernelRun, target, obj: Path, capabilities, case, expect: str | None) -> None:

@@ -11,18 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
+import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from lab import IMAGES_DIR, REPO_ROOT, LabError
+from lab import IMAGES_DIR, LabError
 from lab.cache import atomic_write
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 CATALOG_PATH = IMAGES_DIR / "kernels.toml"
 LOCK_PATH = IMAGES_DIR / "kernels.lock.json"
@@ -176,6 +171,14 @@ class Catalog:
             entries = self.entries + (new,)
         return replace(self, entries=entries)
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock of this catalog: ``kernels.lock.json`` beside it (a user's catalog has its own)."""
+        return self.path.with_name(LOCK_PATH.name)
+
+    def read_lock(self) -> dict[str, dict]:
+        return read_lock(self.lock_path)
+
     def find(self, kernel_id: str) -> KernelEntry | None:
         return next((e for e in self.entries if e.id == kernel_id), None)
 
@@ -260,9 +263,13 @@ def _brackets_balanced(glob: str) -> bool:
 
 
 def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (in a checkout, run from its
+    top: ``images/kernels.toml``), else absolute (an installed copy, or another directory)."""
+    path = Path(path)
     try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
+        path = path.resolve()
+        return str(path.relative_to(Path.cwd()))
+    except (ValueError, OSError):  # not below the working directory, or that directory was removed
         return str(path)
 
 

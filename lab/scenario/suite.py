@@ -7,22 +7,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lab import LabError
+from lab import LabError, api
+from lab.cache import atomic_write
+from lab.vm.dmesg import find_splats
 from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.scenario.definitions import run_check
 
 DEFAULT_KERNEL = "6.1"
-HOST_ID = "host"
-SPLAT_RE = re.compile(r"\b(BUG:|WARNING:|Oops|KASAN|UBSAN|general protection fault|Call Trace:)")
+HOST_ID = api.HOST
 
 
 @dataclass
@@ -59,44 +58,15 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
     return verdicts
 
 
-@contextlib.contextmanager
-def booted_target(kernel_id: str, workdir: Path, progress: Callable[[str], None]):
-    """The host (``host``) or a freshly booted guest of a catalogued kernel, as a Target."""
-    if kernel_id == HOST_ID:
-        import os
-
-        from lab.vm.target import LocalTarget
-
-        if os.geteuid() != 0:
-            raise LabError("the host target needs root (BPF, cgroups, network namespaces); run as root")
-        yield LocalTarget()
-        return
-    from lab.vm import image
-    from lab.kernel import fetch as kernels
-    from lab.kernel.catalog import Catalog
-    from lab.vm.guest import Guest
-
-    catalog = Catalog.load()
-    entry = catalog.find(kernel_id)
-    if entry is None:
-        raise LabError(f"kernel {kernel_id!r} is not in the catalog (known: {', '.join(catalog.ids)}, "
-                       f"and {HOST_ID})")
-    artifacts = kernels.prepare(entry, progress=progress)
-    guest_image = image.ensure_image(progress=progress)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with Guest(artifacts, guest_image, workdir, progress=progress) as guest:
-        progress(f"kernel {kernel_id}: guest ready in {guest.boot_seconds:.1f}s")
-        yield guest.target
-
-
 def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken: bool,
-               progress: Callable[[str], None]) -> KernelReport:
+               settings: api.Settings) -> KernelReport:
     from lab.kernel.fetch import KernelUnavailable
 
+    progress = settings.progress
     report = KernelReport(kernel_id)
     started = time.monotonic()
     try:
-        with booted_target(kernel_id, artifacts / "guest", progress) as target:
+        with api.boot(kernel_id, settings, workdir=artifacts / "guest") as target:
             report.release = target.kernel_release
             progress(f"kernel {kernel_id} ({report.release}): {len(scenario_ids)} scenarios")
             if target.name != HOST_ID:
@@ -106,7 +76,7 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken:
             if target.name != HOST_ID:
                 dmesg = target.run(["dmesg"], timeout=30).stdout
                 (artifacts / "dmesg.txt").write_text(dmesg)
-                report.splats = [line for line in dmesg.splitlines() if SPLAT_RE.search(line)]
+                report.splats = find_splats(dmesg)
     except KernelUnavailable as exc:
         report.unavailable = str(exc)
     except LabError as exc:
@@ -116,13 +86,16 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken:
 
 
 def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path, broken: bool = False,
-              progress: Callable[[str], None] = print) -> list[KernelReport]:
+              settings: api.Settings | None = None) -> list[KernelReport]:
+    """Each kernel in turn; suite.json is rewritten after each, so a run cut short keeps what it
+    measured."""
+    settings = settings or api.Settings(progress=print)
     reports = []
     for kernel_id in kernel_ids:
         report = run_kernel(kernel_id, scenario_ids, artifacts / f"kernel_{kernel_id.replace('.', '_')}",
-                            broken, progress)
+                            broken, settings)
         reports.append(report)
-    (artifacts / "suite.json").write_text(json.dumps([r.as_dict() for r in reports], indent=1))
+        atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))
     return reports
 
 

@@ -133,6 +133,21 @@ class Guest:
     # ---- what callers use ----------------------------------------------------------------------
 
     @property
+    def alive(self) -> bool:
+        """QEMU is still running (a guest can die under a test: a panic, a kill, an OOM)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def death(self) -> str:
+        """Why the guest is gone, for error messages: QEMU's status and the console's last lines."""
+        status = "never started" if self._proc is None else f"QEMU exit status {self._proc.poll()}"
+        return (f"{status}; console {self.console_log}\n--- console tail ---\n"
+                f"{self.console_tail(30)}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def target(self) -> SSHTarget:
         if self._target is None:
             raise LabError(f"guest for kernel {self.kernel.id} is not running; use it inside `with`")

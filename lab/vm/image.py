@@ -10,9 +10,9 @@ image so the host can pin it) and a fresh client key pair (the private key stays
 
 from __future__ import annotations
 
-import fcntl
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,10 +20,10 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from lab import IMAGES_DIR, LabError
-from lab.cache import atomic_dir, cache_dir, digest_of
+from lab.cache import atomic_dir, cache_dir, digest_of, file_lock
 
 RECIPE = IMAGES_DIR / "rootfs.toml"
 GUEST_INIT = IMAGES_DIR / "guest-init.sh"
@@ -44,6 +44,9 @@ class GuestImage:
     label: str            # ext4 volume label of the root filesystem
 
 
+PACKAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
 def load_recipe(path: Path = RECIPE) -> dict:
     try:
         recipe = tomllib.loads(path.read_text())
@@ -61,14 +64,31 @@ def image_key(recipe_path: Path = RECIPE, init_path: Path = GUEST_INIT) -> str:
     return digest_of([recipe_path, init_path, *steps])
 
 
-def ensure_image(progress: Progress = print, force: bool = False) -> GuestImage:
-    """Return the cached image for the current recipe, building it first if needed."""
-    key = image_key()
+def ensure_image(progress: Progress = print, force: bool = False,
+                 extra_packages: Sequence[str] = ()) -> GuestImage:
+    """Return the cached image for the current recipe, building it first if needed.
+
+    ``extra_packages`` (a user's additions, e.g. their own server to test) make a separate image,
+    cached under its own key; the lab's image is left as it is.
+    """
+    extras = _checked_packages(extra_packages)
+    key = image_key() if not extras else digest_of([image_key(), *extras])
     entry = cache_dir("images") / key
-    with _build_lock(entry.parent):
+    # Concurrent sessions build an image once; the others wait, then load it.
+    with file_lock(entry.parent / ".build.lock"):
         if force or not (entry / ROOTFS_NAME).exists():
-            _build(entry, load_recipe(), progress)
+            recipe = load_recipe()
+            recipe["packages"] = list(dict.fromkeys([*recipe["packages"], *extras]))
+            _build(entry, recipe, progress)
     return _load(entry, key)
+
+
+def _checked_packages(packages: Sequence[str]) -> list[str]:
+    bad = [name for name in packages if not PACKAGE_NAME_RE.fullmatch(name)]
+    if bad:
+        raise LabError(f"guest image packages {bad}: not Debian package names (lower case letters, "
+                       "digits, + - .); check the --image-package / sockredir_image_packages setting")
+    return sorted(set(packages))
 
 
 def _load(entry: Path, key: str) -> GuestImage:
@@ -76,20 +96,6 @@ def _load(entry: Path, key: str) -> GuestImage:
     return GuestImage(rootfs=entry / ROOTFS_NAME, client_key=entry / CLIENT_KEY_NAME,
                       host_key_line=(entry / HOST_KEY_NAME).read_text().strip(), key=key,
                       label=recipe["label"])
-
-
-class _build_lock:
-    """An exclusive flock, so concurrent sessions build an image once and the others wait."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / ".build.lock"
-
-    def __enter__(self):
-        self.handle = open(self.path, "w")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 def _build(entry: Path, recipe: dict, progress: Progress) -> None:

@@ -53,6 +53,10 @@ class CommandTimeout(LabError):
     pass
 
 
+class TargetLost(LabError):
+    """The connection to a guest broke: it crashed, was killed, or its sshd died."""
+
+
 def as_shell(cmd: Command) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(list(cmd))
 
@@ -137,6 +141,7 @@ class SSHTarget(Target):
         super().__init__()
         import paramiko  # imported here so unit tests of other modules need no paramiko
 
+        self._paramiko = paramiko
         self.name = name
         self._client = paramiko.SSHClient()
         key_type, key_b64 = host_key_line.split()[:2]
@@ -153,8 +158,9 @@ class SSHTarget(Target):
         self._sftp = None
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
-        channel = self._client.get_transport().open_session(timeout=timeout)
+        channel = None
         try:
+            channel = self._transport().open_session(timeout=timeout)
             channel.exec_command(cmd)
             if input is not None:
                 channel.sendall(input.encode())
@@ -163,9 +169,28 @@ class SSHTarget(Target):
             rc = channel.recv_exit_status()
         except socket.timeout as exc:
             raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}") from exc
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(f"while running `{cmd[:200]}`", exc) from exc
         finally:
-            channel.close()
+            if channel is not None:
+                channel.close()
+        transport = self._client.get_transport()
+        if rc == -1 and (transport is None or not transport.is_active()):
+            # No exit status because the session died under us (a command killed by a signal has
+            # no exit status either, but its connection lives on).
+            raise self._lost(f"while running `{cmd[:200]}` (no exit status)", None)
         return Result(cmd, rc, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+    def _transport(self):
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost("before the command started", None)
+        return transport
+
+    def _lost(self, when: str, exc: BaseException | None) -> TargetLost:
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        return TargetLost(f"the SSH connection to {self.name} broke {when}{detail}; the guest has "
+                          f"probably crashed or been stopped (see its console log)")
 
     def _drain(self, channel, cmd: str, deadline: float, timeout: float) -> tuple[bytes, bytes]:
         """Read stdout and stderr until the server's EOF *and* exit status have both arrived.
@@ -197,11 +222,21 @@ class SSHTarget(Target):
 
     def put(self, local: Path, remote: str) -> None:
         self.run(["mkdir", "-p", os.path.dirname(remote) or "/"], check=True)
-        self._sftp_client().put(str(local), remote)
+        try:
+            self._sftp_client().put(str(local), remote)
+        except FileNotFoundError as exc:
+            raise LabError(f"cannot copy {local} to {self.name}:{remote}: {exc}") from exc
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(f"while copying {local} to {remote}", exc) from exc
 
     def get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        self._sftp_client().get(remote, str(local))
+        try:
+            self._sftp_client().get(remote, str(local))
+        except FileNotFoundError as exc:
+            raise LabError(f"{self.name} has no file {remote} to fetch") from exc
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(f"while fetching {remote}", exc) from exc
 
     def close(self) -> None:
         if self._sftp is not None:

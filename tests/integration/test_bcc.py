@@ -2,7 +2,7 @@
 
 bcc compiles its C at run time with its embedded clang, which under TCG takes tens of seconds per
 program (figures in docs/scenarios.md), so by default this runs on one kernel only; ``--bcc-all``
-runs it on every kernel. Each run boots its own guest with the headers disk (lab/headers.py) attached,
+runs it on every kernel. Each run boots its own guest with the headers disk (lab/kernel/headers.py) attached,
 mounts it and runs ``scenarios/bcc_sockmap.py``: a baseline connection, then the same connection with
 the bcc-loaded redirect. The numbers checked come from that one run, the baseline being the yardstick.
 """
@@ -13,9 +13,8 @@ import json
 
 import pytest
 
-from lab import SCENARIOS_DIR, LabError
+from lab import SCENARIOS_DIR, LabError, api
 from lab.kernel import headers
-from lab.vm.guest import Guest
 from lab.pytest_plugin import HostKernel
 
 DEFAULT_KERNEL = "6.1"
@@ -50,8 +49,8 @@ def bcc_result(kernel, lab, guest_image):
         pytest.skip(missing)
     if broken:
         pytest.fail(broken, pytrace=False)
-    with Guest(kernel, guest_image, artifacts / "guest", extra_disks=[disk],
-               progress=lab.progress) as guest:
+    with api.guest(kernel, lab.settings, artifacts / "guest", extra_disks=[disk],
+                   image=guest_image) as guest:
         target = guest.target
         source = headers.mount_headers(target)
         for name in FILES:

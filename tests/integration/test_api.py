@@ -1,0 +1,75 @@
+"""The public API (lab.api) with a user's own BPF program, on every kernel and the host: build it,
+load it, attach it to a cgroup and to its SOCKHASH, run a workload in a cgroup and a network
+namespace, read and update its maps as JSON, and leave nothing behind."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab import BPF_DIR, LabError, api
+from lab.bpf import redirect
+
+PROGRAMS = Path(__file__).parent / "programs"
+CONNECTIONS, SENDS = 3, 5
+ACTIVE, PASSIVE, MESSAGES = 0, 1, 2
+
+
+def _key(slot: int) -> bytes:
+    return slot.to_bytes(4, "little")
+
+
+def _counts(loaded: api.Loaded) -> list[int]:
+    """The ``counts`` array decoded from bpftool's JSON (BTF-formatted values)."""
+    dump = loaded.map("counts").dump()
+    return [entry["formatted"]["value"] if "formatted" in entry else entry["value"]
+            for entry in sorted(dump, key=lambda e: e.get("formatted", e)["key"])]
+
+
+def test_own_program_attached_counts_what_happened(target, cgroup, tmp_path):
+    obj = api.build(PROGRAMS / "count_sockets.bpf.c")
+    target.put(PROGRAMS / "connect_and_send.py", "/tmp/lab-api/connect_and_send.py")
+    with api.load(target, obj) as loaded, api.netns(target) as namespace:
+        assert {p.type for p in loaded.programs.values()} == {"sock_ops", "sk_msg"}
+        assert {m.type for m in loaded.maps.values()} == {"array", "sockhash"}
+        loaded.attach_sockmap("count_messages", "socks")
+        loaded.attach_cgroup("count_established", cgroup)
+        run = api.run_in(target, ["python3", "/tmp/lab-api/connect_and_send.py", str(CONNECTIONS),
+                                  str(SENDS)], cgroup=cgroup, netns=namespace, timeout=120, check=True)
+        assert json.loads(run.stdout) == {"received": CONNECTIONS * SENDS}
+        assert _counts(loaded) == [CONNECTIONS, CONNECTIONS, CONNECTIONS * SENDS]
+
+        loaded.map("counts").update(_key(MESSAGES), (1000).to_bytes(8, "little"))
+        looked_up = loaded.map("counts").lookup(_key(MESSAGES))
+        assert looked_up.get("formatted", looked_up)["value"] == 1000
+        pin_dir = loaded.pin_dir
+    # Closed: nothing of ours stays attached to the cgroup or pinned.
+    assert redirect.attached_sockops(target, cgroup) == []
+    assert not target.run(["test", "-e", pin_dir]).ok
+
+
+def test_workload_outside_the_cgroup_is_not_counted(target, cgroup):
+    obj = api.build(PROGRAMS / "count_sockets.bpf.c")
+    target.put(PROGRAMS / "connect_and_send.py", "/tmp/lab-api/connect_and_send.py")
+    with api.load(target, obj) as loaded, api.netns(target) as namespace:
+        loaded.attach_sockmap("count_messages", "socks")
+        loaded.attach_cgroup("count_established", cgroup)
+        api.run_in(target, ["python3", "/tmp/lab-api/connect_and_send.py", "2", "2"],
+                   netns=namespace, timeout=120, check=True)
+        assert _counts(loaded) == [0, 0, 0]
+
+
+def test_program_the_verifier_rejects_raises_with_its_log(target):
+    narrow = api.build(BPF_DIR / "cases" / "remote_port_narrow.bpf.c")
+    with pytest.raises(redirect.VerifierRejected) as rejected:
+        api.load(target, narrow)
+    assert "invalid bpf_context access" in rejected.value.key_line
+    assert rejected.value.log
+
+
+def test_unknown_names_are_clear_errors(target):
+    with api.load(target, api.build(PROGRAMS / "count_sockets.bpf.c")) as loaded:
+        with pytest.raises(LabError, match="has no map 'nope' \\(its maps: counts, socks\\)"):
+            loaded.map("nope")
+        with pytest.raises(LabError, match="has no program 'nope'"):
+            loaded.attach_cgroup("nope", "/")

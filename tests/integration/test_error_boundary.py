@@ -1,0 +1,69 @@
+"""One error boundary: a guest that dies in the middle of a run reaches the user as a clear message,
+never a Python traceback, and the run goes on.
+
+Real guests, real kills: a pytest run (in a subprocess, as a user's project would run it) whose first
+test kills its guest's QEMU, and the ``sockredir-lab shell`` command whose guest powers off under it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+GUEST_KERNEL = "6.1"
+KILLED_MID_RUN = """
+import os
+import signal
+
+
+def test_1_kill_the_guest(guest, target):
+    target.run(["true"], check=True)
+    os.kill(guest.pid, signal.SIGKILL)
+    guest._proc.wait(timeout=10)
+
+
+def test_2_after(target):
+    target.run(["true"], check=True)
+
+
+def test_3_after(target):
+    target.run(["true"], check=True)
+"""
+
+
+@pytest.fixture
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("the host column of the inner run needs root")
+
+
+def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root):
+    pytester.makepyfile(test_inner=KILLED_MID_RUN)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,
+                                           "--kernel", "host", "-rA", timeout=600)
+    output = result.stdout.str() + result.stderr.str()
+    print(output[-6000:])
+    kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
+    # The test that killed the guest fails (the guest died during it); the guest's later tests fail
+    # at once with the reason and the console; the host's tests run and pass.
+    assert f"test_1_kill_the_guest[{kernel_id}] - Failed: the guest of kernel {GUEST_KERNEL} died " \
+           "during this test" in output
+    for name in ("test_2_after", "test_3_after"):
+        assert f"FAILED test_inner.py::{name}[{kernel_id}] - Failed: the guest of kernel " \
+               f"{GUEST_KERNEL} died earlier in this run" in output
+        assert f"PASSED test_inner.py::{name}[kernel_host]" in output
+    assert "QEMU exit status -9" in output and "console tail" in output
+    assert "Traceback" not in output
+
+
+def test_cli_reports_a_guest_that_dies_under_a_command(tmp_path):
+    # sysrq 'o' powers the guest off while the command runs: the SSH session breaks.
+    command = [sys.executable, "-m", "lab.cli", "shell", "--kernel", GUEST_KERNEL, "--",
+               "sh", "-c", "echo o > /proc/sysrq-trigger; sleep 30"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    print(done.stderr[-3000:])
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sockredir-lab: error: the SSH connection to guest-6.1 broke")
+    assert "Traceback" not in done.stderr
