@@ -13,7 +13,7 @@ decodes a round; the checks assert numbers on it into a ``Verdict``:
 - positive evidence: the program's counters account for the bytes exactly, and the kprobe on
   ``tcp_bpf_sendmsg`` fired (where the kernel has kprobes) and never in the baseline.
 
-Nothing here runs anything: the scenarios that use these checks are in ``lab.scenario_checks``.
+Nothing here runs anything: the scenarios that use these checks are in ``lab.scenario.definitions``.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 One scenario check = one run of a program of ``scenarios/`` with two rounds in fresh network
 namespaces: ``baseline`` (no redirect) and ``redirect`` (both sides in a cgroup carrying the
 redirect), with tracing around the data phase. Each check runs its program through an ``Env``
-(``lab.check_env``) and judges the result with the reusable checks of ``lab.checks``.
+(``lab.scenario.env``) and judges the result with the reusable checks of ``lab.scenario.checks``.
 
 ``run_check(env, id)`` runs one scenario and returns a ``Verdict`` (pass / fail / gated with the
 reason, failures, figures). pytest (tests/integration/test_scenarios.py) and ``sockredir-lab
-suite`` (``lab.suite``) both use it, so both judge the same way.
+suite`` (``lab.scenario.suite``) both use it, so both judge the same way.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``Env`` makes each installation on first use, on a fresh cgroup, and removes them all on close;
 ``Env.run`` runs a scenario program with tracing and keeps its JSON as an artifact. The checks
-themselves are in ``lab.scenario_checks``; ``lab.suite`` runs them on booted kernels.
+themselves are in ``lab.scenario.definitions``; ``lab.scenario.suite`` runs them on booted kernels.
 """
 
 from __future__ import annotations

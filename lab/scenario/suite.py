@@ -1,7 +1,7 @@
 """The same-host scenario suite on kernels: boot each, run the scenario checks, print the table.
 
 ``run_suite`` boots a guest per kernel (or uses the host), runs the chosen scenarios of
-``lab.scenario_checks`` in one ``Env`` per kernel, scans the guest's dmesg for kernel splats, and
+``lab.scenario.definitions`` in one ``Env`` per kernel, scans the guest's dmesg for kernel splats, and
 ``format_table`` prints the kernel x scenario matrix with each scenario's figures or failures.
 """
 

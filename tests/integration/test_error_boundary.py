@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from lab.cache import cache_root
+
 GUEST_KERNEL = "6.1"
 KILLED_MID_RUN = """
 import os
@@ -38,19 +40,23 @@ def needs_root():
         pytest.skip("the host column of the inner run needs root")
 
 
-def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root):
+def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root, monkeypatch):
+    # pytester gives the inner run a HOME of its own: keep the lab's cache (kernels, image) shared.
+    monkeypatch.setenv("SOCKREDIR_CACHE", str(cache_root()))
+    monkeypatch.setenv("COLUMNS", "400")  # whole first lines of the reasons in the summary
     pytester.makepyfile(test_inner=KILLED_MID_RUN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,
                                            "--kernel", "host", "-rA", timeout=600)
     output = result.stdout.str() + result.stderr.str()
     print(output[-6000:])
     kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
-    # The test that killed the guest fails (the guest died during it); the guest's later tests fail
-    # at once with the reason and the console; the host's tests run and pass.
-    assert f"test_1_kill_the_guest[{kernel_id}] - Failed: the guest of kernel {GUEST_KERNEL} died " \
-           "during this test" in output
+    # The test that killed the guest fails at teardown (the guest died during it); the guest's
+    # later tests fail at once with the reason and the console; the host's tests run and pass.
+    result.assert_outcomes(passed=3, errors=3)
+    assert f"ERROR test_inner.py::test_1_kill_the_guest[{kernel_id}] - Failed: the guest of kernel " \
+           f"{GUEST_KERNEL} died during this test" in output
     for name in ("test_2_after", "test_3_after"):
-        assert f"FAILED test_inner.py::{name}[{kernel_id}] - Failed: the guest of kernel " \
+        assert f"ERROR test_inner.py::{name}[{kernel_id}] - Failed: the guest of kernel " \
                f"{GUEST_KERNEL} died earlier in this run" in output
         assert f"PASSED test_inner.py::{name}[kernel_host]" in output
     assert "QEMU exit status -9" in output and "console tail" in output

@@ -1,6 +1,6 @@
 """The same-host scenario suite on every kernel of the matrix (and the host as ``kernel_host``).
 
-Each test runs one scenario of ``lab/scenario_checks.py`` on the kernel's target: a baseline round
+Each test runs one scenario of ``lab/scenario/definitions.py`` on the kernel's target: a baseline round
 without the redirect and a redirected round, each in a fresh network namespace, with tracepoints
 counted around the data phase. The judging (two entries per connection, bytes intact, bypass ratio
 against the baseline, program counters, kprobe) lives in ``lab.scenario_checks`` and ``lab.checks``

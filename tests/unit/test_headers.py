@@ -1,4 +1,4 @@
-"""lab.headers: the merge of Debian's split header packages into the one tree bcc compiles from."""
+"""lab.kernel.headers: the merge of Debian's split header packages into the one tree bcc compiles from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""lab/verify.py and lab/corpus.py without a VM: real captured bpftool output, real clang and
+"""lab/bpf/verify.py and lab/bpf/corpus.py without a VM: real captured bpftool output, real clang and
 llvm-objcopy, a stand-in Target that replays captured output, and the corpus as committed.
 The parsing of the captured output itself is tested in test_verifier_log.py."""
 
