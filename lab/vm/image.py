@@ -72,7 +72,7 @@ def ensure_image(progress: Progress = print, force: bool = False,
     cached under its own key; the lab's image is left as it is.
     """
     extras = _checked_packages(extra_packages)
-    key = image_key() if not extras else digest_of([image_key(), *extras])
+    key = cache_key(extras)
     entry = cache_dir("images") / key
     # Concurrent sessions build an image once; the others wait, then load it.
     with file_lock(entry.parent / ".build.lock"):
@@ -81,6 +81,12 @@ def ensure_image(progress: Progress = print, force: bool = False,
             recipe["packages"] = list(dict.fromkeys([*recipe["packages"], *extras]))
             _build(entry, recipe, progress)
     return _load(entry, key)
+
+
+def cache_key(extras: Sequence[str] = ()) -> str:
+    """The lab's image key, or for a user's extra packages a key of its own (order-free)."""
+    extras = _checked_packages(extras)
+    return image_key() if not extras else digest_of([image_key(), *extras])
 
 
 def _checked_packages(packages: Sequence[str]) -> list[str]:
