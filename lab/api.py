@@ -280,6 +280,28 @@ class Loaded:
                         check=True)
         self._detach.append(["bpftool", "prog", "detach", "pinned", prog.pin, attach_type, "pinned", pin])
 
+    def attach_tracepoint(self, program: str, point: str) -> str:
+        """Attach a ``tracepoint`` program to ``CATEGORY/NAME`` (kernel 5.15+) or a
+        ``raw_tracepoint`` program to ``NAME``; the link is pinned under this object's pins (removed
+        by ``close()``). Returns the link's pin. bpftool 7.1 cannot do this, so a small stdlib
+        helper on the target makes the system calls (scenarios/attach_link.py)."""
+        from lab.scenario.runner import ensure_on_target
+
+        prog = self.program(program)
+        if prog.type not in ("tracepoint", "raw_tracepoint"):
+            raise LabError(f"program {program} is of type {prog.type}; attach_tracepoint takes "
+                           "tracepoint and raw_tracepoint programs")
+        link_pin = f"{self.pin_dir}/links/{program}"
+        helper = ensure_on_target(self.target, "attach_link.py")
+        result = self.target.run(["python3", "-S", helper, prog.pin, prog.type, point, link_pin])
+        outcome = redirect.parse_bpftool_json(result.stdout, "attach_link.py") or {}
+        if not result.ok or "error" in outcome:
+            raise LabError(f"attaching {program} to {point} on {self.target.name} "
+                           f"({self.target.kernel_release}) failed: "
+                           f"{outcome.get('error') or result.stderr.strip()[-500:]}")
+        self._detach.append(["rm", "-f", link_pin])
+        return link_pin
+
     def close(self) -> None:
         # Detach in reverse order; a detach that fails (the cgroup is gone) has nothing to undo.
         for argv in reversed(self._detach):

@@ -12,7 +12,7 @@ from lab.bpf import redirect
 
 PROGRAMS = Path(__file__).parent / "programs"
 CONNECTIONS, SENDS = 3, 5
-ACTIVE, PASSIVE, MESSAGES = 0, 1, 2
+ACTIVE, PASSIVE, MESSAGES, TRACEPOINT, RAW_TRACEPOINT = range(5)
 
 
 def _key(slot: int) -> bytes:
@@ -30,14 +30,15 @@ def test_own_program_attached_counts_what_happened(target, cgroup, tmp_path):
     obj = api.build(PROGRAMS / "count_sockets.bpf.c")
     target.put(PROGRAMS / "connect_and_send.py", "/tmp/lab-api/connect_and_send.py")
     with api.load(target, obj) as loaded, api.netns(target) as namespace:
-        assert {p.type for p in loaded.programs.values()} == {"sock_ops", "sk_msg"}
+        assert {p.type for p in loaded.programs.values()} == {"sock_ops", "sk_msg", "tracepoint",
+                                                              "raw_tracepoint"}
         assert {m.type for m in loaded.maps.values()} == {"array", "sockhash"}
         loaded.attach_sockmap("count_messages", "socks")
         loaded.attach_cgroup("count_established", cgroup)
         run = api.run_in(target, ["python3", "/tmp/lab-api/connect_and_send.py", str(CONNECTIONS),
                                   str(SENDS)], cgroup=cgroup, netns=namespace, timeout=120, check=True)
         assert json.loads(run.stdout) == {"received": CONNECTIONS * SENDS}
-        assert _counts(loaded) == [CONNECTIONS, CONNECTIONS, CONNECTIONS * SENDS]
+        assert _counts(loaded) == [CONNECTIONS, CONNECTIONS, CONNECTIONS * SENDS, 0, 0]
 
         loaded.map("counts").update(_key(MESSAGES), (1000).to_bytes(8, "little"))
         looked_up = loaded.map("counts").lookup(_key(MESSAGES))
@@ -56,7 +57,7 @@ def test_workload_outside_the_cgroup_is_not_counted(target, cgroup):
         loaded.attach_cgroup("count_established", cgroup)
         api.run_in(target, ["python3", "/tmp/lab-api/connect_and_send.py", "2", "2"],
                    netns=namespace, timeout=120, check=True)
-        assert _counts(loaded) == [0, 0, 0]
+        assert _counts(loaded) == [0, 0, 0, 0, 0]
 
 
 def test_program_the_verifier_rejects_raises_with_its_log(target):
@@ -73,3 +74,40 @@ def test_unknown_names_are_clear_errors(target):
             loaded.map("nope")
         with pytest.raises(LabError, match="has no program 'nope'"):
             loaded.attach_cgroup("nope", "/")
+
+
+def _release(target) -> tuple[int, int]:
+    major, minor = target.kernel_release.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _links_of(target, loaded: api.Loaded) -> list[dict]:
+    ids = {prog.id for prog in loaded.programs.values()}
+    return [link for link in redirect.bpftool_json(target, ["link", "show"]) if link.get("prog_id") in ids]
+
+
+def test_tracepoint_programs_attach_and_count(target):
+    obj = api.build(PROGRAMS / "count_sockets.bpf.c")
+    target.put(PROGRAMS / "connect_and_send.py", "/tmp/lab-api/connect_and_send.py")
+    with api.load(target, obj) as loaded, api.netns(target) as namespace:
+        loaded.attach_tracepoint("on_state_change_raw", "inet_sock_set_state")
+        if _release(target) >= (5, 15):
+            loaded.attach_tracepoint("on_state_change", "sock/inet_sock_set_state")
+        else:  # perf-event BPF links came in 5.15: the error says so
+            with pytest.raises(LabError, match="BPF_LINK_CREATE .perf event links need kernel 5.15"):
+                loaded.attach_tracepoint("on_state_change", "sock/inet_sock_set_state")
+        attached = len(_links_of(target, loaded))
+        api.run_in(target, ["python3", "/tmp/lab-api/connect_and_send.py", "2", "1"], netns=namespace,
+                   timeout=120, check=True)
+        counts = _counts(loaded)
+        # Each connection changes state several times on each side (SYN_SENT, ESTABLISHED, FIN...).
+        assert counts[RAW_TRACEPOINT] >= 4
+        if _release(target) >= (5, 15):
+            assert attached == 2 and counts[TRACEPOINT] >= 4
+        else:
+            assert attached == 1 and counts[TRACEPOINT] == 0
+        with pytest.raises(LabError, match="attach_tracepoint takes tracepoint and raw_tracepoint"):
+            loaded.attach_tracepoint("count_established", "sock/inet_sock_set_state")
+        before_close = _links_of(target, loaded)
+        loaded.close()
+        assert before_close and _links_of(target, loaded) == []

@@ -4,7 +4,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
-enum { ACTIVE = 0, PASSIVE = 1, MESSAGES = 2, SLOTS = 3 };
+enum { ACTIVE = 0, PASSIVE = 1, MESSAGES = 2, TRACEPOINT = 3, RAW_TRACEPOINT = 4, SLOTS = 5 };
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -50,3 +50,18 @@ int count_messages(struct sk_msg_md *msg)
 }
 
 char LICENSE[] SEC("license") = "GPL";
+
+// Tracing programs for attach_tracepoint: both count TCP state changes (connect, accept, close).
+SEC("tracepoint/sock/inet_sock_set_state")
+int on_state_change(void *ctx)
+{
+    count(TRACEPOINT);
+    return 0;
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int on_state_change_raw(void *ctx)
+{
+    count(RAW_TRACEPOINT);
+    return 0;
+}
