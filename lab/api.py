@@ -20,6 +20,7 @@ the accelerator, where progress goes). Runnable examples: docs/api.md.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import secrets
@@ -232,6 +233,7 @@ class Loaded:
         self.target, self.obj, self.pin_dir = target, obj, pin_dir
         self.programs = programs  # name -> redirect.Program (id, type, pin, verified_insns)
         self._detach: list[list[str]] = []
+        self._maps: dict[str, MapHandle] | None = None
 
     def __enter__(self) -> "Loaded":
         return self
@@ -241,8 +243,11 @@ class Loaded:
 
     @property
     def maps(self) -> dict[str, MapHandle]:
-        return {name: MapHandle(self.target, name, f"{self.pin_dir}/maps/{name}", info)
-                for name, info in redirect.pinned_maps(self.target, self.pin_dir).items()}
+        # An object's maps are fixed once it is loaded: one bpftool listing serves every lookup.
+        if self._maps is None:
+            self._maps = {name: MapHandle(self.target, name, f"{self.pin_dir}/maps/{name}", info)
+                          for name, info in redirect.pinned_maps(self.target, self.pin_dir).items()}
+        return self._maps
 
     def map(self, name: str) -> MapHandle:
         maps = self.maps
@@ -294,11 +299,14 @@ class Loaded:
         link_pin = f"{self.pin_dir}/links/{program}"
         helper = ensure_on_target(self.target, "attach_link.py")
         result = self.target.run(["python3", "-S", helper, prog.pin, prog.type, point, link_pin])
-        outcome = redirect.parse_bpftool_json(result.stdout, "attach_link.py") or {}
-        if not result.ok or "error" in outcome:
+        if not result.ok:
+            # The helper prints {"error": "<step>: <errno text>"}; a crash leaves only stderr.
+            try:
+                reason = json.loads(result.stdout)["error"]
+            except (ValueError, KeyError, TypeError):
+                reason = result.stderr.strip()[-500:] or f"exit {result.rc}"
             raise LabError(f"attaching {program} to {point} on {self.target.name} "
-                           f"({self.target.kernel_release}) failed: "
-                           f"{outcome.get('error') or result.stderr.strip()[-500:]}")
+                           f"({self.target.kernel_release}) failed: {reason}")
         self._detach.append(["rm", "-f", link_pin])
         return link_pin
 

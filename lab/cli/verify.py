@@ -121,10 +121,7 @@ def _object(source: Path, defines: tuple[str, ...]) -> Path:
     if source.suffix == ".o":
         if defines:
             raise LabError("--define applies to C sources; rebuild the object yourself instead")
-        return source
-    from lab.bpf import build as bpf
-
-    return bpf.build(source, defines)
+    return api.build(source, defines)
 
 
 def _stem(source: Path) -> str:
