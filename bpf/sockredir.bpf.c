@@ -12,6 +12,14 @@
  *   -DSOCKREDIR_NETNS    netns cookie in the key (needs bpf_get_netns_cookie in sock_ops and
  *                        sk_msg: Linux 5.15+; refused by the verifier on 5.10)
  *   -DSOCKREDIR_MAX_ENTRIES=N   map size (bpftool loadall cannot resize maps)
+ *
+ * Policy (sredir_policy, sredir_ports; managed by `sockredir-lab redirect policy`): which
+ * connections go into the map at all, decided once per connection by its service port (the
+ * server's port: the remote port on the active side, the local port on the passive side, so both
+ * ends of one connection decide alike). The redirect costs more than TCP for small writes on some
+ * kernels and CPU layouts (docs/performance.md); an operator keeps such services on plain TCP.
+ * Per connection, never per message: mixing redirected and TCP data on one connection would
+ * reorder its byte stream.
  *   -DSOCKREDIR_TEST_WRONG_PORT_ORDER   TEST ONLY, a deliberately broken redirect: the sk_msg
  *                        program builds the peer key with the remote port in network byte order,
  *                        so no lookup ever matches (tests show the lab's checks catch it)
@@ -51,6 +59,23 @@ struct {
 	__type(key, struct sockredir_key);
 	__type(value, __u64);	/* 8 bytes: a syscall lookup returns the socket cookie */
 } sredir_hash SEC(".maps");
+
+/* Entry 0: enum sockredir_policy_mode; a fresh install (all zero) redirects every connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sredir_policy SEC(".maps");
+
+/* The listed service ports (host byte order); the value is unused. Not preallocated: usually few. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u32);
+} sredir_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -141,6 +166,22 @@ static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sock
 #endif
 }
 
+static __always_inline int policy_allows(struct bpf_sock_ops *ops)
+{
+	__u32 zero = 0, port;
+	__u32 *mode = bpf_map_lookup_elem(&sredir_policy, &zero);
+	int listed;
+
+	if (!mode || *mode == SOCKREDIR_POLICY_ALL)
+		return 1;
+	if (ops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		port = port_from_remote(CTX_U32(ops->remote_port));
+	else
+		port = CTX_U32(ops->local_port);
+	listed = bpf_map_lookup_elem(&sredir_ports, &port) != NULL;
+	return *mode == SOCKREDIR_POLICY_ONLY_LISTED ? listed : !listed;
+}
+
 static __always_inline void insert_socket(struct bpf_sock_ops *ops)
 {
 	struct sockredir_counters *count = counters();
@@ -174,7 +215,8 @@ int SOCKOPS_PROG(struct bpf_sock_ops *ops)
 	switch (ops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		insert_socket(ops);
+		if (policy_allows(ops))
+			insert_socket(ops);
 		break;
 	default:
 		break;

@@ -39,6 +39,13 @@ struct sockredir_counters {
 	__u64 bytes_missed;
 };
 
+/* sredir_policy entry 0 (lab/bpf/policy.py uses the same numbers). */
+enum sockredir_policy_mode {
+	SOCKREDIR_POLICY_ALL = 0,		/* every connection (a fresh install) */
+	SOCKREDIR_POLICY_ONLY_LISTED = 1,	/* only connections to a port in sredir_ports */
+	SOCKREDIR_POLICY_ALL_BUT_LISTED = 2,	/* every connection except those to a listed port */
+};
+
 #define SOCKREDIR_COUNTER_FIELDS 9
 _Static_assert(sizeof(struct sockredir_counters) == 8 * SOCKREDIR_COUNTER_FIELDS,
 	       "counters are u64 only");

@@ -152,7 +152,7 @@ def run_server(channel: Channel, args) -> None:
     listener = socket.socket(family, socket.SOCK_STREAM)
     if family == socket.AF_INET6:
         listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind_address == "::" else 1)
-    listener.bind((bind_address, 0))
+    listener.bind((bind_address, args.port))
     listener.listen(1)
     channel.send(port=listener.getsockname()[1])
     conn, _ = listener.accept()
@@ -232,6 +232,7 @@ def main() -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="ipv4")
     parser.add_argument("--bytes", type=int, default=4 << 20, help="bytes each side sends")
     parser.add_argument("--chunk", type=int, default=64 << 10, help="bytes per send call")
+    parser.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
     parser.add_argument("--server-cgroup")
     parser.add_argument("--client-cgroup")
     parser.add_argument("--lo-up", action="store_true", help="bring loopback up (fresh netns)")

@@ -291,8 +291,12 @@ def choose_variant(target: Target, requested: str) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------- public API
 
 def install(target: Target, cgroup: str, variant: str = "production",
-            max_entries: int | None = None) -> Installation:
-    """Load, pin and attach the redirect to ``cgroup`` (an existing, non-root cgroup v2)."""
+            max_entries: int | None = None, port_policy=None) -> Installation:
+    """Load, pin and attach the redirect to ``cgroup`` (an existing, non-root cgroup v2).
+
+    ``port_policy`` (a ``lab.bpf.policy.PortPolicy``) is set before the programs are attached, so
+    no connection is taken against it."""
+    from lab.bpf import policy  # policy builds on this module's bpftool helpers
     cgroup = cgroups.resolve(target, cgroup)
     if existing_pin_dirs(target, cgroup) or foreign_attachments(target, cgroup):
         raise LabError(f"the redirect is already installed on {cgroup} (or left over); run "
@@ -309,6 +313,9 @@ def install(target: Target, cgroup: str, variant: str = "production",
             _remove_pins(target, pin_dir)
             chosen, reason = "production", f"netns variant rejected by the verifier: {exc.key_line}"
             programs = load(target, build_object(chosen, max_entries), pin_dir)
+        if port_policy is not None:
+            policy.require_policy_maps(target, pin_dir, chosen)
+            policy.apply(target, pin_dir, port_policy)
         map_ids = attach(target, cgroup, pin_dir, programs)
     except BaseException:
         uninstall(target, cgroup)
@@ -410,6 +417,8 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
         elif info["type"] == "percpu_array":
             counters = keys.decode_counters(bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/{name}"]))
     attached_ids = {e["id"] for e in attached_sockops(target, _normalise(target, cgroup))}
+    from lab.bpf import policy
+    port_policy = policy.read(target, pin_dir).as_dict() if policy.POLICY_MAP in maps else None
     return {
         "cgroup": _normalise(target, cgroup),
         "variant": variant,
@@ -418,4 +427,5 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
         "programs": {n: asdict(p) for n, p in programs.items()},
         "entries": entries,
         "counters": counters,
+        "policy": port_policy,
     }

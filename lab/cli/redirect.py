@@ -1,4 +1,4 @@
-"""``sockredir-lab redirect install|status|uninstall --cgroup PATH``: the redirect on this host."""
+"""``sockredir-lab redirect install|status|policy|uninstall --cgroup PATH``: the redirect on this host."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import sys
 
 from lab import api
-from lab.bpf import redirect
+from lab.bpf import policy, redirect
 from lab.vm.target import Target
 
 
@@ -20,7 +20,18 @@ def register(subparsers) -> None:
                          help="production (default), netns, seed (the design document's code) or auto")
     install.add_argument("--max-entries", type=int, help="sockhash size (compiled in; default 65535)")
     install.add_argument("--json", action="store_true", help="print the installation as JSON")
+    _policy_options(install)
     install.set_defaults(func=cmd_install)
+
+    policy_parser = sub.add_parser(
+        "policy", help="which connections the redirect takes, by service port (production and netns)",
+        description="Show or set the port policy of an installed redirect. The service port is the "
+                    "server's port; a change applies to connections established after it. Without "
+                    "--only/--except/--all the policy is shown.")
+    _cgroup_option(policy_parser)
+    _policy_options(policy_parser)
+    policy_parser.add_argument("--json", action="store_true", help="print the policy as JSON")
+    policy_parser.set_defaults(func=cmd_policy)
 
     status = sub.add_parser("status", help="decoded map entries and counters")
     _cgroup_option(status)
@@ -30,6 +41,23 @@ def register(subparsers) -> None:
     uninstall = sub.add_parser("uninstall", help="detach and unpin everything of the redirect")
     _cgroup_option(uninstall)
     uninstall.set_defaults(func=cmd_uninstall)
+
+
+def _policy_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--only", metavar="PORTS",
+                       help="redirect only connections to these service ports, e.g. 6379,8000-8999")
+    group.add_argument("--except", dest="except_ports", metavar="PORTS",
+                       help="redirect every connection except those to these service ports")
+    group.add_argument("--all", action="store_true", help="redirect every connection (the default)")
+
+
+def policy_from(args) -> policy.PortPolicy | None:
+    if args.only:
+        return policy.PortPolicy("only", policy.parse_ports(args.only))
+    if args.except_ports:
+        return policy.PortPolicy("except", policy.parse_ports(args.except_ports))
+    return policy.PortPolicy("all") if args.all else None
 
 
 def _cgroup_option(parser) -> None:
@@ -44,7 +72,8 @@ def host_target() -> Target:
 def cmd_install(args) -> int:
     target = host_target()
     try:
-        installation = redirect.install(target, args.cgroup, args.variant, args.max_entries)
+        installation = redirect.install(target, args.cgroup, args.variant, args.max_entries,
+                                        policy_from(args))
     except redirect.VerifierRejected as exc:
         print(f"--- verifier log of {exc.program} ---\n{exc.log.rstrip()}\n---", file=sys.stderr)
         raise
@@ -57,6 +86,21 @@ def cmd_install(args) -> int:
     print(f"  pins: {installation.pin_dir}")
     for prog in installation.programs.values():
         print(f"  {prog.type:8} {prog.name:15} id {prog.id:<6} verified insns {prog.verified_insns}")
+    if policy_from(args):
+        print(f"  policy: {policy_from(args).describe()}")
+    return 0
+
+
+def cmd_policy(args) -> int:
+    target = host_target()
+    variant, pin_dir, _, _ = redirect.find(target, args.cgroup)
+    policy.require_policy_maps(target, pin_dir, variant)
+    wanted = policy_from(args)
+    current = policy.apply(target, pin_dir, wanted) if wanted else policy.read(target, pin_dir)
+    if args.json:
+        print(json.dumps(current.as_dict()))
+    else:
+        print(f"{'set' if wanted else 'policy'} on {args.cgroup}: {current.describe()}")
     return 0
 
 
@@ -67,6 +111,8 @@ def cmd_status(args) -> int:
         return 0
     print(f"{report['variant']} on {report['cgroup']} ({'attached' if report['attached'] else 'NOT attached'})")
     print(f"pins: {report['pin_dir']}")
+    if report["policy"]:
+        print(f"policy: {report['policy']['description']}")
     print(format_entries(report["entries"]))
     if report["counters"]:
         print("counters (all CPUs):")

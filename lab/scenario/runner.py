@@ -90,16 +90,17 @@ def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: st
 def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
              client_cgroup: str | None = None, server_cgroup: str | None = None,
              while_open: Callable[[dict], object] | None = None,
-             timeout: int = 120) -> tuple[dict, object]:
+             timeout: int = 120, port: int = 0) -> tuple[dict, object]:
     """Run scenarios/pair.py in a fresh netns on ``target``.
 
     ``while_open(state)`` is called while the connection is still up (after the data phase), e.g. to
-    dump the sockhash. Returns (pair.py's result, while_open's result).
+    dump the sockhash. ``port`` fixes the server's port (0: any free one). Returns (pair.py's
+    result, while_open's result).
     """
     target.put(SCENARIOS_DIR / "pair.py", PAIR_ON_TARGET)
     hold_dir = target.run(["mktemp", "-d", f"{RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
     cmd = ["unshare", "-n", "python3", PAIR_ON_TARGET, "--lo-up", "--family", family,
-           "--bytes", str(nbytes), "--hold-dir", hold_dir, "--timeout", str(timeout)]
+           "--bytes", str(nbytes), "--hold-dir", hold_dir, "--timeout", str(timeout), "--port", str(port)]
     if client_cgroup:
         cmd += ["--client-cgroup", client_cgroup]
     if server_cgroup:
