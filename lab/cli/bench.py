@@ -1,0 +1,198 @@
+"""``sockredir-lab bench``: measurements, printed as figures (never pass/fail thresholds).
+
+    sockredir-lab bench boot [--kernel ID ...] [--runs N]     boot-to-ready and first-command times
+    sockredir-lab bench redirect [--kernel ID|host ...] [--sizes 1,64,...] [--modes rr,stream]
+                                 [--seconds S] [--repeats N] [--json FILE] [--plot DIR]
+        plain TCP vs the redirect vs AF_UNIX per message size, mode and CPU placement, plus real
+        peers (iperf3, sockperf, redis-benchmark) with and without the redirect
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lab import LabError, api
+from lab.bench import redirect as bench
+from lab.bench import report
+from lab.cache import cache_dir
+from lab.cli.guest import available_kernel_ids
+
+PEER_TOOLS = ("iperf3", "sockperf", "redis")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="measurements: guest boot times, the redirect against TCP")
+    sub = parser.add_subparsers(dest="bench_command", required=True)
+
+    boot = sub.add_parser("boot", help="seconds from QEMU start to the ready line and to the "
+                                       "first command's result, per kernel")
+    boot.add_argument("--kernel", dest="kernels", action="append", metavar="ID",
+                      help="kernel id (repeatable; default: every available catalog kernel)")
+    boot.add_argument("--runs", type=int, default=3, help="boots per kernel (default 3)")
+    boot.set_defaults(func=cmd_bench_boot)
+
+    speed = sub.add_parser(
+        "redirect", help="plain TCP vs the redirect vs AF_UNIX, per message size, mode and CPU placement",
+        description="Measures, on each target, plain loopback TCP, TCP through the production "
+                    "redirect and AF_UNIX side by side, interleaved and repeated, and real peers "
+                    "with and without the redirect. Guests under TCG give ratios, not absolute figures.")
+    speed.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
+                       help="catalog kernel id or host (repeatable, or `all`; default host)")
+    speed.add_argument("--sizes", default=",".join(report.format_size(s) for s in bench.DEFAULT_SIZES),
+                       help="message sizes, K/M suffixes (default %(default)s)")
+    speed.add_argument("--modes", default=",".join(bench.MODES), help="rr and/or stream (default %(default)s)")
+    speed.add_argument("--pinning", default=",".join(bench.PINNINGS),
+                       help="same-cpu and/or two-cpus (default %(default)s)")
+    speed.add_argument("--seconds", type=float, default=bench.Options.seconds,
+                       help="seconds per run (default %(default)s)")
+    speed.add_argument("--repeats", type=int, default=bench.Options.repeats,
+                       help="interleaved rounds; figures are medians over them (default %(default)s)")
+    speed.add_argument("--peers", default=",".join(PEER_TOOLS),
+                       help="real peers to run: iperf3, sockperf, redis, or none (default %(default)s)")
+    speed.add_argument("--peer-seconds", type=float, default=bench.Options.peer_seconds,
+                       help="seconds per peer measurement (default %(default)s)")
+    speed.add_argument("--no-bpf-stats", action="store_true",
+                       help="skip the pass that measures the BPF programs' run time (bpf_stats)")
+    speed.add_argument("--json", type=Path, metavar="FILE", help="write every figure here (rewritten after each target)")
+    speed.add_argument("--plot", type=Path, metavar="DIR",
+                       help="write PNG plots here: one per target, and one comparing kernels")
+    speed.set_defaults(func=cmd_bench_redirect)
+
+
+# ----------------------------------------------------------------------------- bench redirect
+
+def options_from(args) -> bench.Options:
+    peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEER_TOOLS]
+    if unknown:
+        raise LabError(f"unknown peer(s) {unknown}; choose from {', '.join(PEER_TOOLS)} or none")
+    options = bench.Options(sizes=report.parse_sizes(args.sizes), modes=_words(args.modes),
+                            pinnings=_words(args.pinning), seconds=args.seconds, repeats=args.repeats,
+                            bpf_stats=not args.no_bpf_stats, peers=peers, peer_seconds=args.peer_seconds)
+    options.check()
+    return options
+
+
+def _words(text: str) -> list[str]:
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
+def kernel_ids(args) -> list[str]:
+    wanted = args.kernels or [api.HOST]
+    if "all" in wanted:
+        return available_kernel_ids(args.settings) + [api.HOST]
+    return list(dict.fromkeys(wanted))
+
+
+def new_document(options: bench.Options) -> dict:
+    return {"results": [], "peers": [], "bpf_stats": {}, "errors": {},
+            "meta": {"host": platform.node(), "host_kernel": platform.release(),
+                     "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "seconds": options.seconds, "repeats": options.repeats, "accel": {},
+                     "release": {}, "cpus": {}, "notes": {}}}
+
+
+def cmd_bench_redirect(args) -> int:
+    options = options_from(args)
+    doc = new_document(options)
+    for kernel in kernel_ids(args):
+        started = time.monotonic()
+        print(f"== {kernel}", file=sys.stderr, flush=True)
+        try:
+            bench_one(kernel, args.settings, options, doc)
+        except LabError as exc:
+            # The rest of the run goes on; the document and the exit status say what failed.
+            doc["errors"][kernel] = str(exc)
+            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
+        else:
+            print_target(doc, kernel, time.monotonic() - started)
+        if args.json:
+            report.write_json(doc, args.json)
+    if args.plot:
+        write_plots(doc, args.plot)
+    if args.json:
+        print(f"figures: {args.json}")
+    return 1 if doc["errors"] else 0
+
+
+def bench_one(kernel: str, settings, options: bench.Options, doc: dict) -> None:
+    def progress(message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    def measure(target, accel: str) -> None:
+        outcome = bench.bench_target(target, kernel, options, progress)
+        doc["results"] += outcome.results
+        doc["peers"] += outcome.peers
+        doc["bpf_stats"][kernel] = outcome.bpf_stats
+        doc["meta"]["accel"][kernel] = accel
+        doc["meta"]["release"][kernel] = target.kernel_release
+        doc["meta"]["cpus"][kernel] = len(bench.usable_cpus(target))
+        doc["meta"]["notes"][kernel] = outcome.notes
+
+    if kernel == api.HOST:
+        measure(api.host(), "native")
+        return
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kernel}-", dir=cache_dir("run")) as workdir:
+        with api.guest(kernel, settings, Path(workdir)) as guest:
+            measure(guest.target, guest.accel.name)
+
+
+def print_target(doc: dict, kernel: str, seconds: float) -> None:
+    print(report.target_table(doc, kernel))
+    for line in report.summary_lines(doc, kernel):
+        print(f"  {line}")
+    if doc["bpf_stats"].get(kernel):
+        print(report.bpf_stats_table(doc, kernel))
+    if any(peer["kernel"] == kernel for peer in doc["peers"]):
+        print(report.peers_table(doc, kernel))
+    print(f"({kernel}: {seconds:.0f} s)\n", flush=True)
+
+
+def write_plots(doc: dict, out_dir: Path) -> None:
+    for kernel in dict.fromkeys(cell["kernel"] for cell in doc["results"]):
+        print(f"plot: {report.plot_target(doc, kernel, out_dir)}")
+    compared = report.plot_kernels(doc, out_dir)
+    if compared:
+        print(f"plot: {compared}")
+
+
+# ----------------------------------------------------------------------------- bench boot
+
+def cmd_bench_boot(args) -> int:
+    if args.runs < 1:
+        raise LabError("--runs must be at least 1")
+    settings = args.settings
+    ids = args.kernels or available_kernel_ids(settings)
+    image = api.guest_image(settings)
+    rows = []
+    for kernel_id in ids:
+        kernel = api.prepare_kernel(kernel_id, settings)
+        for run in range(1, args.runs + 1):
+            with tempfile.TemporaryDirectory(prefix=f"bench-{kernel_id}-", dir=cache_dir("run")) as tmp:
+                started = time.monotonic()
+                with api.guest(kernel, settings, Path(tmp), image=image) as guest:
+                    guest.target.run(["true"], timeout=60, check=True)
+                    first_command = time.monotonic() - started
+                    rows.append((kernel_id, run, guest.accel.name, guest.boot_seconds,
+                                 guest.guest_uptime, guest.ssh_seconds, first_command))
+            print(f"{kernel_id} run {run}: ready {guest.boot_seconds:.2f}s (guest uptime "
+                  f"{guest.guest_uptime:.2f}s), first command {first_command:.2f}s", flush=True)
+    _print_summary(rows)
+    return 0
+
+
+def _print_summary(rows: list[tuple]) -> None:
+    print(f"\n{'kernel':8} {'accel':5} {'runs':>4} {'ready s (median)':>17} {'first command s':>16} "
+          f"{'min':>6} {'max':>6}")
+    for kernel_id in dict.fromkeys(row[0] for row in rows):
+        mine = [row for row in rows if row[0] == kernel_id]
+        ready = [row[3] for row in mine]
+        first = [row[6] for row in mine]
+        print(f"{kernel_id:8} {mine[0][2]:5} {len(mine):>4} {statistics.median(ready):>17.2f} "
+              f"{statistics.median(first):>16.2f} {min(first):>6.2f} {max(first):>6.2f}")
