@@ -99,6 +99,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bcc-all", action="store_true",
                     help="run the bcc tests (run-time compile, slow under TCG) on every kernel, "
                          "not only the default one (tests/integration/test_bcc.py)")
+    group.addoption("--bench-all", action="store_true",
+                    help="run the redirect bench's sanity test on every kernel, not only the host "
+                         "and the default guest (tests/integration/test_bench.py)")
     parser.addini("sockredir_kernels", "path of a kernel catalog (kernels.toml) to use instead of the "
                   "lab's, relative to the ini file", type="paths", default=[])
     parser.addini("sockredir_image_packages", "Debian packages added to the guest image",
