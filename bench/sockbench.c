@@ -5,7 +5,7 @@
  * trip sits between them. The lab builds it statically on the host and copies it to the target.
  *
  * Plan: one run per line on stdin,
- *     ID CGROUP TRANSPORT MODE SIZE CLIENT_CPU SERVER_CPU SECONDS
+ *     ID CGROUP TRANSPORT MODE SIZE CLIENT_CPU SERVER_CPU SECONDS PORT
  *   CGROUP      cgroup directory to move into before creating any socket ("-": stay): a socket
  *               belongs to the cgroup of the process that creates it, so the redirect applies
  *               exactly to runs in the cgroup where it is installed
@@ -14,6 +14,8 @@
  *               stream: the client writes SIZE bytes per write(), the server reads with a
  *               256 KiB buffer until EOF
  *   CLIENT_CPU, SERVER_CPU   CPU to pin each process to, -1: not pinned
+ *   PORT        the TCP server's port, 0: any free one (a fixed port lets a port policy of the
+ *               redirect tell these connections apart)
  * Result: one JSON object per line on stdout (flushed per run), {"id": ..., ...} or
  * {"id": ..., "error": "..."}; a failed run does not stop the plan.
  *
@@ -54,6 +56,7 @@ struct run {
 	int client_cpu;
 	int server_cpu;
 	double seconds;
+	int port;
 };
 
 /* What the server child reports to the parent through a pipe. */
@@ -154,20 +157,25 @@ static void nodelay(int fd)
 }
 
 /* A connected pair: fds[0] the client's, fds[1] the server's (accepted). */
-static int connect_pair(const char *transport, int fds[2], const char **where)
+static int connect_pair(const char *transport, int port, int fds[2], const char **where)
 {
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+				    .sin_port = htons(port) };
 	socklen_t len = sizeof(addr);
-	int listener;
+	int listener, one = 1;
 
 	if (strcmp(transport, "unix") == 0) {
 		*where = "socketpair";
 		return socketpair(AF_UNIX, SOCK_STREAM, 0, fds);
 	}
-	*where = "listen";
+	*where = "bind";
 	listener = socket(AF_INET, SOCK_STREAM, 0);
-	if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof(addr)) ||
-	    listen(listener, 1) || getsockname(listener, (struct sockaddr *)&addr, &len))
+	/* A fixed port is reused run after run: a previous run's TIME_WAIT must not refuse it. */
+	if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    bind(listener, (struct sockaddr *)&addr, sizeof(addr)))
+		return -1;
+	*where = "listen";
+	if (listen(listener, 1) || getsockname(listener, (struct sockaddr *)&addr, &len))
 		return -1;
 	*where = "connect";
 	fds[0] = socket(AF_INET, SOCK_STREAM, 0);
@@ -264,7 +272,7 @@ static void measure(const struct run *run, double *samples)
 	buf = calloc(1, run->size > READ_BUFFER ? run->size : READ_BUFFER);
 	if (!buf || pipe(pipefd))
 		return fail(run, "setup", errno);
-	if (connect_pair(run->transport, fds, &where)) {
+	if (connect_pair(run->transport, run->port, fds, &where)) {
 		err = errno;
 		goto out;
 	}
@@ -361,9 +369,9 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	while (fgets(line, sizeof(line), stdin)) {
 		memset(&run, 0, sizeof(run));
-		if (sscanf(line, "%63s %511s %15s %15s %ld %d %d %lf", run.id, run.cgroup, run.transport,
-			   run.mode, &run.size, &run.client_cpu, &run.server_cpu, &run.seconds) != 8 ||
-		    run.size < 1 || run.seconds <= 0 ||
+		if (sscanf(line, "%63s %511s %15s %15s %ld %d %d %lf %d", run.id, run.cgroup, run.transport,
+			   run.mode, &run.size, &run.client_cpu, &run.server_cpu, &run.seconds, &run.port) != 9 ||
+		    run.size < 1 || run.seconds <= 0 || run.port < 0 || run.port > 65535 ||
 		    (strcmp(run.mode, "rr") && strcmp(run.mode, "stream")) ||
 		    (strcmp(run.transport, "tcp") && strcmp(run.transport, "unix"))) {
 			printf("{\"id\": \"%s\", \"error\": \"malformed plan line\"}\n", run.id);

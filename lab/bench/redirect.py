@@ -6,6 +6,9 @@ the same program (``bench/sockbench.c``) in the same run:
     tcp        plain loopback TCP, from a cgroup with nothing attached
     redirect   loopback TCP from a cgroup where the project's loader installed the production redirect
     unix       AF_UNIX stream sockets (the physical limit the redirect can approach)
+    excluded   (with ``--policy-check``) loopback TCP from the redirect's cgroup to a service port
+               the redirect's port policy excludes: what a service kept on TCP by the policy gets
+               while the redirect is installed (should equal plain TCP)
 
 Runs are interleaved (every transport of a cell back to back, the transport order rotated from
 round to round) and repeated; a cell's figures are the medians over its rounds, with the spread.
@@ -29,7 +32,11 @@ from lab.bench import workload
 from lab.bpf import redirect
 from lab.vm.target import Target
 
-TRANSPORTS = ("tcp", "redirect", "unix")
+TRANSPORTS = ("tcp", "redirect", "unix", "excluded")
+DEFAULT_TRANSPORTS = ("tcp", "redirect", "unix")
+# The server port of the `excluded` runs, which the redirect's policy excludes; below Linux's
+# default ephemeral range (32768-60999), so the other runs' servers never get it by chance.
+EXCLUDED_PORT = 29999
 MODES = ("rr", "stream")
 PINNINGS = ("same-cpu", "two-cpus")
 DEFAULT_SIZES = (1, 64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20)
@@ -47,6 +54,7 @@ class Cell:
 class Options:
     sizes: Sequence[int] = DEFAULT_SIZES
     modes: Sequence[str] = MODES
+    transports: Sequence[str] = DEFAULT_TRANSPORTS
     pinnings: Sequence[str] = PINNINGS
     seconds: float = 0.2
     repeats: int = 3
@@ -55,7 +63,8 @@ class Options:
     peer_seconds: float = 2.0
 
     def check(self) -> None:
-        for name, chosen, known in (("mode", self.modes, MODES), ("pinning", self.pinnings, PINNINGS)):
+        for name, chosen, known in (("mode", self.modes, MODES), ("pinning", self.pinnings, PINNINGS),
+                                    ("transport", self.transports, TRANSPORTS)):
             unknown = [item for item in chosen if item not in known]
             if unknown or not chosen:
                 raise LabError(f"unknown or no {name} {unknown}; choose from {', '.join(known)}")
@@ -65,6 +74,15 @@ class Options:
             raise LabError(f"--seconds {self.seconds}: use 0.01 to 60 seconds per run")
         if self.repeats < 1:
             raise LabError(f"--repeats {self.repeats}: at least one round is needed")
+        if not {"tcp", "redirect"} <= set(self.transports):
+            raise LabError("the bench compares against plain TCP and the redirect: keep both transports")
+
+    def port_policy(self):
+        """The redirect's policy for this bench: all, or all but the `excluded` runs' port."""
+        from lab.bpf.policy import PortPolicy
+        if "excluded" in self.transports:
+            return PortPolicy("except", frozenset({EXCLUDED_PORT}))
+        return None
 
 
 @dataclass
@@ -81,7 +99,7 @@ class TargetRun:
 
 def cells(options: Options, pinnings: Sequence[str]) -> list[Cell]:
     return [Cell(mode, size, pinning, transport) for mode in options.modes for size in options.sizes
-            for pinning in pinnings for transport in TRANSPORTS]
+            for pinning in pinnings for transport in options.transports]
 
 
 def round_order(all_cells: list[Cell], round_index: int) -> list[Cell]:
@@ -94,8 +112,9 @@ def round_order(all_cells: list[Cell], round_index: int) -> list[Cell]:
 
 def plan_line(run_id: str, cell: Cell, cgroup: str, cpus: tuple[int, int], seconds: float) -> str:
     wire = "unix" if cell.transport == "unix" else "tcp"
+    port = EXCLUDED_PORT if cell.transport == "excluded" else 0
     client_cpu, server_cpu = (cpus[0], cpus[0]) if cell.pinning == "same-cpu" else cpus
-    return f"{run_id} {cgroup} {wire} {cell.mode} {cell.size} {client_cpu} {server_cpu} {seconds}"
+    return f"{run_id} {cgroup} {wire} {cell.mode} {cell.size} {client_cpu} {server_cpu} {seconds} {port}"
 
 
 def usable_cpus(target: Target) -> list[int]:
@@ -171,7 +190,7 @@ def summarise(cell: Cell, kernel: str, runs: list[dict]) -> dict:
 
 def redirected_bytes(runs: dict[Cell, list[dict]]) -> int:
     """Payload bytes the redirect runs moved (both directions for rr): every one must have gone
-    through the sk_msg program."""
+    through the sk_msg program, and no byte of the other runs."""
     return sum(run.get("bytes", 0) for cell, cell_runs in runs.items() if cell.transport == "redirect"
                for run in cell_runs if "error" not in run)
 
@@ -179,7 +198,8 @@ def redirected_bytes(runs: dict[Cell, list[dict]]) -> int:
 def check_redirect_carried(before: dict, after: dict, expected_bytes: int, where: str) -> None:
     moved = after["bytes_redirected"] - before["bytes_redirected"]
     missed = after["msgs_missed"] - before["msgs_missed"]
-    if missed or moved < expected_bytes:
+    # Exact: more would mean runs of another transport (e.g. `excluded`) went through the redirect.
+    if missed or moved != expected_bytes:
         raise LabError(f"the redirect did not carry the redirect runs on {where}: {moved} bytes "
                        f"redirected, {missed} messages missed, {expected_bytes} bytes sent; the "
                        "figures would not describe the redirect (see `redirect status`)")
@@ -230,11 +250,11 @@ def bench_target(target: Target, kernel: str, options: Options,
     pinnings, outcome.notes = pinnings_for(options, cpus)
     pair = (cpus[0], cpus[1] if len(cpus) > 1 else cpus[0])
     with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-        installation = redirect.install(target, accelerated, "production")
+        installation = redirect.install(target, accelerated, "production", port_policy=options.port_policy())
         try:
             before = redirect.status(target, accelerated)["counters"]
             runs = run_rounds(target, options, pinnings,
-                              {"tcp": plain, "redirect": accelerated, "unix": plain}, pair, progress)
+                              {"tcp": plain, "redirect": accelerated, "unix": plain, "excluded": accelerated}, pair, progress)
             check_redirect_carried(before, redirect.status(target, accelerated)["counters"],
                                    redirected_bytes(runs), target.name)
             outcome.results = [summarise(cell, kernel, cell_runs) for cell, cell_runs in runs.items()]

@@ -168,7 +168,8 @@ def _kernels(doc: dict) -> list[str]:
 
 def target_table(doc: dict, kernel: str) -> str:
     """The bench's results on one kernel as the CLI prints them: a block per pinning, a row per
-    (mode, size), the three transports' rates and the redirect's ratios against TCP and UNIX."""
+    (mode, size), the three transports' rates and the redirect's ratios against TCP and UNIX (and,
+    with the policy check, the excluded connections' rate against TCP)."""
     cells = _cells(doc, kernel)
     if not cells:
         return f"no results for kernel {kernel}"
@@ -179,14 +180,18 @@ def target_table(doc: dict, kernel: str) -> str:
              f"'{LOSS_MARK.strip()}': slower than TCP"]
     for pinning in _pinnings(cells):
         lines += ["", f"{pinning}:"]
-        lines += ["  " + line for line in _layout(_pinning_rows(cells, pinning), "llrrrrrrr")]
+        rows = _pinning_rows(cells, pinning)
+        lines += ["  " + line for line in _layout(rows, "ll" + "r" * (len(rows[0]) - 2))]
     lines += _error_lines(cells)
     return "\n".join(lines)
 
 
 def _pinning_rows(cells: dict[CellKey, dict], pinning: str) -> list[list[str]]:
+    # `excluded` (the policy check) only when measured: TCP kept by the port policy, against TCP.
+    excluded = any(key[3] == "excluded" for key in cells)
     header = (["mode", "size"] + [TRANSPORT_TITLES[t] for t in TRANSPORTS]
-              + ["redir/TCP", "redir/UNIX", "p50 tcp/redir us", "cpu/B tcp/redir"])
+              + ["redir/TCP", "redir/UNIX", "p50 tcp/redir us", "cpu/B tcp/redir"]
+              + (["excl/TCP"] if excluded else []))
     rows = [header]
     for mode, size in sorted({(key[1], key[2]) for key in cells if key[0] == pinning}):
         def get(transport: str, name: str) -> float | None:
@@ -197,7 +202,8 @@ def _pinning_rows(cells: dict[CellKey, dict], pinning: str) -> list[list[str]]:
                     + [_format_ratio(_ratio(rates["redirect"], rates["tcp"]), mark_loss=True),
                        _format_ratio(_ratio(rates["redirect"], rates["unix"])),
                        _pair(get("tcp", "p50_us"), get("redirect", "p50_us")),
-                       _pair(get("tcp", "cpu_ns_per_byte"), get("redirect", "cpu_ns_per_byte"))])
+                       _pair(get("tcp", "cpu_ns_per_byte"), get("redirect", "cpu_ns_per_byte"))]
+                    + ([_format_ratio(_ratio(get("excluded", "rate"), rates["tcp"]))] if excluded else []))
     return rows
 
 

@@ -26,10 +26,11 @@ FIELDS = {"kernel", "transport", "mode", "size", "pinning", "rate", "rate_min", 
           "p50_us", "p99_us", "cpu_ns_per_byte", "errors", "unit"}
 
 
-def check_figures(results: list[dict], kernel: str, repeats: int, pinnings=("same-cpu",)) -> dict:
+def check_figures(results: list[dict], kernel: str, repeats: int, pinnings=("same-cpu",),
+                  transports=bench.DEFAULT_TRANSPORTS) -> dict:
     """Every cell present, complete and sane; returns the cells by (transport, mode, size)."""
     cells = {(c["transport"], c["mode"], c["size"]): c for c in results if c["pinning"] == "same-cpu"}
-    expected = {(t, m, s) for t in bench.TRANSPORTS for m in bench.MODES for s in SIZES}
+    expected = {(t, m, s) for t in transports for m in bench.MODES for s in SIZES}
     assert set(cells) == expected
     assert {c["pinning"] for c in results} == set(pinnings)
     for cell in results:
@@ -55,19 +56,22 @@ def test_bench_command_on_the_host(tmp_path):
     figures, plots = tmp_path / "bench.json", tmp_path / "plots"
     proc = subprocess.run(
         [sys.executable, "-m", "lab.cli", "bench", "redirect", "--kernel", "host", "--sizes", "1,64K",
-         "--pinning", "same-cpu,two-cpus", "--seconds", "0.3", "--repeats", "3", "--peers", "none",
+         "--pinning", "same-cpu,two-cpus", "--policy-check", "--seconds", "0.3", "--repeats", "3", "--peers", "none",
          "--json", str(figures), "--plot", str(plots)],
         capture_output=True, text=True, timeout=300)
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(figures.read_text())
-    cells = check_figures(doc["results"], "host", 3, pinnings=("same-cpu", "two-cpus"))
+    # With --policy-check the bench itself fails unless the redirect's counters saw exactly the
+    # redirect runs' bytes: the `excluded` runs (same cgroup, policy-excluded port) stayed on TCP.
+    cells = check_figures(doc["results"], "host", 3, pinnings=("same-cpu", "two-cpus"),
+                          transports=bench.TRANSPORTS)
     assert ratio(cells, "rr", 1) > 1.0, "the redirect no longer beats TCP for 1-byte round trips"
     assert ratio(cells, "stream", 64 << 10) > 1.0, "the redirect no longer beats TCP for 64 KiB streams"
     # The program's own cost, measured with bpf_stats: a positive average per call.
     stats = doc["bpf_stats"]["host"]
     assert stats["sredir_msg"]["run_cnt"] > 0 and stats["sredir_msg"]["avg_ns"] > 0, stats
-    assert "redir/TCP" in proc.stdout and "round 3/3" in proc.stderr
+    assert "redir/TCP" in proc.stdout and "excl/TCP" in proc.stdout and "round 3/3" in proc.stderr
     png = (plots / "bench-host.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
