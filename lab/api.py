@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lab import IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
-from lab.bpf import cgroups, redirect
+from lab.bpf import cgroups, policy, redirect
+from lab.bpf.policy import PortPolicy, parse_ports
 from lab.cache import cache_dir
 from lab.kernel.catalog import Catalog, KernelEntry
 from lab.vm.target import Command, LocalTarget, Result, Target, as_shell
@@ -43,7 +44,8 @@ Progress = Callable[[str], None]
 
 __all__ = ["HOST", "DEFAULT_KERNEL", "Settings", "catalog", "prepare_kernel", "guest", "boot", "host",
            "build", "load", "Loaded", "MapHandle", "cgroup", "netns", "run_in", "install_redirect",
-           "uninstall_redirect", "redirect_status", "LabError"]
+           "uninstall_redirect", "redirect_status", "set_redirect_policy", "PortPolicy", "parse_ports",
+           "LabError"]
 
 
 def _stderr_progress(message: str) -> None:
@@ -368,9 +370,15 @@ def run_in(target: Target, command: Command, cgroup: str | None = None, netns: s
 # ----------------------------------------------------------------------------- the redirect
 
 def install_redirect(target: Target, cgroup_path: str, variant: str = "production",
-                     max_entries: int | None = None) -> redirect.Installation:
-    """The project's redirect on ``cgroup_path`` (see bpf/README.md for the variants)."""
-    return redirect.install(target, cgroup_path, variant, max_entries)
+                     max_entries: int | None = None, port_policy: PortPolicy | None = None) -> redirect.Installation:
+    """The project's redirect on ``cgroup_path`` (see bpf/README.md for the variants), with
+    ``port_policy`` set before it is attached (default: every connection)."""
+    return redirect.install(target, cgroup_path, variant, max_entries, port_policy)
+
+
+def set_redirect_policy(target: Target, cgroup_path: str, port_policy: PortPolicy) -> PortPolicy:
+    """Which connections the installed redirect takes from now on; returns the policy read back."""
+    return policy.apply(target, policy.pin_dir_of(target, cgroup_path), port_policy)
 
 
 def uninstall_redirect(target: Target, cgroup_path: str) -> list[str]:

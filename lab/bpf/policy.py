@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from lab import LabError
 from lab.bpf import keys
-from lab.bpf.redirect import RUN_DIR, bpftool_json
+from lab.bpf.redirect import RUN_DIR, bpftool_json, find
 from lab.vm.target import Target
 
 MODES = {"all": 0, "only": 1, "except": 2}  # enum sockredir_policy_mode in bpf/sockredir.h
@@ -99,6 +99,13 @@ def require_policy_maps(target: Target, pin_dir: str, variant: str) -> None:
     if not target.run(["test", "-e", policy_map]).ok:
         raise LabError(f"the {variant} variant installed at {pin_dir} has no port policy (only the "
                        "production and netns variants have one); reinstall with --variant production")
+
+
+def pin_dir_of(target: Target, cgroup: str) -> str:
+    """The pin directory of the redirect installed on ``cgroup``, if its variant has a policy."""
+    variant, pin_dir, _, _ = find(target, cgroup)
+    require_policy_maps(target, pin_dir, variant)
+    return pin_dir
 
 
 def read(target: Target, pin_dir: str) -> PortPolicy:

@@ -93,10 +93,9 @@ def cmd_install(args) -> int:
 
 def cmd_policy(args) -> int:
     target = host_target()
-    variant, pin_dir, _, _ = redirect.find(target, args.cgroup)
-    policy.require_policy_maps(target, pin_dir, variant)
     wanted = policy_from(args)
-    current = policy.apply(target, pin_dir, wanted) if wanted else policy.read(target, pin_dir)
+    current = (api.set_redirect_policy(target, args.cgroup, wanted) if wanted
+               else policy.read(target, policy.pin_dir_of(target, args.cgroup)))
     if args.json:
         print(json.dumps(current.as_dict()))
     else:
