@@ -234,15 +234,16 @@ def peers_table(doc: dict, kernel: str) -> str:
     peers = [peer for peer in doc.get("peers", []) if peer["kernel"] == kernel]
     if not peers:
         return f"no peer measurements for kernel {kernel}"
-    by_row: dict[tuple[str, str], dict[str, dict]] = {}
+    # One row per measurement: a tool runs several (iperf3 at two write sizes, redis per command),
+    # told apart by their detail, which is the same for both transports.
+    by_row: dict[tuple[str, str, str], dict[str, dict]] = {}
     for peer in peers:
-        by_row.setdefault((peer["tool"], peer["metric"]), {})[peer["transport"]] = peer
+        by_row.setdefault((peer["tool"], peer["metric"], peer.get("detail") or ""), {})[peer["transport"]] = peer
     rows = [["tool", "metric", "tcp", "redirect", "ratio", "detail"]]
     errors = []
-    for (tool, metric), entries in by_row.items():
+    for (tool, metric, detail), entries in by_row.items():
         rows.append([tool, metric] + [_peer_cell(entries.get(t)) for t in ("tcp", "redirect")]
-                    + [_format_ratio(_peer_ratio(metric, entries), mark_loss=True),
-                       " | ".join(dict.fromkeys(e["detail"] for e in entries.values() if e.get("detail")))])
+                    + [_format_ratio(_peer_ratio(metric, entries), mark_loss=True), detail])
         errors += [f"  {tool} {metric} {t}: {e['error']}" for t, e in entries.items() if e.get("error")]
     lines = [f"peers on kernel {kernel}; ratio: redirect/tcp (tcp/redirect for latency), "
              "so > 1: the redirect is better"]

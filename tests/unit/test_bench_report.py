@@ -142,6 +142,17 @@ def test_peers_table_puts_better_above_one_for_every_metric():
     assert report.peers_table(doc, "6.1") == "no peer measurements for kernel 6.1"
 
 
+def test_peers_table_keeps_every_measurement_of_a_tool():
+    def peer(detail, transport, value):
+        return {"kernel": "host", "tool": "iperf3", "transport": transport, "metric": "throughput",
+                "value": value, "unit": "bytes/s", "detail": detail, "error": None}
+    doc = {"peers": [peer("iperf3 -l 1K", "tcp", 4e8), peer("iperf3 -l 1K", "redirect", 2e8),
+                     peer("iperf3 -l 128K", "tcp", 4e9), peer("iperf3 -l 128K", "redirect", 8e9)]}
+    lines = [line for line in report.peers_table(doc, "host").splitlines() if line.startswith("iperf3")]
+    assert [re.split(r"\s{2,}", line)[4:6] for line in lines] == [["0.50x <", "iperf3 -l 1K"],
+                                                                   ["2.00x", "iperf3 -l 128K"]]
+
+
 def test_bpf_stats_table_computes_a_missing_average():
     doc = {"bpf_stats": {"host": {"sredir_msg": {"run_cnt": 10, "run_time_ns": 500, "avg_ns": 50.0},
                                   "sredir_ops": {"run_cnt": 4, "run_time_ns": 1000},
