@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import socket
 import time
 
 from common import connect, describe, listen, memory_figures, queue_sizes, recv_exactly, run
