@@ -99,6 +99,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bcc-all", action="store_true",
                     help="run the bcc tests (run-time compile, slow under TCG) on every kernel, "
                          "not only the default one (tests/integration/test_bcc.py)")
+    group.addoption("--conformance-all", action="store_true",
+                    help="run the conformance matrix on every kernel, not only the host and the "
+                         "default guest (tests/integration/test_conformance.py)")
     group.addoption("--bench-all", action="store_true",
                     help="run the redirect bench's sanity test on every kernel, not only the host "
                          "and the default guest (tests/integration/test_bench.py)")

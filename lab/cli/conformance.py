@@ -1,0 +1,98 @@
+"""``sockredir-lab conformance``: which socket behaviours differ from plain TCP under the redirect.
+
+    sockredir-lab conformance [--kernel ID|host|all ...] [--behaviour NAME ...] [--json FILE]
+
+Per target, every behaviour in three situations (plain, redirected, peer_outside), each compared
+with plain TCP of the same kernel in the same run: pass, fail, or xfail naming the kernel defect.
+Exit status 1 when any cell failed (or a target could not be measured).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import tempfile
+from pathlib import Path
+
+from lab import LabError, api
+from lab.bench.report import write_json
+from lab.cache import cache_dir
+from lab.cli.guest import available_kernel_ids
+from lab.conformance import matrix
+
+STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "conformance", help="socket behaviours under the redirect compared with plain TCP, per kernel",
+        description="Probes FIONREAD, poll/epoll, MSG_PEEK/WAITALL, timeouts, EOF and resets, splice, "
+                    "sendfile, backpressure... on connections with both ends redirected and with one "
+                    "end in the map, against plain TCP of the same kernel in the same run.")
+    parser.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
+                        help="catalog kernel id, host, or all (repeatable; default host)")
+    parser.add_argument("--behaviour", dest="behaviours", action="append", choices=matrix.BEHAVIOURS,
+                        metavar="NAME", help="probe only these (repeatable; default all)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the matrix here (after each target)")
+    parser.set_defaults(func=cmd_conformance)
+
+
+def kernel_ids(args) -> list[str]:
+    wanted = args.kernels or [api.HOST]
+    if "all" in wanted:
+        return available_kernel_ids(args.settings) + [api.HOST]
+    return list(dict.fromkeys(wanted))
+
+
+def cmd_conformance(args) -> int:
+    behaviours = args.behaviours or list(matrix.BEHAVIOURS)
+    doc = {"results": [], "errors": {},
+           "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "release": {}}}
+    for kernel in kernel_ids(args):
+        print(f"== {kernel}", file=sys.stderr, flush=True)
+        try:
+            release, cells = measure(kernel, args.settings, behaviours)
+        except LabError as exc:
+            doc["errors"][kernel] = str(exc)
+            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
+        else:
+            doc["meta"]["release"][kernel] = release
+            doc["results"] += [cell.as_dict() for cell in cells]
+            print(format_table(kernel, release, cells), flush=True)
+        if args.json:
+            write_json(doc, args.json)
+    failed = [r for r in doc["results"] if r["status"] == "fail"]
+    print(f"{len(doc['results'])} cells: {sum(r['status'] == 'pass' for r in doc['results'])} pass, "
+          f"{len(failed)} fail, {sum(r['status'] == 'xfail' for r in doc['results'])} xfail"
+          + (f"; {len(doc['errors'])} target(s) not measured" if doc["errors"] else ""))
+    return 1 if failed or doc["errors"] else 0
+
+
+def measure(kernel: str, settings, behaviours) -> tuple[str, list[matrix.Cell]]:
+    def progress(message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    if kernel == api.HOST:
+        target = api.host()
+        return target.kernel_release, matrix.run(target, kernel, behaviours, progress=progress)
+    with tempfile.TemporaryDirectory(prefix=f"conformance-{kernel}-", dir=cache_dir("run")) as workdir:
+        with api.guest(kernel, settings, Path(workdir)) as guest:
+            return guest.target.kernel_release, matrix.run(guest.target, kernel, behaviours, progress=progress)
+
+
+def format_table(kernel: str, release: str, cells: list[matrix.Cell]) -> str:
+    """Behaviour x situation, then one line per cell that is not a pass (what was seen, why)."""
+    by_key = {(c.behaviour, c.situation): c for c in cells}
+    behaviours = list(dict.fromkeys(c.behaviour for c in cells))
+    width = max(len(b) for b in behaviours)
+    header = f"  {'behaviour':{width}}  " + "  ".join(f"{s:12}" for s in matrix.SITUATIONS)
+    lines = [f"kernel {kernel} ({release})", header.rstrip()]
+    for behaviour in behaviours:
+        lines.append((f"  {behaviour:{width}}  " + "  ".join(
+            f"{STATUS_MARK[by_key[(behaviour, s)].status]:12}" for s in matrix.SITUATIONS)).rstrip())
+    for cell in cells:
+        if cell.status != "pass":
+            lines.append(f"  {cell.status.upper()} {cell.behaviour} [{cell.situation}]: observed {cell.observed}, "
+                         f"plain TCP {cell.expected}; {cell.reason}")
+    return "\n".join(lines) + "\n"

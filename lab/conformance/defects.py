@@ -1,0 +1,118 @@
+"""Known kernel defects of redirected (sockmap-held) TCP sockets: a difference from plain TCP that
+one of these explains is an ``xfail`` naming it; any other difference is a failure.
+
+Each entry names the upstream fix, report, or the upstream commit whose code carries the defect
+(``604326b41a6f "bpf, sockmap: convert to generic sk_msg interface"``, v4.20, introduced
+``tcp_bpf_recvmsg``: upstream fixes to that path cite it in their Fixes: tags), the kernel versions
+it affects (stable series by patch level where a fix was backported), and the symptom it explains:
+an entry only covers the difference it describes, so another failure of the same behaviour is still
+a failure. Research notes with the sources: docs/compatibility.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+Version = tuple[int, int, int]
+TCP_BPF_ORIGIN = ('604326b41a6f "bpf, sockmap: convert to generic sk_msg interface" (v4.20) '
+                  "introduced tcp_bpf_recvmsg")
+
+
+@dataclass(frozen=True)
+class Defect:
+    name: str
+    behaviours: tuple[str, ...]
+    situations: tuple[str, ...]
+    symptom: str
+    matches: Callable[[object], bool]          # the observation this defect explains
+    reference: str
+    introduced: Version = (4, 20, 0)
+    fixed: Version | None = None               # mainline release with the fix
+    stable_introduced: dict = field(default_factory=dict)   # (major, minor) -> first patch level
+    stable_fixed: dict = field(default_factory=dict)        # (major, minor) -> patch level of the backport
+
+    def affects(self, version: Version) -> bool:
+        series = version[:2]
+        first = series + (self.stable_introduced[series],) if series in self.stable_introduced else self.introduced
+        fix = series + (self.stable_fixed[series],) if series in self.stable_fixed else self.fixed
+        return first <= version and (fix is None or version < fix)
+
+    def describe(self) -> str:
+        fixed = f"fixed in {_v(self.fixed)}" if self.fixed else "not fixed upstream"
+        stable = (" (stable: " + ", ".join(f"{_v(s + (p,))}" for s, p in sorted(self.stable_fixed.items())) + ")"
+                  if self.stable_fixed else "")
+        return f"kernel defect {self.name}: {self.symptom}; {self.reference}; {fixed}{stable}"
+
+
+def _v(version) -> str:
+    return ".".join(str(part) for part in version).removesuffix(".0")
+
+
+def _get(observed, key):
+    return observed.get(key) if isinstance(observed, dict) else None
+
+
+KNOWN: tuple[Defect, ...] = (
+    Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
+           "FIONREAD/SIOCINQ reports 0 while redirected data waits in the psock's ingress_msg queue",
+           lambda seen: _get(seen, "fionread") == 0,
+           'fixed by 929e30f93125 "bpf, sockmap: Fix FIONREAD for sockmap" (first reported by '
+           'Pengcheng Yang, "tcp: Add the data length in skmsg to SIOCINQ ioctl", bpf list, 2023-11)',
+           fixed=(7, 0, 0), stable_fixed={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4}),
+    Defect("fionread-no-verdict", ("fionread", "fionread_after_partial_read"), ("peer_outside",),
+           "since the FIONREAD fix, FIONREAD counts only ingress_msg on a socket without a verdict "
+           "program, so bytes that arrived over TCP read as 0 (nginx, Java, .NET clients stall: "
+           "grafana/beyla#2941)",
+           lambda seen: _get(seen, "fionread") == 0,
+           'regression of 929e30f93125; fixed by 04af4efde58a "bpf, sockmap: Account for receive '
+           'queue in FIONREAD without a verdict program" (bpf tree, 2026-07; 7.2 passes here)',
+           introduced=(7, 0, 0), fixed=(7, 2, 0),
+           stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4}),
+    Defect("splice-read", ("splice_from_socket",), ("redirected",),
+           "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
+           "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF",
+           lambda seen: "hung" in (seen or {}) or _get(seen, "spliced") == 0,
+           'reproducer: github.com/jschwinger233/bpf_msg_redirect_bug_reproducer ("Splice reads 0 '
+           'bytes", 6.5 - bpf-next 6.9); dae disabled sockmap for it (daeuniverse/dae#518); fix '
+           'proposed, not merged: Vincent Whitchurch, "sockmap: Fix reading with splice(2)" v3, '
+           "2025-07-09"),
+    Defect("no-backpressure", ("nonreading_peer",), ("redirected",),
+           "a redirecting sender gets no EAGAIN from a peer that does not read: bpf_tcp_ingress "
+           "queues into ingress_msg without a receive-buffer limit",
+           lambda seen: _get(seen, "stopped_by") != "EAGAIN",
+           "cilium/cilium#6431 (sockmap redirect lacks tcp_rmem/tcp_wmem accounting; closed 2022 "
+           '"still a few problems about what to do when limits are reached") and #6438; '
+           'd888b7af7c14 "tcp_bpf: Add sk_rmem_alloc related logic" accounts, does not limit'),
+    Defect("waitall-ignored", ("msg_waitall",), ("redirected",),
+           "recv(MSG_WAITALL) returns what the first wake-up found: tcp_bpf_recvmsg has no "
+           "MSG_WAITALL loop", lambda seen: (_get(seen, "returned") or 0) < 4096,
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+    Defect("rcvlowat-ignored", ("so_rcvlowat",), ("redirected",),
+           "poll/select report a redirected socket readable below SO_RCVLOWAT (tcp_bpf readiness "
+           "tests only that ingress_msg is non-empty)", lambda seen: _get(seen, "readable_below_lowat") is True,
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+    Defect("close-without-reset", ("close_with_unread_data",), ("redirected",),
+           "closing a socket whose redirected data was never read sends FIN, not RST (tcp_close "
+           "looks for unread data in sk_receive_queue only), so the sender sees EOF and its data "
+           "is silently dropped", lambda seen: _get(seen, "recv") == "EOF",
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+)
+
+
+def kernel_version(release: str) -> Version:
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not match:
+        raise ValueError(f"not a kernel release: {release!r}")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+def find(behaviour: str, situation: str, release: str, observed: object) -> Defect | None:
+    """The known defect that explains ``observed`` for this behaviour, situation and kernel."""
+    version = kernel_version(release)
+    for defect in KNOWN:
+        if (behaviour in defect.behaviours and situation in defect.situations and defect.affects(version)
+                and defect.matches(observed)):
+            return defect
+    return None

@@ -1,0 +1,191 @@
+"""The conformance matrix on one target: every behaviour of ``scenarios/conformance.py`` in three
+situations, compared with plain TCP of the same kernel in the same run.
+
+    plain          both ends in a cgroup without the redirect: the reference. Its own cell is
+                   checked against what Linux TCP does (EXPECTED_PLAIN), so a probe that stopped
+                   observing anything, or a kernel whose TCP changed, shows up too.
+    redirected     both ends in the redirect's cgroup (both sockets in the sockhash)
+    peer_outside   the observed socket in the sockhash, its peer outside
+
+A cell is ``pass`` when the situation's observation equals plain TCP's; otherwise it is ``xfail``
+if the difference is a known kernel defect (``lab.conformance.defects``, which names it and the
+versions it affects), else ``fail``. Nothing is retried and nothing is a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from lab import LabError, api
+from lab.bpf import redirect
+from lab.conformance import defects
+from lab.scenario.runner import SHARED_FILES, ensure_on_target
+from lab.vm.target import Target
+
+SITUATIONS = ("plain", "redirected", "peer_outside")
+
+# What Linux TCP does on loopback, as the probes observe it (checked on the plain situation).
+EXPECTED_PLAIN = {
+    "fionread": {"fionread": 1024},
+    "fionread_after_partial_read": {"fionread": 924},
+    "siocoutq": {"siocoutq": 0},
+    "poll_readiness": {"before": ["OUT"], "after_write": ["IN", "OUT"], "drained": ["OUT"],
+                       "after_shutdown": ["IN", "OUT", "RDHUP"]},
+    "select_readiness": {"before": False, "after_write": True},
+    "epoll_level": {"after_write": ["IN"], "after_partial_read": ["IN"], "after_full_read": []},
+    "epoll_edge": {"first_write": ["IN"], "no_new_data": [], "second_write": ["IN"]},
+    "epoll_rdhup": {"after_peer_shutdown": ["IN", "RDHUP"]},
+    "epoll_hup": {"after_both_shutdown": ["HUP", "IN", "RDHUP"]},
+    "msg_peek": {"peeked": 1024, "peek_twice_same": True, "read": 1024, "read_equals_peek": True,
+                 "intact": True},
+    "msg_waitall": {"returned": 4096, "intact": True},
+    "so_rcvlowat": {"readable_below_lowat": False, "readable_above_lowat": True},
+    "dontwait_empty": {"result": "EAGAIN"},
+    "blocking_recv": {"outcomes": {"100 bytes": 20}},
+    "so_rcvtimeo": {"result": "EAGAIN", "waited": "on time"},
+    "shutdown_eof": {"read": 1024, "intact": True, "read_after_eof": "0 bytes"},
+    "close_with_unread_data": {"recv": "ECONNRESET", "send": "EPIPE"},
+    "linger_zero": {"recv": "ECONNRESET"},
+    "splice_from_socket": {"spliced": 1024, "intact": True},
+    "splice_into_socket": {"spliced": 1024, "received": 1024, "intact": True},
+    "sendfile_into_socket": {"sent": 1 << 20, "received": 1 << 20, "intact": True},
+    "readv_writev": {"readv": 2048, "intact": True},
+    "small_buffer_reads": {"sizes": [100] * 10 + [24], "intact": True},
+    "write_larger_than_sndbuf": {"received": 1 << 20, "intact": True},
+    "nonreading_peer": {"stopped_by": "EAGAIN", "queued_under_16mib": True},
+}
+BEHAVIOURS = tuple(EXPECTED_PLAIN)
+PROGRAM = "conformance.py"
+
+
+@dataclass
+class Cell:
+    kernel: str
+    behaviour: str
+    situation: str
+    status: str            # pass | fail | xfail
+    observed: object
+    expected: object
+    reason: str = ""
+    seconds: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def observation(record: dict) -> object:
+    """What a situation showed: the probe's observation, or the exception it raised."""
+    return record["observed"] if record.get("error") is None else {"exception": record["error"]}
+
+
+# ----------------------------------------------------------------------------- running
+
+def run_probes(target: Target, app_cgroup: str, peer_cgroup: str, behaviours: Sequence[str],
+               broken: Sequence[str] = ()) -> dict[str, dict]:
+    """One run of the probe program (in a fresh network namespace); records by behaviour."""
+    for shared in SHARED_FILES:
+        ensure_on_target(target, shared)
+    program = ensure_on_target(target, PROGRAM)
+    command = ["unshare", "-n", "python3", "-S", program, "--app-cgroup", app_cgroup,
+               "--peer-cgroup", peer_cgroup]
+    command += [arg for name in behaviours for arg in ("--behaviour", name)]
+    command += [arg for name in broken for arg in ("--break", name)]
+    result = target.run(command, timeout=60 + 10 * len(behaviours))
+    records = {}
+    for line in result.stdout.splitlines():
+        record = json.loads(line)
+        records[record["behaviour"]] = record
+    missing = [name for name in behaviours if name not in records]
+    if missing:
+        raise LabError(f"{PROGRAM} on {target.name} stopped before probing {', '.join(missing)} "
+                       f"(exit {result.rc}): {result.stderr.strip()[-1000:]}")
+    return records
+
+
+def inserted(counters: dict) -> int:
+    return counters["inserted_v4"] + counters["inserted_v6"] + counters["inserted_v4mapped"]
+
+
+def check_situation(situation: str, before: dict, after: dict, probes: int, where: str) -> None:
+    """The redirect's counters prove the situation was what it says: two sockets per connection
+    in the map when both ends are in its cgroup, one when the peer is outside, none in plain."""
+    wanted = {"plain": 0, "redirected": 2 * probes, "peer_outside": probes}[situation]
+    got = inserted(after) - inserted(before)
+    if got != wanted:
+        raise LabError(f"conformance on {where}, situation {situation}: the redirect inserted {got} "
+                       f"sockets for {probes} connections, expected {wanted}; the matrix would not "
+                       "describe the situation it names")
+
+
+def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (),
+            progress: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
+    """situation -> behaviour -> probe record, on ``target`` (redirect installed for the block)."""
+    observed: dict[str, dict[str, dict]] = {}
+    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
+        redirect.install(target, accelerated, "production")
+        try:
+            places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
+                      "peer_outside": (accelerated, plain)}
+            for situation, (app, peer) in places.items():
+                before = redirect.status(target, accelerated)["counters"]
+                # The deliberate break applies where a difference is looked for, not to the reference.
+                observed[situation] = run_probes(target, app, peer, behaviours,
+                                                 broken if situation != "plain" else ())
+                check_situation(situation, before, redirect.status(target, accelerated)["counters"],
+                                len(behaviours), target.name)
+                progress(f"{target.name}: {situation}: {len(behaviours)} behaviours probed")
+        finally:
+            redirect.uninstall(target, accelerated)
+    return observed
+
+
+# ----------------------------------------------------------------------------- judging
+
+def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]]) -> list[Cell]:
+    cells = []
+    for behaviour in next(iter(observed.values())):
+        reference = observation(observed["plain"][behaviour])
+        for situation in SITUATIONS:
+            record = observed[situation][behaviour]
+            seen = observation(record)
+            cell = Cell(kernel, behaviour, situation, "pass", seen, None, seconds=record.get("seconds"))
+            if situation == "plain":
+                cell.expected = EXPECTED_PLAIN[behaviour]
+                if seen != cell.expected:
+                    cell.status = "fail"
+                    cell.reason = "plain TCP differs from what Linux TCP does: the probe or the kernel changed"
+            else:
+                cell.expected = reference
+                if seen != reference:
+                    defect = defects.find(behaviour, situation, release, seen)
+                    cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
+                        "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
+            cells.append(cell)
+    return cells
+
+
+def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),
+        progress: Callable[[str], None] = print) -> list[Cell]:
+    unknown = [name for name in behaviours if name not in EXPECTED_PLAIN]
+    if unknown:
+        raise LabError(f"unknown behaviour(s) {unknown}; the behaviours are {', '.join(BEHAVIOURS)}")
+    missing = redirect.sockmap_missing(target)
+    if missing:
+        raise LabError(f"the redirect cannot run here: {missing}")
+    return judge(kernel, upstream_version(target), observe(target, behaviours, broken, progress))
+
+
+def upstream_version(target: Target) -> str:
+    """The upstream version the kernel is built from: Debian names 6.1 kernels "6.1.0-50-..." and
+    says the real patch level ("... SMP PREEMPT_DYNAMIC Debian 6.1.176-1") only at the end of
+    /proc/version (after the compiler's own "Debian 12.2.0"); defects fixed in a stable series
+    are judged by that patch level."""
+    return version_from(target.run(["cat", "/proc/version"], check=True).stdout, target.kernel_release)
+
+
+def version_from(proc_version: str, release: str) -> str:
+    versions = re.findall(r"Debian (\d+\.\d+\.\d+)", proc_version)
+    return versions[-1] if versions else release

@@ -1,0 +1,62 @@
+"""The conformance matrix in pytest: one test per behaviour, parametrised by situation, once per
+kernel (``test_fionread[kernel_6_1-peer_outside]``). A cell that differs from plain TCP of the same
+kernel fails, unless a known kernel defect explains it: then it is an xfail naming the defect.
+
+The whole matrix of a kernel is measured once (about 30 s on the host, 40 s in a TCG guest) and
+shared by its tests. By default the host and the 6.1 guest run it; ``--conformance-all`` runs every
+kernel (``sockredir-lab conformance --kernel all`` does the same from the command line).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.conformance import matrix
+from lab.pytest_plugin import HostKernel
+
+DEFAULT_GUEST = "6.1"
+_measured: dict[str, dict[tuple[str, str], matrix.Cell]] = {}
+
+
+def cells_of(kernel, target, lab) -> dict[tuple[str, str], matrix.Cell]:
+    kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
+    if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
+        pytest.skip(f"the matrix runs on the host and {DEFAULT_GUEST} by default (40 s per TCG guest); "
+                    "run with --conformance-all")
+    if kernel_id not in _measured:
+        cells = matrix.run(target, kernel_id, progress=print)
+        _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
+    return _measured[kernel_id]
+
+
+def judge(cell: matrix.Cell) -> None:
+    if cell.status == "xfail":
+        pytest.xfail(cell.reason)
+    if cell.status == "fail":
+        pytest.fail(f"{cell.behaviour} [{cell.situation}] on {cell.kernel}: observed {cell.observed}, "
+                    f"expected {cell.expected}: {cell.reason}", pytrace=False)
+
+
+def _behaviour_test(behaviour: str):
+    @pytest.mark.parametrize("situation", matrix.SITUATIONS)
+    def test(target, kernel, lab, situation):
+        judge(cells_of(kernel, target, lab)[(behaviour, situation)])
+    test.__name__ = f"test_{behaviour}"
+    test.__doc__ = f"{behaviour}: the same as plain TCP in every situation (or a named kernel defect)."
+    return test
+
+
+for _behaviour in matrix.BEHAVIOURS:
+    globals()[f"test_{_behaviour}"] = _behaviour_test(_behaviour)
+
+
+@pytest.mark.host
+def test_a_deliberately_broken_probe_fails():
+    """The comparison can fail: a FIONREAD probe told to report a wrong value in the redirected
+    situations makes those cells fail on the host (where FIONREAD is right under the redirect)."""
+    from lab import api
+    cells = matrix.run(api.host(), "host", ["fionread"], broken=["fionread"], progress=print)
+    by_situation = {cell.situation: cell for cell in cells}
+    assert by_situation["plain"].status == "pass"
+    assert by_situation["redirected"].status == "fail", by_situation["redirected"]
+    assert by_situation["redirected"].observed == {"fionread": 1025}

@@ -1,0 +1,83 @@
+"""The conformance matrix's host side without a kernel: the behaviour list agrees with the probe
+program, judging turns differences into fail or a named xfail, versions are parsed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lab import SCENARIOS_DIR
+from lab.conformance import defects, matrix
+
+
+def test_every_probe_has_an_expectation_and_no_expectation_lacks_a_probe():
+    out = subprocess.run([sys.executable, str(SCENARIOS_DIR / "conformance.py"), "--list"],
+                         capture_output=True, text=True, check=True, cwd=SCENARIOS_DIR).stdout
+    assert list(json.loads(out)) == list(matrix.BEHAVIOURS)
+    assert len(matrix.BEHAVIOURS) >= 15
+
+
+def record(behaviour, observed, error=None):
+    return {"behaviour": behaviour, "observed": observed, "error": error, "seconds": 0.1}
+
+
+def test_judging_compares_with_plain_and_checks_plain_against_linux():
+    observed = {"plain": {"fionread": record("fionread", {"fionread": 1024})},
+                "redirected": {"fionread": record("fionread", {"fionread": 1024})},
+                "peer_outside": {"fionread": record("fionread", None, "OSError: boom")}}
+    cells = {c.situation: c for c in matrix.judge("test", "1.0.0", observed)}
+    assert cells["plain"].status == cells["redirected"].status == "pass"
+    assert cells["peer_outside"].status == "fail"
+    assert cells["peer_outside"].observed == {"exception": "OSError: boom"}
+    observed["plain"]["fionread"] = record("fionread", {"fionread": 1000})
+    cells = {c.situation: c for c in matrix.judge("test", "1.0.0", observed)}
+    assert cells["plain"].status == "fail" and "Linux TCP" in cells["plain"].reason
+    # The situations are compared with what plain TCP showed in this run, not with the book.
+    assert cells["redirected"].expected == {"fionread": 1000}
+
+
+def test_a_known_defect_makes_an_xfail_only_on_the_versions_and_symptom_it_names(monkeypatch):
+    defect = defects.Defect("test-defect", ("fionread",), ("redirected",), "FIONREAD 0",
+                            lambda seen: seen == {"fionread": 0}, "commit X (test)",
+                            introduced=(5, 10, 0), fixed=(6, 8, 0), stable_fixed={(6, 6): 20})
+    monkeypatch.setattr(defects, "KNOWN", (defect,))
+
+    def judged(release, value):
+        observed = {s: {"fionread": record("fionread", {"fionread": 1024 if s == "plain" else value})}
+                    for s in matrix.SITUATIONS}
+        return {c.situation: c for c in matrix.judge("k", release, observed)}
+    for release, status in (("6.1.0-50-cloud-amd64", "xfail"), ("6.8.0", "fail"), ("5.4.0", "fail"),
+                            ("6.6.19", "xfail"), ("6.6.20", "fail")):
+        cells = judged(release, 0)
+        assert cells["redirected"].status == status, release
+        assert cells["peer_outside"].status == "fail"  # the defect names one situation only
+    assert "commit X (test)" in judged("6.1.0", 0)["redirected"].reason
+    # Another symptom of the same behaviour is not explained by it.
+    assert judged("6.1.0", 7)["redirected"].status == "fail"
+
+
+def test_the_fionread_defects_follow_their_stable_backports():
+    def explained(situation, release):
+        return defects.find("fionread", situation, release, {"fionread": 0})
+    assert explained("redirected", "6.1.0-50-cloud-amd64").name == "fionread-sockmap"
+    assert explained("redirected", "6.12.74") is not None and explained("redirected", "6.12.117") is None
+    assert explained("peer_outside", "6.12.117+deb13-cloud-amd64").name == "fionread-no-verdict"
+    assert explained("peer_outside", "6.1.0-50-cloud-amd64") is None
+    assert explained("peer_outside", "7.2.13+deb14-cloud-amd64") is None
+    assert all(d.reference and d.symptom for d in defects.KNOWN)
+
+
+@pytest.mark.parametrize("release, version", [("6.1.0-50-cloud-amd64", (6, 1, 0)),
+                                              ("7.2.13+deb14-cloud-amd64", (7, 2, 13)),
+                                              ("6.18.44-fc-v857", (6, 18, 44)), ("7.0", (7, 0, 0))])
+def test_kernel_versions(release, version):
+    assert defects.kernel_version(release) == version
+
+
+def test_the_upstream_version_of_a_debian_kernel_is_the_last_one_proc_version_names():
+    text = ("Linux version 6.1.0-50-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
+            "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC "
+            "Debian 6.1.176-1 (2026-07-02)")
+    assert matrix.version_from(text, "6.1.0-50-cloud-amd64") == "6.1.176"
+    assert matrix.version_from("Linux version 6.18.44-fc-v857 (gcc 15.3.0) #1 SMP", "6.18.44-fc-v857") == "6.18.44-fc-v857"
