@@ -253,8 +253,6 @@ def _run_child(name, channel: Channel, function, args, cgroup, netns_device, tim
         steps = function(*args)
         report = next(steps)
         while True:
-            if SPURIOUS_EAGAIN["count"]:
-                report["eagain"] = SPURIOUS_EAGAIN["count"]
             channel.send(report)
             reply = channel.receive()  # wait until the parent lets us go on
             try:
@@ -499,34 +497,27 @@ def accept_one(family_name: str, port: int):
     return conn
 
 
-# Blocking recv()/send() calls that failed with EAGAIN anyway, in this process. Seen on sockets the
-# redirect holds (tcp_bpf's receive wait can wake up with nothing for it and return -EAGAIN even
-# without MSG_DONTWAIT). Applications would see an error; the scenarios retry, count them, and
-# every report of the worker carries the count ("eagain"), so the lab can show it.
-SPURIOUS_EAGAIN = {"count": 0}
+class SpuriousEagain(OSError):
+    """A blocking recv()/send() failed with EAGAIN: an application would see this error, so a
+    scenario never retries it (the conformance suite probes for it: blocking_recv*)."""
 
 
 def recv(conn: socket.socket, size: int) -> bytes:
-    """conn.recv, retrying (and counting) EAGAIN on a blocking socket."""
-    while True:
-        try:
-            return conn.recv(size)
-        except BlockingIOError:
-            if conn.gettimeout() is not None:
-                raise
-            SPURIOUS_EAGAIN["count"] += 1
+    try:
+        return conn.recv(size)
+    except BlockingIOError as exc:
+        if conn.gettimeout() is None:
+            raise SpuriousEagain(exc.errno, f"blocking recv() failed with EAGAIN: {exc.strerror}") from None
+        raise
 
 
 def send_all(conn: socket.socket, data) -> None:
-    """conn.sendall, retrying (and counting) EAGAIN on a blocking socket without losing track."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[conn.send(view):]
-        except BlockingIOError:
-            if conn.gettimeout() is not None:
-                raise
-            SPURIOUS_EAGAIN["count"] += 1
+    try:
+        conn.sendall(data)
+    except BlockingIOError as exc:
+        if conn.gettimeout() is None:
+            raise SpuriousEagain(exc.errno, f"blocking send() failed with EAGAIN: {exc.strerror}") from None
+        raise
 
 
 def recv_exactly(conn: socket.socket, size: int, digest=None) -> int:

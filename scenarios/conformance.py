@@ -302,6 +302,31 @@ def blocking_recv(pair: Pair, broken: set[str]) -> dict:
 
 
 @probe
+def blocking_recv_stream(pair: Pair, broken: set[str]) -> dict:
+    """Blocking recv(1 MiB) calls while the peer streams 32 MiB in 64 KiB writes and we stream as
+    much back (both directions at once, as a proxy or an RPC pipeline does): each call returns
+    data until all has arrived; the first error (EAGAIN on a blocking socket) ends the read."""
+    total, chunk = 32 << 20, b"\0" * (64 << 10)
+
+    def stream(sock):
+        for _ in range(total // len(chunk)):
+            sock.sendall(chunk)
+    later(0, lambda: stream(pair.peer))
+    later(0, lambda: stream(pair.app))
+    ReadAll(pair.peer)
+    received = 0
+    try:
+        while received < total:
+            data = pair.app.recv(1 << 20)
+            if not data:
+                return {"result": "EOF before all data"}
+            received += len(data)
+    except OSError as exc:
+        return {"result": errno_name(exc)}
+    return {"result": "all data"}
+
+
+@probe
 def so_rcvtimeo(pair: Pair, broken: set[str]) -> dict:
     """SO_RCVTIMEO 300 ms on an empty socket: EAGAIN after about the timeout."""
     pair.app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 300_000))

@@ -116,17 +116,11 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
 
     thread = threading.Thread(target=sender)
     thread.start()
-    received, digest, error, eagain = 0, hashlib.sha256(), None, 0
+    received, digest, error = 0, hashlib.sha256(), None
     try:
         while received < size:
-            try:
-                data = sock.recv(min(1 << 20, size - received))
-            except BlockingIOError:
-                # A blocking recv() on a socket the redirect holds can return EAGAIN with nothing
-                # for it (tcp_bpf's wait woke up empty; seen with a peer outside the map). Counted
-                # and reported, then retried.
-                eagain += 1
-                continue
+            # Not retried: an EAGAIN from this blocking recv() is an error an application sees.
+            data = sock.recv(min(1 << 20, size - received))
             if not data:
                 error = f"recv: peer closed after {received} bytes"
                 break
@@ -136,7 +130,7 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
         error = f"recv: {exc}"
     thread.join()
     return {"sent": sent["bytes"], "sent_sha256": hashlib.sha256(payload).hexdigest(),
-            "received": received, "received_sha256": digest.hexdigest(), "spurious_eagain": eagain,
+            "received": received, "received_sha256": digest.hexdigest(),
             "error": sent["error"] or error}
 
 

@@ -85,6 +85,14 @@ KNOWN: tuple[Defect, ...] = (
            "cilium/cilium#6431 (sockmap redirect lacks tcp_rmem/tcp_wmem accounting; closed 2022 "
            '"still a few problems about what to do when limits are reached") and #6438; '
            'd888b7af7c14 "tcp_bpf: Add sk_rmem_alloc related logic" accounts, does not limit'),
+    Defect("blocking-eagain", ("blocking_recv", "blocking_recv_stream"), ("redirected", "peer_outside"),
+           "a blocking recv() fails with EAGAIN: tcp_bpf_recvmsg waits once (tcp_msg_wait_data) and "
+           "returns -EAGAIN when that wait ends without data for it, e.g. woken by write space on the "
+           "shared wait queue while data flows both ways, where tcp_recvmsg keeps waiting",
+           lambda seen: "EAGAIN" in str(seen),
+           f"{TCP_BPF_ORIGIN}; 5b2c5540b811 \"bpf, sockmap: Fix return codes from "
+           "tcp_bpf_recvmsg_parser()\" (2022) fixed the same return for the parser path only; "
+           "intermittent: blocking_recv_stream (32 MiB both ways) shows it in most host runs"),
     Defect("waitall-ignored", ("msg_waitall",), ("redirected",),
            "recv(MSG_WAITALL) returns what the first wake-up found: tcp_bpf_recvmsg has no "
            "MSG_WAITALL loop", lambda seen: (_get(seen, "returned") or 0) < 4096,
@@ -101,11 +109,44 @@ KNOWN: tuple[Defect, ...] = (
 )
 
 
+def upstream_version(target) -> str:
+    """The upstream version the kernel is built from: Debian names 6.1 kernels "6.1.0-50-..." and
+    says the real patch level ("... SMP PREEMPT_DYNAMIC Debian 6.1.176-1") only at the end of
+    /proc/version (after the compiler's own "Debian 12.2.0"); defects fixed in a stable series
+    are judged by that patch level."""
+    return version_from(target.run(["cat", "/proc/version"], check=True).stdout, target.kernel_release)
+
+
+def version_from(proc_version: str, release: str) -> str:
+    versions = re.findall(r"Debian (\d+\.\d+\.\d+)", proc_version)
+    return versions[-1] if versions else release
+
+
 def kernel_version(release: str) -> Version:
     match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
     if not match:
         raise ValueError(f"not a kernel release: {release!r}")
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+# How scenarios/common.py reports it (SpuriousEagain): a scenario that failed only this way shows
+# the blocking-eagain defect, not a new one.
+SPURIOUS_EAGAIN_TEXT = "failed with EAGAIN"
+
+
+def explain_pair_error(error: str | None, release: str) -> Defect | None:
+    """The defect behind scenarios/pair.py's error when it is a blocking recv()'s EAGAIN."""
+    if not error or "Resource temporarily unavailable" not in error:
+        return None
+    return find("blocking_recv", "redirected", release, "EAGAIN")
+
+
+def explain_scenario_failures(failures: list[str], release: str) -> Defect | None:
+    """The defect behind a scenario's failures when a blocking call's EAGAIN cut its data run short
+    (the byte counts and checksums that then fail follow from it; they stay in the verdict)."""
+    if not any(SPURIOUS_EAGAIN_TEXT in failure for failure in failures):
+        return None
+    return find("blocking_recv", "redirected", release, "EAGAIN")
 
 
 def find(behaviour: str, situation: str, release: str, observed: object) -> Defect | None:

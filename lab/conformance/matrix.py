@@ -15,7 +15,6 @@ versions it affects), else ``fail``. Nothing is retried and nothing is a warning
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -45,6 +44,7 @@ EXPECTED_PLAIN = {
     "so_rcvlowat": {"readable_below_lowat": False, "readable_above_lowat": True},
     "dontwait_empty": {"result": "EAGAIN"},
     "blocking_recv": {"outcomes": {"100 bytes": 20}},
+    "blocking_recv_stream": {"result": "all data"},
     "so_rcvtimeo": {"result": "EAGAIN", "waited": "on time"},
     "shutdown_eof": {"read": 1024, "intact": True, "read_after_eof": "0 bytes"},
     "close_with_unread_data": {"recv": "ECONNRESET", "send": "EPIPE"},
@@ -175,17 +175,5 @@ def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, bro
     missing = redirect.sockmap_missing(target)
     if missing:
         raise LabError(f"the redirect cannot run here: {missing}")
-    return judge(kernel, upstream_version(target), observe(target, behaviours, broken, progress))
+    return judge(kernel, defects.upstream_version(target), observe(target, behaviours, broken, progress))
 
-
-def upstream_version(target: Target) -> str:
-    """The upstream version the kernel is built from: Debian names 6.1 kernels "6.1.0-50-..." and
-    says the real patch level ("... SMP PREEMPT_DYNAMIC Debian 6.1.176-1") only at the end of
-    /proc/version (after the compiler's own "Debian 12.2.0"); defects fixed in a stable series
-    are judged by that patch level."""
-    return version_from(target.run(["cat", "/proc/version"], check=True).stdout, target.kernel_release)
-
-
-def version_from(proc_version: str, release: str) -> str:
-    versions = re.findall(r"Debian (\d+\.\d+\.\d+)", proc_version)
-    return versions[-1] if versions else release

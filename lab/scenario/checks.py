@@ -46,11 +46,10 @@ class Stop(Exception):
 @dataclass
 class Verdict:
     scenario: str
-    status: str = "pass"              # pass | warn | fail | gated
+    status: str = "pass"              # pass | fail | xfail (a named kernel defect) | gated
     reason: str | None = None         # why gated
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -59,12 +58,6 @@ class Verdict:
             self.failures.append(message)
             self.status = "fail"
         return ok
-
-    def warn(self, message: str) -> None:
-        """Something an application would notice that did not break the data (see docs)."""
-        self.warnings.append(message)
-        if self.status == "pass":
-            self.status = "warn"
 
     def equal(self, what: str, got, want) -> bool:
         return self.expect(got == want, f"{what}: got {got}, expected {want}")
@@ -80,7 +73,7 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return {"scenario": self.scenario, "status": self.status, "reason": self.reason,
-                "failures": self.failures, "warnings": self.warnings, "notes": self.notes,
+                "failures": self.failures, "notes": self.notes,
                 "figures": self.figures,
                 "seconds": round(self.seconds, 1)}
 
@@ -122,12 +115,6 @@ def rounds_of(verdict: Verdict, result: dict) -> dict[str, RoundView]:
     if result.get("error"):
         verdict.expect(False, f"scenario error: {result['error'][:1000]}")
         raise Stop()
-    for view in views.values():
-        eagain = sum(report.get("eagain", 0) for report in view.results.values() if isinstance(report, dict))
-        if eagain:
-            verdict.warn(f"{view.name}: blocking recv()/send() failed with EAGAIN {eagain} times "
-                         "(retried; an application would have seen an error)")
-            verdict.figure(f"{view.name} spurious EAGAIN", eagain)
     return views
 
 

@@ -52,8 +52,6 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
                  f"{verdict.reason or verdict.summary()}")
         for failure in verdict.failures:
             progress(f"      FAIL: {failure}")
-        for warning in verdict.warnings:
-            progress(f"      warning: {warning}")
         verdicts.append(verdict)
     return verdicts
 
@@ -107,7 +105,7 @@ def status_cell(report: KernelReport, scenario_id: str) -> str:
     verdict = next((v for v in report.verdicts if v.scenario == scenario_id), None)
     if verdict is None:
         return "-"
-    return {"pass": "pass", "warn": "warn", "fail": "FAIL", "gated": "gated"}[verdict.status]
+    return {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "gated": "gated"}[verdict.status]
 
 
 def format_table(reports: list[KernelReport], scenario_ids: list[str]) -> str:
@@ -129,9 +127,8 @@ def format_table(reports: list[KernelReport], scenario_ids: list[str]) -> str:
         if report.error:
             lines.append(f"  ERROR: {report.error}")
         for verdict in report.verdicts:
-            detail = verdict.reason if verdict.status == "gated" else verdict.summary()
+            detail = verdict.reason if verdict.status in ("gated", "xfail") else verdict.summary()
             lines.append(f"  {verdict.scenario.ljust(width)}{status_cell(report, verdict.scenario):<6} {detail}")
             lines += [f"  {'':{width}}      FAIL: {failure}" for failure in verdict.failures]
-            lines += [f"  {'':{width}}      warning: {warning}" for warning in verdict.warnings]
         lines += [f"  kernel splat in dmesg: {splat}" for splat in report.splats[:10]]
     return "\n".join(lines)

@@ -12,6 +12,8 @@ import posixpath
 
 import pytest
 
+from pair_checks import assert_no_error
+
 from lab import LabError
 from lab.bpf import cgroups
 from lab.bpf import redirect
@@ -29,7 +31,8 @@ def show_programs(installation: redirect.Installation) -> None:
 
 def baseline_out_segs(target: Target) -> int:
     pair, _ = run_pair(target, nbytes=NBYTES)
-    assert pair["error"] is None and pair["intact"], pair
+    assert_no_error(pair, target)
+    assert pair["intact"], pair
     return pair["counters_delta"]["tcp_out_segs"]
 
 
@@ -48,7 +51,7 @@ def test_one_connection_two_entries_data_intact(target, cgroup, variant):
     after = redirect.status(target, cgroup)
     print("pair:", json.dumps(pair.get("counters_delta")), "counters:", after["counters"])
 
-    assert pair["error"] is None, pair["error"]
+    assert_no_error(pair, target)
     assert pair["intact"], "payload corrupted or short"
     assert pair["client"]["sent"] == pair["server"]["sent"] == NBYTES
     entries = held["entries"]
@@ -77,11 +80,13 @@ def test_redirected_data_bypasses_tcp(target, cgroup, variant):
     plain_segs = baseline_out_segs(target)
     redirect.install(target, cgroup, variant)
     pair, _ = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup)
-    assert pair["error"] is None and pair["intact"], pair["error"]
+    assert_no_error(pair, target)
+    assert pair["intact"]
     redirected_segs = pair["counters_delta"]["tcp_out_segs"]
     print(f"{variant}: Tcp OutSegs during {2 * NBYTES} bytes: plain TCP {plain_segs}, redirected {redirected_segs}; "
           f"lo tx packets {pair['counters_delta']['lo_tx_packets']}")
-    assert pair["error"] is None and pair["intact"]
+    assert_no_error(pair, target)
+    assert pair["intact"]
     assert plain_segs >= 20, "the baseline did not use TCP: the comparison means nothing"
     assert redirected_segs * 20 <= plain_segs
 
@@ -99,7 +104,8 @@ def test_production_ipv6_and_v4_mapped(target, cgroup, family, inserted):
                           while_open=lambda state: redirect.status(target, cgroup))
     counters = redirect.status(target, cgroup)["counters"]
     print(family, [(p["family"], p["sockname"]) for p in (pair["client"], pair["server"])], counters)
-    assert pair["error"] is None and pair["intact"]
+    assert_no_error(pair, target)
+    assert pair["intact"]
     assert entry_tuples(held["entries"]) == socket_tuples(pair) and len(held["entries"]) == 2
     for name in ("inserted_v4", "inserted_v6", "inserted_v4mapped"):
         assert counters[name] == inserted.get(name, 0), (name, counters)
@@ -111,7 +117,8 @@ def test_seed_ignores_ipv6(target, cgroup):
     redirect.install(target, cgroup, "seed")
     pair, held = run_pair(target, family="ipv6", client_cgroup=cgroup, server_cgroup=cgroup,
                           while_open=lambda state: redirect.status(target, cgroup))
-    assert pair["error"] is None and pair["intact"]
+    assert_no_error(pair, target)
+    assert pair["intact"]
     assert held["entries"] == []
     assert pair["counters_delta"]["tcp_out_segs"] > 0
 
@@ -124,7 +131,7 @@ def test_server_outside_cgroup_keeps_working_over_tcp(target, cgroup):
                           while_open=lambda state: redirect.status(target, cgroup))
     counters = redirect.status(target, cgroup)["counters"]
     print("outside peer:", counters, pair.get("counters_delta"))
-    assert pair["error"] is None, pair["error"]  # in particular no EACCES from an SK_DROP verdict
+    assert_no_error(pair, target)  # in particular no EACCES from an SK_DROP verdict
     assert pair["intact"]
     assert entry_tuples(held["entries"]) == socket_tuples(pair, roles=("client",))
     assert counters["inserted_v4"] == 1
@@ -140,7 +147,8 @@ def test_full_map_falls_back_to_tcp(target, cgroup):
     pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup,
                           while_open=lambda state: redirect.status(target, cgroup))
     counters = redirect.status(target, cgroup)["counters"]
-    assert pair["error"] is None and pair["intact"]
+    assert_no_error(pair, target)
+    assert pair["intact"]
     assert len(held["entries"]) == 1
     assert counters["insert_failed"] == 1 and counters["msgs_redirected"] == 0
 

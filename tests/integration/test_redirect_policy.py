@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+from pair_checks import assert_no_error
+
 from lab.bpf import policy, redirect
 from lab.scenario.runner import entry_tuples, run_pair, socket_tuples
 
@@ -16,7 +18,8 @@ def connection(target, cgroup, port):
     """(pair result, map entries while the connection was up) for one connection to ``port``."""
     pair, held = run_pair(target, nbytes=NBYTES, client_cgroup=cgroup, server_cgroup=cgroup, port=port,
                           while_open=lambda state: redirect.status(target, cgroup)["entries"])
-    assert pair["error"] is None and pair["intact"], pair
+    assert_no_error(pair, target)
+    assert pair["intact"], pair
     return pair, held
 
 

@@ -5,7 +5,7 @@ without the redirect and a redirected round, each in a fresh network namespace, 
 counted around the data phase. The judging (two entries per connection, bytes intact, bypass ratio
 against the baseline, program counters, kprobe) lives in ``lab.scenario_checks`` and ``lab.checks``
 so that ``sockredir-lab suite`` judges the same way; here a verdict's failures fail the test, its
-gate skips it with the reason, and its warnings become pytest warnings. Scenario JSON (with the raw
+gate skips it with the reason, and a failure that is a named kernel defect is an xfail. Scenario JSON (with the raw
 map dumps) and the verdict are saved under the run's artifacts.
 
 The redirect installations are shared by the tests of one kernel (module-scoped ``suite_env``),
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import pytest
 
@@ -52,8 +51,8 @@ def judge(env: Env, scenario_id: str, artifacts) -> Verdict:
         print(f"note: {note}")
     if verdict.status == "gated":
         pytest.skip(verdict.reason)
-    for warning in verdict.warnings:
-        warnings.warn(f"{scenario_id} on {env.target.kernel_release}: {warning}")
+    if verdict.status == "xfail":
+        pytest.xfail(f"{verdict.reason}; failures: {verdict.failures}")
     assert not verdict.failures, f"{scenario_id}:\n  " + "\n  ".join(verdict.failures)
     return verdict
 

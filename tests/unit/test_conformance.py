@@ -79,5 +79,5 @@ def test_the_upstream_version_of_a_debian_kernel_is_the_last_one_proc_version_na
     text = ("Linux version 6.1.0-50-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
             "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC "
             "Debian 6.1.176-1 (2026-07-02)")
-    assert matrix.version_from(text, "6.1.0-50-cloud-amd64") == "6.1.176"
-    assert matrix.version_from("Linux version 6.18.44-fc-v857 (gcc 15.3.0) #1 SMP", "6.18.44-fc-v857") == "6.18.44-fc-v857"
+    assert defects.version_from(text, "6.1.0-50-cloud-amd64") == "6.1.176"
+    assert defects.version_from("Linux version 6.18.44-fc-v857 (gcc 15.3.0) #1 SMP", "6.18.44-fc-v857") == "6.18.44-fc-v857"

@@ -81,13 +81,12 @@ def test_kprobe_must_be_silent_without_the_redirect():
     assert "no kprobes" in no_kprobes.notes[0]
 
 
-def test_spurious_eagain_is_a_warning_not_a_failure():
+def test_a_spurious_eagain_is_a_scenario_error_hence_a_failure():
     verdict = checks.Verdict("x")
-    result = {"error": None, "rounds": {"redirect": {"results": {"server": {"eagain": 2}, "client": {}},
-                                                      "phases": {}, "snapshots": {}}}}
-    checks.rounds_of(verdict, result)
-    assert verdict.status == "warn" and not verdict.failures
-    assert "EAGAIN 2 times" in verdict.warnings[0]
+    result = {"error": "server: SpuriousEagain: [Errno 11] blocking recv() failed with EAGAIN", "rounds": {}}
+    with pytest.raises(checks.Stop):
+        checks.rounds_of(verdict, result)
+    assert verdict.status == "fail" and "EAGAIN" in verdict.failures[0]
 
 
 def test_a_scenario_error_stops_the_check():
@@ -150,3 +149,14 @@ def test_write_sizes_cover_one_byte_to_four_kib():
     assert min(sizes) == 1 and 4000 <= max(sizes) <= 4096
     assert len(set(sizes)) > 900
     assert sum(common.bulk_sizes(1000, 64)) == 1000 and common.bulk_sizes(1000, 64)[-1] == 1000 % 64
+
+
+def test_a_data_run_cut_short_by_a_blocking_eagain_is_the_named_defect():
+    from lab.conformance import defects
+    failures = ["redirect: client error recv: [Errno 11] blocking recv() failed with EAGAIN: Resource "
+                "temporarily unavailable", "redirect: bytes client received from server: got -1, expected 33554432"]
+    defect = defects.explain_scenario_failures(failures, "6.18.44")
+    assert defect is not None and defect.name == "blocking-eagain"
+    assert defects.explain_scenario_failures(failures[1:], "6.18.44") is None
+    assert defects.explain_pair_error("recv: [Errno 11] Resource temporarily unavailable", "6.1.176").name == "blocking-eagain"
+    assert defects.explain_pair_error("recv: peer closed after 5 bytes", "6.1.176") is None
