@@ -149,6 +149,13 @@ def explain_scenario_failures(failures: list[str], release: str) -> Defect | Non
     return find("blocking_recv", "redirected", release, "EAGAIN")
 
 
+def by_name(name: str) -> Defect:
+    for defect in KNOWN:
+        if defect.name == name:
+            return defect
+    raise KeyError(f"no known defect {name!r}; the known ones are {', '.join(d.name for d in KNOWN)}")
+
+
 def find(behaviour: str, situation: str, release: str, observed: object) -> Defect | None:
     """The known defect that explains ``observed`` for this behaviour, situation and kernel."""
     version = kernel_version(release)
