@@ -21,7 +21,7 @@ from lab import LabError, api
 from lab.bench import redirect as bench
 from lab.bench import report
 from lab.cache import cache_dir
-from lab.cli.guest import available_kernel_ids
+from lab.cli.guest import available_kernel_ids, target_ids
 
 PEER_TOOLS = ("iperf3", "sockperf", "redis")
 
@@ -88,13 +88,6 @@ def _words(text: str) -> list[str]:
     return [word.strip() for word in text.split(",") if word.strip()]
 
 
-def kernel_ids(args) -> list[str]:
-    wanted = args.kernels or [api.HOST]
-    if "all" in wanted:
-        return available_kernel_ids(args.settings) + [api.HOST]
-    return list(dict.fromkeys(wanted))
-
-
 def new_document(options: bench.Options) -> dict:
     return {"results": [], "peers": [], "bpf_stats": {}, "errors": {},
             "meta": {"host": platform.node(), "host_kernel": platform.release(),
@@ -106,7 +99,7 @@ def new_document(options: bench.Options) -> dict:
 def cmd_bench_redirect(args) -> int:
     options = options_from(args)
     doc = new_document(options)
-    for kernel in kernel_ids(args):
+    for kernel in target_ids(args):
         started = time.monotonic()
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from lab import LabError, api
 from lab.bench.report import write_json
 from lab.cache import cache_dir
-from lab.cli.guest import available_kernel_ids
+from lab.cli.guest import target_ids
 from lab.conformance import matrix
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail"}
@@ -37,19 +37,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_conformance)
 
 
-def kernel_ids(args) -> list[str]:
-    wanted = args.kernels or [api.HOST]
-    if "all" in wanted:
-        return available_kernel_ids(args.settings) + [api.HOST]
-    return list(dict.fromkeys(wanted))
-
-
 def cmd_conformance(args) -> int:
     behaviours = args.behaviours or list(matrix.BEHAVIOURS)
     doc = {"results": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
-    for kernel in kernel_ids(args):
+    for kernel in target_ids(args):
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:
             release, cells = measure(kernel, args.settings, behaviours)
