@@ -190,10 +190,14 @@ def sockperf_measurements(seconds: float) -> list[Measurement]:
     return result
 
 
+# No persistence: the server must not write snapshots (or leave them) during a measurement. Also the
+# server of lab/conformance/apps.py's redis check.
+REDIS_SERVER = _command(["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                         "--protected-mode", "no"], "--port") + ' --dir "$WORKDIR"'
+
+
 def redis_measurements(seconds: float) -> list[Measurement]:
-    # No persistence: the server must not write snapshots (or leave them) during a measurement.
-    server = _command(["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--protected-mode", "no"], "--port") + ' --dir "$WORKDIR"'
+    server = REDIS_SERVER
     pipelined = max(1000, int(REDIS_PIPELINED_RATE * seconds))
     unpipelined = max(1000, int(REDIS_UNPIPELINED_RATE * seconds))
     runs = ((("set", "get"), ["-P", str(REDIS_PIPELINE), "-n", str(pipelined)]),
@@ -237,7 +241,7 @@ def run_peers(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel_la
     unknown = [tool for tool in tools if tool not in TOOLS]
     if unknown:
         raise LabError(f"unknown peer tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
-    target.put(SCRIPT, SCRIPT_ON_TARGET)
+    install_peer_script(target)
     cgroups = {"tcp": plain_cgroup, "redirect": redirect_cgroup}
     records = []
     for tool in tools:
@@ -254,7 +258,12 @@ def run_peers(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel_la
 
 def missing_binary(target: Target, tool: str) -> str | None:
     """Why ``tool`` cannot run on ``target`` (a binary is not installed), or None."""
-    for binary, package in BINARIES[tool].items():
+    return missing_package(target, BINARIES[tool])
+
+
+def missing_package(target: Target, binaries: dict[str, str]) -> str | None:
+    """Why one of ``binaries`` (binary -> the Debian package that brings it) is not on ``target``."""
+    for binary, package in binaries.items():
         if not target.run(["command", "-v", binary]).ok:
             named = binary if binary == package else f"{binary} (Debian package {package})"
             return (f"{named} is not installed on {target.name}; add {package} to images/rootfs.toml "
@@ -267,11 +276,9 @@ def measure(target: Target, measurement: Measurement, transport: str, cgroup: st
     """One server/client run inside ``cgroup``: its records. A failure of the tool is a record with
     its error, never raised; a lost target or an unusable cgroup raises (LabError)."""
     client_limit = int(measurement.seconds + CLIENT_SLACK)
-    first_port = random.randrange(*FIRST_PORTS)
-    argv = ["sh", SCRIPT_ON_TARGET, measurement.tool, str(first_port), str(LISTEN_WAIT),
-            str(client_limit), measurement.server, measurement.client]
     try:
-        result = api.run_in(target, argv, cgroup=cgroup, timeout=LISTEN_WAIT + client_limit + STOP_MARGIN)
+        result = run_peer_script(target, measurement.tool, measurement.server, measurement.client,
+                                 client_limit, cgroup)
         readings = _readings(measurement, result)
     except (PeerOutputError, CommandTimeout) as exc:  # a timeout here: peer.sh's own limits failed
         error = f"{measurement.run} over {transport} on {target.name}: {exc}".replace("\n", " | ")
@@ -280,6 +287,20 @@ def measure(target: Target, measurement: Measurement, transport: str, cgroup: st
     for detail, reading in readings.items():
         progress(f"peers: {detail} over {transport}: {reading.value:.4g} {measurement.unit}")
     return _records(kernel_label, measurement, transport, readings=readings)
+
+
+def run_peer_script(target: Target, name: str, server: str, client: str, client_limit: int,
+                    cgroup: str) -> Result:
+    """One bench/peer.sh run inside ``cgroup`` (copied to the target by ``install_peer_script``):
+    ``server`` in the background, ``client`` within ``client_limit`` seconds. CommandTimeout only
+    when peer.sh's own limits failed."""
+    argv = ["sh", SCRIPT_ON_TARGET, name, str(random.randrange(*FIRST_PORTS)), str(LISTEN_WAIT),
+            str(client_limit), server, client]
+    return api.run_in(target, argv, cgroup=cgroup, timeout=LISTEN_WAIT + client_limit + STOP_MARGIN)
+
+
+def install_peer_script(target: Target) -> None:
+    target.put(SCRIPT, SCRIPT_ON_TARGET)
 
 
 def _readings(measurement: Measurement, result: Result) -> dict[str, Reading]:

@@ -72,7 +72,8 @@ KNOWN: tuple[Defect, ...] = (
            stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4}),
     Defect("splice-read", ("splice_from_socket",), ("redirected",),
            "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
-           "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF",
+           "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF, so a splicing "
+           "proxy forwards nothing and sees a normal end of stream (silent data loss)",
            lambda seen: "hung" in (seen or {}) or _get(seen, "spliced") == 0,
            'reproducer: github.com/jschwinger233/bpf_msg_redirect_bug_reproducer ("Splice reads 0 '
            'bytes", 6.5 - bpf-next 6.9); dae disabled sockmap for it (daeuniverse/dae#518); fix '

@@ -1,0 +1,306 @@
+"""Applications through the redirect (lab/conformance/apps.py): the readers on outputs captured on the
+host kernel 6.18 through the redirect (tests/unit/app_outputs/: nginx 1.22 + curl 7.88, redis 7.0,
+scenarios/splice_proxy.py), the judging, and run_apps end to end with a stand-in target."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab import api
+from lab.bench import peers
+from lab.conformance import apps, defects
+from lab.vm.target import Result, Target
+
+OUTPUTS = Path(__file__).parent / "app_outputs"
+NGINX_FILE_SHA256 = "8a34adf65ceab3038ed1c9a096b9e64fc8ae45e1bfcd7e2f73dd4c4c07dc5950"
+SIZE = 64 << 20
+
+
+def output(name: str) -> str:
+    return (OUTPUTS / name).read_text()
+
+
+# ----------------------------------------------------------------------------- readers
+
+def test_sections_split_on_their_headers():
+    assert apps.sections("noise\n### a\n1\n2\n### b\n### c\nx\n") == {"a": "1\n2", "b": "", "c": "x"}
+
+
+def test_nginx_output_shows_both_bodies_intact_over_one_connection():
+    observed = apps.observe_nginx(output("nginx-fetch.txt"), NGINX_FILE_SHA256)
+    assert observed["checked"] == apps.nginx_expected(SIZE)
+    assert observed["figures"]["body_sha256"] == [NGINX_FILE_SHA256] * 2
+    assert observed["figures"]["client_ports"] == [51532, 51532]
+
+
+def test_nginx_bodies_are_compared_with_the_served_file():
+    checked = apps.observe_nginx(output("nginx-fetch.txt"), "0" * 64)["checked"]
+    assert checked["bodies_match_file"] == [False, False]
+
+
+def test_curl_transfers_and_a_timed_out_fetch():
+    assert apps.parse_curl_transfers("transfer 200 5 1 40000\ntransfer 000 0 0 0\n") == [
+        {"status": 200, "bytes": 5, "new_connections": 1, "port": 40000},
+        {"status": 0, "bytes": 0, "new_connections": 0, "port": 0}]
+    # curl ran out of --max-time in the first transfer: one line, exit 28, one body missing.
+    cut = ("### curl\ncurl: (28) Operation timed out\ntransfer 200 1048576 1 40000\n### curl-exit\n28\n"
+           "### bodies\nsha256sum: /tmp/x/body1: No such file or directory\n### access-log\n### error-log\n")
+    checked = apps.observe_nginx(cut, NGINX_FILE_SHA256)["checked"]
+    assert checked["curl_exit"] == 28 and checked["http_status"] == [200]
+    assert checked["bodies_match_file"] == [False] and checked["connections"] == 1
+    assert checked["nginx_served"] == [] and checked["nginx_connections"] == 0
+
+
+def test_nginx_access_log_and_errors():
+    assert apps.parse_access_log("3 1 200 10\n3 2 404 153\ngarbage line\n") == [
+        {"connection": 3, "request": 1, "status": 200, "bytes": 10},
+        {"connection": 3, "request": 2, "status": 404, "bytes": 153}]
+    text = output("nginx-fetch.txt") + "2026/12/02 10:00:00 [alert] 1#1: sendfile() failed\n"
+    assert apps.observe_nginx(text, NGINX_FILE_SHA256)["checked"]["nginx_errors"] == [
+        "2026/12/02 10:00:00 [alert] 1#1: sendfile() failed"]
+
+
+def test_redis_output_shows_every_request_executed_and_the_values_read_back():
+    observed = apps.observe_redis(output("redis-check.txt"))
+    assert observed["checked"] == apps.redis_expected(100_000, 10_000)
+    assert observed["figures"]["requests_per_second"] == {"SET": 2127659.75, "GET": 2127659.75}
+
+
+def test_redis_readers():
+    info = ("# Commandstats\r\ncmdstat_set:calls=7,usec=1,usec_per_call=0.1\r\n"
+            "cmdstat_config|get:calls=2,usec=1\r\n")
+    assert apps.parse_commandstats(info) == {"set": 7, "config|get": 2}
+    assert apps.parse_pipe_summary("All data transferred.\nerrors: 3, replies: 10000\n") == {
+        "errors": 3, "replies": 10000}
+    assert apps.parse_pipe_summary("Error writing to the server: Connection reset by peer\n") is None
+    assert apps.parse_digest_line("a" * 64 + " 12\n") == ("a" * 64, 12)
+    assert apps.parse_digest_line(" 0\n") is None
+
+
+def test_redis_broken_run_differs_where_it_broke():
+    # redis-benchmark cut by its limit, the read-back short: every difference is visible.
+    without_get = "\n".join(line for line in output("redis-check.txt").splitlines()
+                            if not line.startswith('"GET"'))
+    text = (without_get
+            .replace("### benchmark-exit\n0", "### benchmark-exit\n124")
+            .replace("cmdstat_get:calls=100000", "cmdstat_get:calls=99984")
+            .replace("ef5a209fc21f947c3ec40c20a717bfcad82e0d2f26dba980d94fa5f61062daea 10000\n### readback",
+                     "ef5a209fc21f947c3ec40c20a717bfcad82e0d2f26dba980d94fa5f61062daea 10000\n### readback\n"
+                     "0000000000000000000000000000000000000000000000000000000000000000 9999\n### ignored"))
+    checked = apps.observe_redis(text)["checked"]
+    assert checked["benchmark_exit"] == 124 and checked["benchmark_tests"] == ["SET"]
+    assert checked["server_calls"] == {"set": 100_000, "get": 99_984}
+    assert checked["readback_values"] == 9999 and checked["readback_matches_written"] is False
+    no_csv = apps.observe_redis("### benchmark\nCould not connect to Redis at 127.0.0.1:1\n")["checked"]
+    assert no_csv["benchmark_tests"].startswith('redis-benchmark --csv output has no "test","rps" header')
+    assert no_csv["pipe"] is None and no_csv["dbsize"] is None and no_csv["readback_matches_written"] is False
+
+
+def test_splice_proxy_over_tcp_is_intact():
+    observed = apps.observe_splice_proxy(output("splice-proxy-tcp.json"))
+    assert observed["checked"] == apps.splice_proxy_expected(16 << 20)
+
+
+def test_splice_proxy_through_the_redirect_lost_everything_silently():
+    # Captured on the host: the proxy's splice read returned 0 (as at EOF) once the client's FIN came;
+    # the client got an empty echo and a clean end.
+    checked = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
+    assert checked["finished"] is True and checked["sent"] == 16 << 20 and checked["echoed"] == 0
+    assert checked["upstream_received"] == 0 and checked["upstream_intact"] is False
+    assert checked["proxy"]["client->upstream"] == {"spliced_in": 0, "spliced_out": 0, "state": "done"}
+
+
+def test_splice_proxy_garbage_is_an_error_observation():
+    assert apps.observe_splice_proxy("Traceback (most recent call last):\n  boom\n")["checked"] == {
+        "error": "splice_proxy.py printed no JSON result: 'Traceback (most recent call last):\\n  boom'"}
+    assert apps.parse_proxy_report('noise\n{"finished": false}\n') == {"finished": False}
+
+
+# ----------------------------------------------------------------------------- the splice-read symptom
+
+def hung_proxy() -> dict:
+    """The other face of the defect: the proxy blocked in splice(2) until the client's deadline."""
+    doc = json.loads(output("splice-proxy-redirect.json"))
+    doc.update(finished=False, seconds=20.0, upstream=None)
+    doc["proxy"] = [{"name": "client->upstream", "spliced_in": 0, "spliced_out": 0, "state": "reading"}]
+    return apps.observe_splice_proxy(json.dumps(doc))["checked"]
+
+
+def test_splice_read_symptom_both_faces():
+    returned_zero = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
+    assert apps.splice_read_defect(returned_zero, "6.18.14") is defects.by_name("splice-read")
+    assert apps.splice_read_defect(hung_proxy(), "5.10.240") is defects.by_name("splice-read")
+
+
+def test_other_differences_are_not_the_splice_read_defect():
+    partial = hung_proxy()
+    partial["proxy"]["client->upstream"]["spliced_in"] = 65536
+    assert apps.splice_read_defect(partial, "6.18.14") is None
+    echoed_anyway = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
+    echoed_anyway["echoed"] = 100
+    assert apps.splice_read_defect(echoed_anyway, "6.18.14") is None
+    assert apps.splice_read_defect(hung_proxy(), "4.19.0") is None   # before tcp_bpf_recvmsg existed
+    assert apps.splice_read_defect({"error": "no JSON"}, "6.18.14") is None
+
+
+# ----------------------------------------------------------------------------- judging
+
+COUNTERS = {"inserted_v4": 2, "inserted_v6": 0, "inserted_v4mapped": 0, "bytes_redirected": 134218428,
+            "msgs_missed": 0}
+
+
+def results(app: apps.App, tcp_checked: dict, redirect_checked: dict, counters=COUNTERS, release="6.1.176"):
+    tcp = apps.AppResult("6.1", app.name, "tcp", "pass", {"checked": tcp_checked, "figures": {}}, app.expected)
+    apps.judge_tcp(tcp)
+    redirect = apps.AppResult("6.1", app.name, "redirect", "pass",
+                              {"checked": redirect_checked, "figures": {}, "redirect_counters": counters}, {})
+    apps.judge_redirect(app, redirect, tcp, release)
+    return tcp, redirect
+
+
+NGINX = apps.nginx_app(NGINX_FILE_SHA256)
+
+
+def test_same_as_tcp_and_carried_by_the_redirect_passes():
+    good = apps.nginx_expected(SIZE)
+    tcp, redirect = results(NGINX, good, dict(good))
+    assert (tcp.status, redirect.status, redirect.reason) == ("pass", "pass", "")
+    assert redirect.expected == good
+
+
+def test_a_difference_from_tcp_fails_and_says_what_differs():
+    bad = dict(apps.nginx_expected(SIZE), connections=2)
+    _, redirect = results(NGINX, apps.nginx_expected(SIZE), bad)
+    assert redirect.status == "fail"
+    assert redirect.reason == ("differs from plain TCP on the same kernel; no known kernel defect explains "
+                               "it: connections: 2, expected 1")
+
+
+def test_a_failed_reference_fails_the_app_as_a_set_up_problem():
+    broken = dict(apps.nginx_expected(SIZE), curl_exit=7)
+    tcp, redirect = results(NGINX, broken, apps.nginx_expected(SIZE))
+    assert tcp.status == "fail" and "set-up problem" in tcp.reason and "curl_exit: 7, expected 0" in tcp.reason
+    assert redirect.status == "fail" and redirect.reason.startswith("the reference run over plain TCP failed: ")
+
+
+def test_a_run_the_redirect_did_not_carry_fails():
+    good = apps.nginx_expected(SIZE)
+    _, redirect = results(NGINX, good, dict(good), counters=dict(COUNTERS, bytes_redirected=1000))
+    assert redirect.status == "fail"
+    assert redirect.reason == ("the redirect's counters do not show it carried this run: 2 sockets inserted "
+                               "(at least 2 expected), 1000 bytes redirected for 134217728 bytes the "
+                               "application moved")
+
+
+def test_splice_read_symptom_is_an_xfail_naming_the_defect():
+    proxy = apps.splice_proxy_app()
+    lost = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
+    _, redirect = results(proxy, proxy.expected, lost, counters=dict(COUNTERS, bytes_redirected=16 << 20))
+    assert redirect.status == "xfail"
+    assert redirect.reason == defects.by_name("splice-read").describe()
+    # The same symptom in another app is not this defect.
+    redis = apps.redis_app()
+    _, redirect = results(redis, redis.expected, dict(redis.expected, dbsize=0),
+                          counters=dict(COUNTERS, bytes_redirected=1 << 30))
+    assert redirect.status == "fail"
+
+
+# ----------------------------------------------------------------------------- run_apps, stand-in target
+
+class FakeTarget(Target):
+    """A 6.1 guest that has every binary and answers the few commands run_apps makes itself."""
+
+    name = "fake"
+
+    def __init__(self, missing=()):
+        super().__init__()
+        self.missing = set(missing)
+        self.commands = []
+
+    def _run(self, cmd, timeout, input):
+        self.commands.append(cmd)
+        if cmd.startswith("command -v "):
+            return Result(cmd, 1 if cmd.split()[-1] in self.missing else 0, "", "")
+        if cmd == "cat /proc/version":
+            return Result(cmd, 0, "Linux version 6.1.0-50-amd64 (gcc-12 (Debian 12.2.0-14)) "
+                                  "Debian 6.1.176-1\n", "")
+        if cmd.startswith("sha256sum "):
+            return Result(cmd, 0, f"{NGINX_FILE_SHA256}  {cmd.split()[-1]}\n", "")
+        return Result(cmd, 0, "", "")
+
+    def put(self, local, remote):
+        pass
+
+
+CAPTURED = {"nginx": "nginx-fetch.txt", "redis": "redis-check.txt"}
+
+
+def fake_runs(monkeypatch, answer):
+    """peer.sh runs answered by ``answer(app, cgroup) -> Result``; the redirect's counters grow by a
+    fixed step per status read, as if each redirect run carried 1 GiB over one connection."""
+    calls = []
+    reads = [0]
+
+    def run_peer_script(target, name, server, client, client_limit, cgroup):
+        calls.append((name, cgroup))
+        return answer(name, cgroup)
+
+    def redirect_status(target, cgroup):
+        reads[0] += 1
+        return {"counters": {"inserted_v4": 2 * reads[0], "inserted_v6": 0, "inserted_v4mapped": 0,
+                             "bytes_redirected": reads[0] << 30, "msgs_missed": 0}}
+
+    monkeypatch.setattr(peers, "run_peer_script", run_peer_script)
+    monkeypatch.setattr(api, "redirect_status", redirect_status)
+    return calls
+
+
+def captured(name: str, cgroup: str) -> Result:
+    if name == "splice_proxy":
+        name = "splice-proxy-tcp.json" if cgroup == "plain" else "splice-proxy-redirect.json"
+        return Result("", 0, output(name), "")
+    return Result("", 0, output(CAPTURED[name]), "")
+
+
+def test_run_apps_records_every_app_over_tcp_then_the_redirect(monkeypatch):
+    calls = fake_runs(monkeypatch, captured)
+    target = FakeTarget()
+    records = apps.run_apps(target, "plain", "fast", "6.1", progress=lambda _: None)
+    assert calls == [(name, cgroup) for name in apps.APPS for cgroup in ("plain", "fast")]
+    assert [(r["app"], r["transport"], r["status"]) for r in records] == [
+        ("nginx", "tcp", "pass"), ("nginx", "redirect", "pass"), ("redis", "tcp", "pass"),
+        ("redis", "redirect", "pass"), ("splice_proxy", "tcp", "pass"), ("splice_proxy", "redirect", "xfail")]
+    assert set(records[0]) == {"kernel", "app", "transport", "status", "observed", "expected", "reason",
+                               "seconds"}
+    assert records[1]["observed"]["redirect_counters"]["bytes_redirected"] == 1 << 30
+    assert apps.verdict(records, "splice_proxy")["reason"].startswith("kernel defect splice-read: ")
+    assert target.commands[-1] == f"rm -rf {apps.SERVED_DIR}"
+
+
+def test_a_run_peer_sh_had_to_cut_is_a_difference(monkeypatch):
+    def answer(name, cgroup):
+        if cgroup == "fast":
+            return Result("", 124, "### curl\n", "peer.sh: nginx: client gave no result within 90s: sh x\n")
+        return captured(name, cgroup)
+
+    fake_runs(monkeypatch, answer)
+    record = apps.verdict(apps.run_apps(FakeTarget(), "plain", "fast", "6.1", apps=("nginx",),
+                                        progress=lambda _: None), "nginx")
+    assert record["status"] == "fail"
+    assert record["observed"]["checked"]["peer.sh"] == "nginx: client gave no result within 90s: sh x"
+
+
+def test_a_missing_binary_fails_both_runs_and_runs_nothing(monkeypatch):
+    calls = fake_runs(monkeypatch, lambda name, cgroup: pytest.fail("nothing should run"))
+    records = apps.run_apps(FakeTarget(missing={"curl"}), "plain", "fast", "6.1", apps=("nginx",),
+                            progress=lambda _: None)
+    assert not calls and [r["status"] for r in records] == ["fail", "fail"]
+    assert records[0]["reason"] == ("curl is not installed on fake; add curl to images/rootfs.toml (guests) "
+                                    "or scripts/debian-packages.txt (host)")
+    assert records[1]["reason"] == f"the reference run over plain TCP failed: {records[0]['reason']}"
+
+
+def test_unknown_app_is_refused():
+    with pytest.raises(apps.LabError, match="unknown app.s. haproxy; the apps are nginx, redis, splice_proxy"):
+        apps.run_apps(FakeTarget(), "plain", "fast", "6.1", apps=("haproxy",))
