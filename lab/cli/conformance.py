@@ -1,9 +1,10 @@
 """``sockredir-lab conformance``: which socket behaviours differ from plain TCP under the redirect.
 
-    sockredir-lab conformance [--kernel ID|host|all ...] [--behaviour NAME ...] [--json FILE]
+    sockredir-lab conformance [--kernel ID|host|all ...] [--behaviour NAME ...] [--apps] [--json FILE]
 
 Per target, every behaviour in three situations (plain, redirected, peer_outside), each compared
 with plain TCP of the same kernel in the same run: pass, fail, or xfail naming the kernel defect.
+With ``--apps``, also nginx, redis and a splice(2) proxy over plain TCP and through the redirect.
 Exit status 1 when any cell failed (or a target could not be measured).
 """
 
@@ -18,7 +19,7 @@ from lab import LabError, api
 from lab.bench.report import write_json
 from lab.cache import cache_dir
 from lab.cli.guest import target_ids
-from lab.conformance import matrix
+from lab.conformance import apps, matrix
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail"}
 
@@ -33,45 +34,79 @@ def register(subparsers) -> None:
                         help="catalog kernel id, host, or all (repeatable; default host)")
     parser.add_argument("--behaviour", dest="behaviours", action="append", choices=matrix.BEHAVIOURS,
                         metavar="NAME", help="probe only these (repeatable; default all)")
+    parser.add_argument("--apps", action="store_true",
+                        help="also run nginx+curl, redis-benchmark and a splice proxy with and without the redirect")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the matrix here (after each target)")
     parser.set_defaults(func=cmd_conformance)
 
 
 def cmd_conformance(args) -> int:
     behaviours = args.behaviours or list(matrix.BEHAVIOURS)
-    doc = {"results": [], "errors": {},
+    doc = {"results": [], "apps": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
     for kernel in target_ids(args):
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:
-            release, cells = measure(kernel, args.settings, behaviours)
+            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps)
         except LabError as exc:
             doc["errors"][kernel] = str(exc)
             print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
         else:
             doc["meta"]["release"][kernel] = release
             doc["results"] += [cell.as_dict() for cell in cells]
+            doc["apps"] += app_records
             print(format_table(kernel, release, cells), flush=True)
+            if app_records:
+                print(format_apps(app_records), flush=True)
         if args.json:
             write_json(doc, args.json)
-    failed = [r for r in doc["results"] if r["status"] == "fail"]
+    failed = [r for r in doc["results"] + doc["apps"] if r["status"] == "fail"]
     print(f"{len(doc['results'])} cells: {sum(r['status'] == 'pass' for r in doc['results'])} pass, "
           f"{len(failed)} fail, {sum(r['status'] == 'xfail' for r in doc['results'])} xfail"
+          + (f"; applications: {summary(doc['apps'])}" if doc["apps"] else "")
           + (f"; {len(doc['errors'])} target(s) not measured" if doc["errors"] else ""))
     return 1 if failed or doc["errors"] else 0
 
 
-def measure(kernel: str, settings, behaviours) -> tuple[str, list[matrix.Cell]]:
+def summary(records: list[dict]) -> str:
+    results = [r for r in records if r["transport"] == "redirect"]
+    return ", ".join(f"{sum(r['status'] == status for r in results)} {status}" for status in ("pass", "fail", "xfail"))
+
+
+def measure(kernel: str, settings, behaviours, with_apps: bool) -> tuple[str, list[matrix.Cell], list[dict]]:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
+    def on(target) -> tuple[str, list[matrix.Cell], list[dict]]:
+        cells = matrix.run(target, kernel, behaviours, progress=progress)
+        return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
+
     if kernel == api.HOST:
-        target = api.host()
-        return target.kernel_release, matrix.run(target, kernel, behaviours, progress=progress)
+        return on(api.host())
     with tempfile.TemporaryDirectory(prefix=f"conformance-{kernel}-", dir=cache_dir("run")) as workdir:
         with api.guest(kernel, settings, Path(workdir)) as guest:
-            return guest.target.kernel_release, matrix.run(guest.target, kernel, behaviours, progress=progress)
+            return on(guest.target)
+
+
+def run_apps(target, kernel: str, progress) -> list[dict]:
+    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
+        api.install_redirect(target, accelerated)
+        try:
+            return apps.run_apps(target, plain, accelerated, kernel, progress=progress)
+        finally:
+            api.uninstall_redirect(target, accelerated)
+
+
+def format_apps(records: list[dict]) -> str:
+    lines = ["  applications (redirect run against the plain-TCP run):"]
+    for app in apps.APPS:
+        mine = [r for r in records if r["app"] == app]
+        if not mine:
+            continue
+        result = apps.verdict(mine, app)
+        lines.append(f"  {app:14} {STATUS_MARK[result['status']]:6} {result['seconds']:.1f}s  {result['reason']}".rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def format_table(kernel: str, release: str, cells: list[matrix.Cell]) -> str:
