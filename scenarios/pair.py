@@ -128,6 +128,11 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
             received += len(data)
     except OSError as exc:
         error = f"recv: {exc}"
+        # Stop both directions: the sender thread and the peer end now instead of at the timeout.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     thread.join()
     return {"sent": sent["bytes"], "sent_sha256": hashlib.sha256(payload).hexdigest(),
             "received": received, "received_sha256": digest.hexdigest(),
@@ -250,21 +255,29 @@ def main() -> int:
         for _, channel in children.values():
             channel.send(go=True)
         for role, (_, channel) in children.items():
-            result[role].update(expect(channel, role))
+            # Both sides' outcomes, even when one failed: the first error is often the other's cause.
+            try:
+                result[role].update(expect(channel, role))
+            except (RuntimeError, OSError) as exc:
+                result[role]["error"] = str(exc)
         after = stack_counters()
-        errors = [result[role]["error"] for role in children if result[role].get("error")]
-        if errors:
-            result["error"] = "; ".join(errors)
         result["counters_delta"] = {name: after[name] - before[name] for name in before}
-        result["intact"] = (result["client"]["sent_sha256"] == result["server"]["received_sha256"]
-                            and result["server"]["sent_sha256"] == result["client"]["received_sha256"]
-                            and result["client"]["received"] == result["server"]["received"] == args.bytes)
+        errors = [error if error.startswith(f"{role}:") else f"{role}: {error}"
+                  for role in children if (error := result[role].get("error"))]
+        if errors:
+            result["error"], result["intact"] = "; ".join(errors), False
+        else:
+            result["intact"] = (result["client"]["sent_sha256"] == result["server"]["received_sha256"]
+                                and result["server"]["sent_sha256"] == result["client"]["received_sha256"]
+                                and result["client"]["received"] == result["server"]["received"] == args.bytes)
         if args.hold_dir:
             hold(args.hold_dir, result, args.timeout)
-        for _, channel in children.values():
-            channel.send(close=True)
         for role, (_, channel) in children.items():
-            expect(channel, role)
+            try:
+                channel.send(close=True)
+                expect(channel, role)
+            except (OSError, RuntimeError, EOFError):
+                pass  # a side that already failed has exited; its error is in the result
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
