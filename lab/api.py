@@ -44,7 +44,7 @@ Progress = Callable[[str], None]
 
 __all__ = ["HOST", "DEFAULT_KERNEL", "Settings", "catalog", "prepare_kernel", "guest", "boot", "host",
            "build", "load", "Loaded", "MapHandle", "cgroup", "netns", "run_in", "install_redirect",
-           "uninstall_redirect", "redirect_status", "set_redirect_policy", "PortPolicy", "parse_ports",
+           "uninstall_redirect", "redirected_cgroup", "redirect_status", "set_redirect_policy", "PortPolicy", "parse_ports",
            "LabError"]
 
 
@@ -379,6 +379,19 @@ def install_redirect(target: Target, cgroup_path: str, variant: str = "productio
 def set_redirect_policy(target: Target, cgroup_path: str, port_policy: PortPolicy) -> PortPolicy:
     """Which connections the installed redirect takes from now on; returns the policy read back."""
     return policy.apply(target, policy.pin_dir_of(target, cgroup_path), port_policy)
+
+
+@contextlib.contextmanager
+def redirected_cgroup(target: Target, variant: str = "production",
+                      port_policy: PortPolicy | None = None) -> Iterator[redirect.Installation]:
+    """A fresh cgroup with the redirect installed, for the block (``installed.cgroup`` is its
+    path); uninstalled and removed afterwards, whatever happened."""
+    with cgroup(target) as path:
+        installed = redirect.install(target, path, variant, port_policy=port_policy)
+        try:
+            yield installed
+        finally:
+            redirect.uninstall(target, path)
 
 
 def uninstall_redirect(target: Target, cgroup_path: str) -> list[str]:

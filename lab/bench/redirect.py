@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 from lab import LabError, api
 from lab.bench import workload
-from lab.bpf import redirect
+from lab.bpf import keys, redirect
 from lab.vm.target import Target
 
 TRANSPORTS = ("tcp", "redirect", "unix", "excluded")
@@ -136,7 +136,6 @@ def pinnings_for(options: Options, cpus: list[int]) -> tuple[list[str], list[str
 
 def run_rounds(target: Target, options: Options, pinnings: list[str], cgroups_by_transport: dict[str, str],
                cpus: tuple[int, int], progress: Callable[[str], None]) -> dict[Cell, list[dict]]:
-    binary = workload.ensure_on_target(target)
     all_cells = cells(options, pinnings)
     runs: dict[Cell, list[dict]] = {cell: [] for cell in all_cells}
     for round_index in range(options.repeats):
@@ -144,15 +143,20 @@ def run_rounds(target: Target, options: Options, pinnings: list[str], cgroups_by
         lines = [plan_line(f"r{round_index}c{i}", cell, cgroups_by_transport[cell.transport], cpus, options.seconds)
                  for i, cell in enumerate(order)]
         started = time.monotonic()
-        # One process runs the round: no SSH round trip or interpreter between two runs.
-        budget = 60 + len(lines) * (options.seconds * 4 + 2)
-        result = target.run([binary], input="\n".join(lines) + "\n", timeout=budget)
-        outputs = parse_outputs(result.stdout, len(lines), target.name, result.stderr)
+        outputs = run_plan(target, lines, options.seconds)
         for i, cell in enumerate(order):
             runs[cell].append(outputs.get(f"r{round_index}c{i}") or {"error": "no result printed"})
         progress(f"{target.name}: round {round_index + 1}/{options.repeats}: {len(lines)} runs in "
                  f"{time.monotonic() - started:.0f} s")
     return runs
+
+
+def run_plan(target: Target, lines: list[str], seconds: float) -> dict[str, dict]:
+    """sockbench's results by run id for a plan. One process runs it all: no SSH round trip or
+    interpreter sits between two runs."""
+    result = target.run([workload.ensure_on_target(target)], input="\n".join(lines) + "\n",
+                        timeout=60 + len(lines) * (seconds * 4 + 2))
+    return parse_outputs(result.stdout, len(lines), target.name, result.stderr)
 
 
 def parse_outputs(stdout: str, expected: int, where: str, stderr: str = "") -> dict[str, dict]:
@@ -196,8 +200,8 @@ def redirected_bytes(runs: dict[Cell, list[dict]]) -> int:
 
 
 def check_redirect_carried(before: dict, after: dict, expected_bytes: int, where: str) -> None:
-    moved = after["bytes_redirected"] - before["bytes_redirected"]
-    missed = after["msgs_missed"] - before["msgs_missed"]
+    delta = keys.counters_delta(before, after)
+    moved, missed = delta["bytes_redirected"], delta["msgs_missed"]
     # Exact: more would mean runs of another transport (e.g. `excluded`) went through the redirect.
     if missed or moved != expected_bytes:
         raise LabError(f"the redirect did not carry the redirect runs on {where}: {moved} bytes "
@@ -226,9 +230,7 @@ def measure_bpf_stats(target: Target, options: Options, installation: redirect.I
         before = program_stats(target, installation.prog_ids)
         lines = [plan_line(f"s{i}", Cell(mode, size, "same-cpu", "redirect"), cgroup, cpus, options.seconds)
                  for i, (mode, size) in enumerate((m, s) for m in options.modes for s in options.sizes)]
-        result = target.run([workload.ensure_on_target(target)], input="\n".join(lines) + "\n",
-                            timeout=60 + len(lines) * (options.seconds * 4 + 2))
-        parse_outputs(result.stdout, len(lines), target.name, result.stderr)
+        run_plan(target, lines, options.seconds)
         after = program_stats(target, installation.prog_ids)
     finally:
         target.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={previous}"])
@@ -249,21 +251,19 @@ def bench_target(target: Target, kernel: str, options: Options,
     cpus = usable_cpus(target)
     pinnings, outcome.notes = pinnings_for(options, cpus)
     pair = (cpus[0], cpus[1] if len(cpus) > 1 else cpus[0])
-    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-        installation = redirect.install(target, accelerated, "production", port_policy=options.port_policy())
-        try:
-            before = redirect.status(target, accelerated)["counters"]
-            runs = run_rounds(target, options, pinnings,
-                              {"tcp": plain, "redirect": accelerated, "unix": plain, "excluded": accelerated}, pair, progress)
-            check_redirect_carried(before, redirect.status(target, accelerated)["counters"],
-                                   redirected_bytes(runs), target.name)
-            outcome.results = [summarise(cell, kernel, cell_runs) for cell, cell_runs in runs.items()]
-            if options.bpf_stats:
-                outcome.bpf_stats = measure_bpf_stats(target, options, installation, accelerated, pair)
-            if options.peers:
-                from lab.bench import peers
-                outcome.peers = peers.run_peers(target, plain, accelerated, kernel, options.peer_seconds,
-                                                options.peers, progress)
-        finally:
-            redirect.uninstall(target, accelerated)
+    with (api.cgroup(target) as plain,
+          api.redirected_cgroup(target, port_policy=options.port_policy()) as installed):
+        accelerated = installed.cgroup
+        before = redirect.status(target, accelerated)["counters"]
+        runs = run_rounds(target, options, pinnings,
+                          {"tcp": plain, "redirect": accelerated, "unix": plain, "excluded": accelerated}, pair, progress)
+        check_redirect_carried(before, redirect.status(target, accelerated)["counters"],
+                               redirected_bytes(runs), target.name)
+        outcome.results = [summarise(cell, kernel, cell_runs) for cell, cell_runs in runs.items()]
+        if options.bpf_stats:
+            outcome.bpf_stats = measure_bpf_stats(target, options, installed, accelerated, pair)
+        if options.peers:
+            from lab.bench import peers
+            outcome.peers = peers.run_peers(target, plain, accelerated, kernel, options.peer_seconds,
+                                            options.peers, progress)
     return outcome

@@ -117,6 +117,11 @@ def decode_sockhash_dump(dump: list[dict]) -> list[dict[str, Any]]:
     return [decode_entry(entry) for entry in dump]
 
 
+def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What each counter grew by between two ``decode_counters`` readings."""
+    return {name: after[name] - before[name] for name in after if name in before}
+
+
 def decode_counters(dump: list[dict]) -> dict[str, int]:
     """Sum ``struct sockredir_counters`` over CPUs from a PERCPU_ARRAY dump (entry 0)."""
     totals = dict.fromkeys(COUNTER_FIELDS, 0)

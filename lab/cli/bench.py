@@ -136,9 +136,8 @@ def bench_one(kernel: str, settings, options: bench.Options, doc: dict) -> None:
     if kernel == api.HOST:
         measure(api.host(), "native")
         return
-    with tempfile.TemporaryDirectory(prefix=f"bench-{kernel}-", dir=cache_dir("run")) as workdir:
-        with api.guest(kernel, settings, Path(workdir)) as guest:
-            measure(guest.target, guest.accel.name)
+    with api.guest(kernel, settings) as guest:  # its console and logs go with it afterwards
+        measure(guest.target, guest.accel.name)
 
 
 def print_target(doc: dict, kernel: str, seconds: float) -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import datetime
 import sys
-import tempfile
 from pathlib import Path
 
 from lab import LabError, api
 from lab.bench.report import write_json
-from lab.cache import cache_dir
 from lab.cli.guest import target_ids
 from lab.conformance import apps, matrix
 
@@ -78,24 +76,14 @@ def measure(kernel: str, settings, behaviours, with_apps: bool) -> tuple[str, li
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
-    def on(target) -> tuple[str, list[matrix.Cell], list[dict]]:
+    with api.boot(kernel, settings) as target:
         cells = matrix.run(target, kernel, behaviours, progress=progress)
         return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
 
-    if kernel == api.HOST:
-        return on(api.host())
-    with tempfile.TemporaryDirectory(prefix=f"conformance-{kernel}-", dir=cache_dir("run")) as workdir:
-        with api.guest(kernel, settings, Path(workdir)) as guest:
-            return on(guest.target)
-
 
 def run_apps(target, kernel: str, progress) -> list[dict]:
-    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-        api.install_redirect(target, accelerated)
-        try:
-            return apps.run_apps(target, plain, accelerated, kernel, progress=progress)
-        finally:
-            api.uninstall_redirect(target, accelerated)
+    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
+        return apps.run_apps(target, plain, installed.cgroup, kernel, progress=progress)
 
 
 def format_apps(records: list[dict]) -> str:

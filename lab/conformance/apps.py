@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 from lab import LabError, api
 from lab.bench import peers
+from lab.bpf import keys
 from lab.bpf.redirect import RUN_DIR
 from lab.conformance import defects
 from lab.conformance.matrix import inserted
@@ -347,10 +348,6 @@ def splice_read_defect(checked: dict, release: str) -> defects.Defect | None:
     return None
 
 
-def counters_delta(before: dict, after: dict) -> dict:
-    return {name: after[name] - before[name] for name in after if name in before}
-
-
 def carried(app: App, checked: dict, delta: dict) -> str:
     """Why the redirect's counters do not show it carried the run, or ""."""
     moved = app.moved(checked)
@@ -420,7 +417,7 @@ def run_app(target: Target, app: App, plain_cgroup: str, redirect_cgroup: str, k
     judge_tcp(reference)
     before = api.redirect_status(target, redirect_cgroup)["counters"]
     redirected = run_once(target, app, "redirect", redirect_cgroup, kernel)
-    redirected.observed["redirect_counters"] = counters_delta(
+    redirected.observed["redirect_counters"] = keys.counters_delta(
         before, api.redirect_status(target, redirect_cgroup)["counters"])
     judge_redirect(app, redirected, reference, release)
     for result in (reference, redirected):

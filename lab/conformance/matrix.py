@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from lab import LabError, api
-from lab.bpf import redirect
+from lab.bpf import keys, redirect
 from lab.conformance import defects
 from lab.scenario.runner import SHARED_FILES, ensure_on_target
 from lab.vm.target import Target
@@ -113,7 +113,7 @@ def check_situation(situation: str, before: dict, after: dict, probes: int, wher
     """The redirect's counters prove the situation was what it says: two sockets per connection
     in the map when both ends are in its cgroup, one when the peer is outside, none in plain."""
     wanted = {"plain": 0, "redirected": 2 * probes, "peer_outside": probes}[situation]
-    got = inserted(after) - inserted(before)
+    got = inserted(keys.counters_delta(before, after))
     if got != wanted:
         raise LabError(f"conformance on {where}, situation {situation}: the redirect inserted {got} "
                        f"sockets for {probes} connections, expected {wanted}; the matrix would not "
@@ -124,21 +124,18 @@ def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (
             progress: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
     """situation -> behaviour -> probe record, on ``target`` (redirect installed for the block)."""
     observed: dict[str, dict[str, dict]] = {}
-    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-        redirect.install(target, accelerated, "production")
-        try:
-            places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
-                      "peer_outside": (accelerated, plain)}
-            for situation, (app, peer) in places.items():
-                before = redirect.status(target, accelerated)["counters"]
-                # The deliberate break applies where a difference is looked for, not to the reference.
-                observed[situation] = run_probes(target, app, peer, behaviours,
-                                                 broken if situation != "plain" else ())
-                check_situation(situation, before, redirect.status(target, accelerated)["counters"],
-                                len(behaviours), target.name)
-                progress(f"{target.name}: {situation}: {len(behaviours)} behaviours probed")
-        finally:
-            redirect.uninstall(target, accelerated)
+    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
+        accelerated = installed.cgroup
+        places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
+                  "peer_outside": (accelerated, plain)}
+        for situation, (app, peer) in places.items():
+            before = redirect.status(target, accelerated)["counters"]
+            # The deliberate break applies where a difference is looked for, not to the reference.
+            observed[situation] = run_probes(target, app, peer, behaviours,
+                                             broken if situation != "plain" else ())
+            check_situation(situation, before, redirect.status(target, accelerated)["counters"],
+                            len(behaviours), target.name)
+            progress(f"{target.name}: {situation}: {len(behaviours)} behaviours probed")
     return observed
 
 

@@ -104,8 +104,7 @@ class RoundView:
         return keys.decode_counters(self.data["snapshots"][label]["counters"])
 
     def counters_delta(self, first: str = "start", last: str = "closed") -> dict[str, int]:
-        before, after = self.counters(first), self.counters(last)
-        return {name: after[name] - before[name] for name in after}
+        return keys.counters_delta(self.counters(first), self.counters(last))
 
 
 

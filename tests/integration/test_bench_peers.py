@@ -19,14 +19,10 @@ def test_real_peers_through_the_redirect(kernel, request):
         pytest.skip(f"real peers are measured on {' and '.join(KERNELS)} by default (~40 s per TCG "
                     "guest); run with --bench-all")
     target = request.getfixturevalue("target")  # after the skip: no guest boots for nothing
-    with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-        api.install_redirect(target, accelerated)
-        try:
-            before = api.redirect_status(target, accelerated)["counters"]
-            records = peers.run_peers(target, plain, accelerated, kernel.id, seconds=SECONDS)
-            after = api.redirect_status(target, accelerated)["counters"]
-        finally:
-            api.uninstall_redirect(target, accelerated)
+    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
+        before = api.redirect_status(target, installed.cgroup)["counters"]
+        records = peers.run_peers(target, plain, installed.cgroup, kernel.id, seconds=SECONDS)
+        after = api.redirect_status(target, installed.cgroup)["counters"]
 
     failed = [f"{r['detail']} over {r['transport']}: {r['error'] or r['value']}" for r in records
               if r["error"] or not r["value"] or r["value"] <= 0]

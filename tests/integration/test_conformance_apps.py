@@ -26,12 +26,8 @@ def records_of(kernel, lab, request) -> list[dict]:
                     "guest); run with --conformance-all")
     target = request.getfixturevalue("target")  # after the skip: no guest boots for nothing
     if kernel.id not in _measured:
-        with api.cgroup(target) as plain, api.cgroup(target) as accelerated:
-            api.install_redirect(target, accelerated)
-            try:
-                _measured[kernel.id] = apps.run_apps(target, plain, accelerated, kernel.id)
-            finally:
-                api.uninstall_redirect(target, accelerated)
+        with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
+            _measured[kernel.id] = apps.run_apps(target, plain, installed.cgroup, kernel.id)
     return _measured[kernel.id]
 
 
