@@ -93,6 +93,7 @@ class TargetRun:
     peers: list[dict] = field(default_factory=list)
     bpf_stats: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=list)      # the CPUs the target let the bench use
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -248,7 +249,7 @@ def bench_target(target: Target, kernel: str, options: Options,
                  progress: Callable[[str], None] = print) -> TargetRun:
     options.check()
     outcome = TargetRun(kernel)
-    cpus = usable_cpus(target)
+    cpus = outcome.cpus = usable_cpus(target)
     pinnings, outcome.notes = pinnings_for(options, cpus)
     pair = (cpus[0], cpus[1] if len(cpus) > 1 else cpus[0])
     with (api.cgroup(target) as plain,

@@ -130,7 +130,7 @@ def bench_one(kernel: str, settings, options: bench.Options, doc: dict) -> None:
         doc["bpf_stats"][kernel] = outcome.bpf_stats
         doc["meta"]["accel"][kernel] = accel
         doc["meta"]["release"][kernel] = target.kernel_release
-        doc["meta"]["cpus"][kernel] = len(bench.usable_cpus(target))
+        doc["meta"]["cpus"][kernel] = len(outcome.cpus)
         doc["meta"]["notes"][kernel] = outcome.notes
 
     if kernel == api.HOST:
