@@ -96,9 +96,21 @@ class Channel:
 
 
 def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
-    """Send ``size`` random bytes in ``chunk`` writes while receiving ``size`` bytes."""
+    """Send ``size`` random bytes in ``chunk`` writes while receiving ``size`` bytes.
+
+    Errors are kept in the order they happened: the first is the cause (a recv() that failed and
+    shut the socket down makes this side's own send fail with EPIPE next), the rest follow from it.
+    """
     payload = os.urandom(size)
-    sent = {"bytes": 0, "error": None}
+    sent = {"bytes": 0}
+    errors: list[str] = []  # appended by both threads; list.append is atomic
+
+    def stop_both_directions() -> None:
+        # The other thread and the peer end now (EOF, EPIPE) instead of at the timeout.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def sender() -> None:
         view = memoryview(payload)
@@ -107,36 +119,30 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
                 sock.sendall(view[start:start + chunk])
                 sent["bytes"] = start + len(view[start:start + chunk])
         except OSError as exc:
-            sent["error"] = f"send: {exc}"
-            # Unblock both ends: the peer's recv() sees EOF instead of waiting for the timeout.
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            errors.append(f"send: {exc}")
+            stop_both_directions()
 
     thread = threading.Thread(target=sender)
     thread.start()
-    received, digest, error = 0, hashlib.sha256(), None
+    received, digest = 0, hashlib.sha256()
     try:
         while received < size:
             # Not retried: an EAGAIN from this blocking recv() is an error an application sees.
             data = sock.recv(min(1 << 20, size - received))
             if not data:
-                error = f"recv: peer closed after {received} bytes"
+                errors.append(f"recv: peer closed after {received} bytes")
                 break
             digest.update(data)
             received += len(data)
     except OSError as exc:
-        error = f"recv: {exc}"
-        # Stop both directions: the sender thread and the peer end now instead of at the timeout.
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        errors.append(f"recv: {exc}")
+        stop_both_directions()
     thread.join()
+    error = None
+    if errors:
+        error = errors[0] + "".join(f" (then {later})" for later in errors[1:])
     return {"sent": sent["bytes"], "sent_sha256": hashlib.sha256(payload).hexdigest(),
-            "received": received, "received_sha256": digest.hexdigest(),
-            "error": sent["error"] or error}
+            "received": received, "received_sha256": digest.hexdigest(), "error": error}
 
 
 def describe(sock: socket.socket, cgroup: str | None) -> dict:

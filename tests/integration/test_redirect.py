@@ -147,10 +147,13 @@ def test_full_map_falls_back_to_tcp(target, cgroup):
     pair, held = run_pair(target, client_cgroup=cgroup, server_cgroup=cgroup,
                           while_open=lambda state: redirect.status(target, cgroup))
     counters = redirect.status(target, cgroup)["counters"]
-    assert_no_error(pair, target)
-    assert pair["intact"]
+    # The map's side is checked first: it holds even when the data phase then hits a kernel defect
+    # (the map-held end's blocking recv() fails with EAGAIN in about 1 of 3 runs here, its peer
+    # being on plain TCP: the blocking-eagain xfail).
     assert len(held["entries"]) == 1
     assert counters["insert_failed"] == 1 and counters["msgs_redirected"] == 0
+    assert_no_error(pair, target)
+    assert pair["intact"]
 
 
 # ----------------------------------------------------------------------------- the loader itself
