@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the lab's per-kernel initramfs (busybox only). It loads the modules needed to reach the
-# root disk and the NIC, in the order the host computed from the kernel's modules.dep
-# (/lib/modules/load-order, one file name per line), mounts the root read-write (the disk is
+# root disk and the NIC, in the order the host computed from the kernel's module metadata
+# (/lib/modules/load-order), mounts the root read-write (the disk is
 # snapshot=on, so writes vanish with the guest), mounts the kernel's modules disk read-only at
 # /lib/modules/$(uname -r) in the new root, and hands over to the guest's init.
 #
@@ -32,8 +32,13 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
-while read -r module; do
-    insmod "/lib/modules/$module" || fail "insmod $module"
+# "required NAME.ko" must load; "optional NAME.ko" is one alternative of an alias (crc32c_intel or
+# crc32c_generic for crypto-crc32c) or a soft dependency, as modprobe would try it.
+while read -r need module; do
+    if ! insmod "/lib/modules/$module"; then
+        [ "$need" = required ] && fail "insmod $module"
+        echo "SOCKREDIR-INITRAMFS: optional module $module did not load"
+    fi
 done < /lib/modules/load-order
 
 # device SPEC: print the block device for LABEL=x or /dev/x, waiting up to 5 s (of guest uptime:

@@ -59,6 +59,7 @@ class Lab:
     settings: api.Settings
     artifacts: Path
     guests: dict = field(default_factory=dict)
+    configs: dict = field(default_factory=dict)  # kernel id -> its KernelConfig (or None), read once
     problem: str | None = None  # a settings problem, reported only if kernel tests are selected
 
     @property
@@ -114,7 +115,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in ("requires_helper(prog_type, helper): skip unless the kernel has the BPF helper "
                  "for that program type (from bpftool feature probe)",
-                 "requires_map_type(name): skip unless the kernel has that BPF map type"):
+                 "requires_map_type(name): skip unless the kernel has that BPF map type",
+                 "requires_kernel_config(*capabilities): skip, before booting, unless the kernel's "
+                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)"):
         config.addinivalue_line("markers", line)
     run_name = config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
     artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
@@ -306,6 +309,7 @@ def target(kernel, request: pytest.FixtureRequest, lab: Lab):
 
     After a guest test, the guest's dmesg is saved and scanned for kernel splats.
     """
+    _apply_config_gates(request, kernel, lab)
     if isinstance(kernel, HostKernel):
         host = request.getfixturevalue("host_target")
         _apply_feature_gates(request, host)
@@ -331,6 +335,22 @@ def cgroup(target):
             yield path
         finally:
             redirect.uninstall(target, path)
+
+
+def _apply_config_gates(request: pytest.FixtureRequest, kernel, lab: Lab) -> None:
+    """Skip a test whose kernel's configuration lacks a capability it needs (no boot needed)."""
+    from lab.kernel import config as kconfig
+
+    needed = tuple(name for marker in request.node.iter_markers("requires_kernel_config")
+                   for name in marker.args)
+    if not needed:
+        return
+    if kernel.id not in lab.configs:
+        lab.configs[kernel.id] = (kconfig.for_host(kernel.release) if isinstance(kernel, HostKernel)
+                                  else kconfig.of_kernel(kernel))
+    reason = kconfig.missing_reason(lab.configs[kernel.id], needed)
+    if reason:
+        pytest.skip(f"kernel {kernel.id}: {reason}; `sockredir-lab kernels check {kernel.id}`")
 
 
 def _apply_feature_gates(request: pytest.FixtureRequest, target) -> None:

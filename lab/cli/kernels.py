@@ -1,12 +1,17 @@
-"""``sockredir-lab kernels list|fetch|lock``: the kernel catalog from the command line."""
+"""``sockredir-lab kernels list|fetch|lock|check``: the kernel catalog from the command line."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 from lab import LabError
+from lab.kernel import config as kconfig
 from lab.kernel import fetch as kernels
-from lab.kernel.catalog import Catalog, locked_packages, locked_url_sha256
+from lab.kernel.catalog import Catalog, locked_packages, locked_url_sha256, source_from_value
 
 
 def register(subparsers) -> None:
@@ -27,6 +32,13 @@ def register(subparsers) -> None:
     lock.add_argument("--id", dest="ids", action="append", metavar="ID",
                       help="only this kernel (repeatable); default: the whole catalog")
     lock.set_defaults(func=cmd_lock)
+
+    check = sub.add_parser("check", help="what the lab and the redirect need of a kernel's "
+                                         "configuration, and whether it is there")
+    check.add_argument("kernel", metavar="ID|host|PATH",
+                       help="a catalog id, `host`, or a kernel .deb, vmlinuz, .config or build directory")
+    check.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    check.set_defaults(func=cmd_check)
 
 
 def cmd_list(args) -> int:
@@ -97,3 +109,71 @@ def cmd_lock(args) -> int:
         print(f"error: {error}")
     print(f"wrote {catalog.lock_path}")
     return 1 if failures or catalog.errors else 0
+
+
+def cmd_check(args) -> int:
+    config = _config_of(args.kernel, args.settings)
+    verdicts = kconfig.check(config)
+    if args.json:
+        print(json.dumps({"kernel": args.kernel, "source": config.source, "capabilities": [
+            {"name": v.capability.name, "ok": v.ok, "boot": v.capability.boot,
+             "purpose": v.capability.purpose,
+             "options": {f"CONFIG_{name}": value for name, value in v.values.items()},
+             "missing": [f"CONFIG_{o.name}" for o in v.missing]} for v in verdicts]}, indent=2))
+    else:
+        print(f"kernel {args.kernel}: configuration from {config.source}")
+        width = max(len(v.capability.name) for v in verdicts)
+        for verdict in verdicts:
+            options = " ".join(f"CONFIG_{name}={value}" for name, value in verdict.values.items())
+            status = "ok" if verdict.ok else "MISSING"
+            role = "boot" if verdict.capability.boot else "    "
+            print(f"  {verdict.capability.name.ljust(width)}  {status:7}  {role}  {options}"
+                  f"  ({verdict.capability.purpose})")
+        missing = [v for v in verdicts if not v.ok]
+        if any(v.capability.boot for v in missing):
+            print("this kernel cannot boot a lab guest: build it with the options marked MISSING "
+                  "(built in, or as modules)")
+        elif missing:
+            print("tests that need a MISSING capability skip on this kernel, with the option named")
+        else:
+            print("everything the lab and the redirect use is there")
+    essential = set(kconfig.REDIRECT)
+    return 1 if any(not v.ok and (v.capability.boot or v.capability.name in essential)
+                    for v in verdicts) else 0
+
+
+def _config_of(what: str, settings) -> kconfig.KernelConfig:
+    """The configuration of a catalog id, the host, or a file or directory the user names."""
+    if what == "host":
+        config = kconfig.for_host(platform.release())
+        if config is None:
+            raise LabError("the host kernel keeps no configuration here (/proc/config.gz or "
+                           f"/boot/config-{platform.release()}). Fix: load the `configs` module")
+        return config
+    path = Path(what).expanduser()
+    catalog = settings.catalog()
+    if catalog.find(what) and not (os.sep in what or path.exists()):
+        artifacts = kernels.prepare(catalog.get(what), lock=catalog.read_lock())
+    elif path.is_dir():
+        dotconfig = path / ".config"
+        if not dotconfig.is_file():
+            raise LabError(f"{path} has no .config. Fix: name the kernel build's output directory")
+        return kconfig.for_file(dotconfig, _kernelrelease(path))
+    elif path.is_file() and kernels.kind_of(path) == "deb":
+        artifacts = kernels.prepare(source_from_value(path.name, str(path), "command line"))
+    elif path.is_file():
+        return kconfig.for_file(path)
+    else:
+        known = ", ".join(catalog.ids)
+        raise LabError(f"{what!r} is neither a catalog id ({known}), `host`, nor an existing file or "
+                       "directory. Fix: give a kernel .deb, vmlinuz, .config or build directory")
+    config = kconfig.of_kernel(artifacts)
+    if config is None:
+        raise LabError(f"kernel {what} ({artifacts.release}) ships no configuration and its image "
+                       "embeds none (IKCONFIG). Fix: give its .config file instead")
+    return config
+
+
+def _kernelrelease(build_dir: Path) -> str:
+    release = build_dir / "include" / "config" / "kernel.release"
+    return release.read_text().strip() if release.exists() else ""

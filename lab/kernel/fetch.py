@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 from lab import LabError
 from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
+from lab.kernel import bzimage
 from lab.kernel.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
                          locked_url_sha256, read_lock, write_lock)
 
@@ -381,7 +382,7 @@ def _debs_key(sha256s) -> str:
 
 
 def _file_key(file: Path, sha: str, modules: Path | None) -> str:
-    kind = _kind_of(file)
+    kind = kind_of(file)
     if kind == "deb":
         return _debs_key([sha])
     if kind == "vmlinuz":
@@ -391,13 +392,13 @@ def _file_key(file: Path, sha: str, modules: Path | None) -> str:
 
 def _prepare_file(entry: KernelEntry, file: Path, sha: str, progress: Progress) -> KernelArtifacts:
     key = _file_key(file, sha, entry.modules)
-    if _kind_of(file) == "deb":
+    if kind_of(file) == "deb":
         return _build_tree(entry.id, key, progress, lambda root: _extract_debs([file], root, progress))
     return _build_tree(entry.id, key, progress,
                        lambda root: _install_vmlinuz(file, entry.modules, root, progress))
 
 
-def _kind_of(file: Path) -> str | None:
+def kind_of(file: Path) -> str | None:
     with open(file, "rb") as handle:
         head = handle.read(0x206)
     if head.startswith(b"!<arch>\n"):
@@ -405,16 +406,6 @@ def _kind_of(file: Path) -> str | None:
     if head[0x202:0x206] == b"HdrS":  # x86 boot protocol header of a bzImage
         return "vmlinuz"
     return None
-
-
-def bzimage_release(vmlinuz: Path) -> str | None:
-    """The release a bzImage announces (its header's kernel_version string, first word)."""
-    data = vmlinuz.read_bytes()[:0x10000]
-    if data[0x202:0x206] != b"HdrS":
-        return None
-    offset = 0x200 + int.from_bytes(data[0x20E:0x210], "little")
-    text = data[offset:offset + 256].split(b"\0", 1)[0].decode(errors="replace")
-    return text.split()[0] if text.split() else None
 
 
 def _dir_fingerprint(directory: Path) -> list:
@@ -468,7 +459,7 @@ def _extract_debs(debs: list[Path], root: Path, progress: Progress) -> None:
 
 
 def _install_vmlinuz(vmlinuz: Path, modules: Path | None, root: Path, progress: Progress) -> None:
-    announced = bzimage_release(vmlinuz)
+    announced = bzimage.release(vmlinuz)
     release = modules.name if modules else announced
     if not release:
         raise LabError(f"{vmlinuz}: cannot read the kernel release from its header. "

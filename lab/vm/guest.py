@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from lab import LabError
+from lab.kernel import config as kconfig
 from lab.vm import accel as accel_mod
 from lab.vm import initramfs
 from lab.vm import reaper
@@ -89,6 +90,7 @@ class Guest:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        _refuse_unbootable(self.kernel)
         boot = initramfs.ensure_boot_files(self.kernel, progress=self.progress)
         if self.accel is None:
             self.accel = accel_mod.detect(self.kernel, boot.initramfs)
@@ -234,7 +236,8 @@ class Guest:
         if "Kernel panic" in console:
             cause = " The kernel panicked (see the console below)."
         elif INITRAMFS_FAILED in console:
-            cause = " The initramfs could not reach the root filesystem (see the console below)."
+            cause = (" The initramfs could not reach the root filesystem (see the console below; "
+                     f"`sockredir-lab kernels check {self.kernel.id}` lists what the kernel lacks).")
         elif crashed:
             cause = " The kernel crashed (Oops/BUG, see the console below)."
         elif "KVM internal error" in qemu_out:
@@ -277,6 +280,17 @@ class Guest:
         if self._qemu_log_handle is not None:
             self._qemu_log_handle.close()
             self._qemu_log_handle = None
+
+
+def _refuse_unbootable(kernel) -> None:
+    """A kernel whose configuration lacks what a lab guest needs (virtio, ext4, an initramfs) is
+    refused before QEMU starts, with the options named; an unknown configuration is tried."""
+    known = kconfig.of_kernel(kernel)
+    missing = [v.reason() for v in kconfig.check(known) if v.capability.boot and not v.ok] if known else []
+    if missing:
+        raise LabError(f"kernel {kernel.id} ({kernel.release}) cannot boot a lab guest: "
+                       f"{'; '.join(missing)} ({known.source}). Fix: build it with those options "
+                       "(built in, or as modules)")
 
 
 def _free_port() -> int:

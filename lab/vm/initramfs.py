@@ -1,18 +1,20 @@
-"""Per-kernel boot files: a busybox initramfs with the virtio modules, and a modules disk.
+"""Per-kernel boot files: a busybox initramfs with the boot modules, and a modules disk.
 
 Debian cloud kernels build ext4 in but ship virtio-blk and virtio-net (and, up to 6.1, virtio-pci)
-as modules, so reaching an ext4 root on virtio-blk needs an initramfs. Ours holds busybox-static,
-``images/initramfs-init.sh`` as ``/init`` and only the modules in ``BOOT_MODULES`` plus their
-dependencies, resolved from the kernel's ``modules.dep`` (dependencies first, each once). A module
-the kernel builds in is listed in ``modules.builtin`` instead and needs nothing. Compressed modules
-are decompressed here, because busybox's insmod may not read ``.ko.xz``/``.ko.zst``.
+as modules; a distribution's generic kernel also has ext4, its crc32c and jbd2 as modules. So
+reaching an ext4 root on virtio-blk needs an initramfs. Ours holds busybox-static,
+``images/initramfs-init.sh`` as ``/init`` and only the modules ``BOOT_MODULES`` need, resolved from
+the kernel's own metadata as modprobe would (``lab.kernel.modules``: modules.dep, softdep, alias,
+builtin). Compressed modules are decompressed here, because busybox's insmod may not read
+``.ko.xz``/``.ko.zst``.
 
 The rest of the kernel's modules reach the guest as a second, read-only virtio-blk disk: an ext4
 image of the modules directory (``mkfs.ext4 -d``), mounted at ``/lib/modules/<release>``.
 
 Under TCG a guest decompresses its own bzImage slowly (about 1 s for a zstd-packed 6.12+ kernel), so
-when the kernel has a PVH entry point we unpack the ELF ``vmlinux`` once on the host and QEMU boots
-it directly; otherwise (or if unpacking fails) the guest boots the ``vmlinuz`` as shipped.
+when the kernel has a PVH entry point we unpack the ELF ``vmlinux`` once on the host
+(``lab.kernel.bzimage``) and QEMU boots it directly; otherwise (or if unpacking fails) the guest
+boots the ``vmlinuz`` as shipped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import lzma
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,14 +33,15 @@ from typing import Callable, Iterable
 
 from lab import IMAGES_DIR, LabError
 from lab.cache import atomic_file, atomic_write, cache_dir, digest_of, sha256_file
+from lab.kernel import bzimage
+from lab.kernel.modules import Load, ModuleIndex
 
 INIT_SCRIPT = IMAGES_DIR / "initramfs-init.sh"
 BUSYBOX = Path("/bin/busybox")
 # What it takes to reach an ext4 root on virtio-blk and bring up a virtio NIC.
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
 MODULES_LABEL = "sockredir-mods"  # ext4 labels hold at most 16 bytes
-FORMAT = "1"  # bump when the layout of the initramfs or the modules disk changes
-COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
+FORMAT = "2"  # bump when the layout of the initramfs or the modules disk changes
 
 Progress = Callable[[str], None]
 
@@ -50,73 +52,14 @@ class BootFiles:
     initramfs: Path          # gzip'd newc cpio
     modules_disk: Path       # ext4 image of the kernel's modules directory (attach read-only)
     modules_label: str       # its volume label, for lab.modules=LABEL=...
-    load_order: tuple[str, ...]  # module files insmod'ed by /init, in order
+    load_order: tuple[Load, ...]  # module files insmod'ed by /init, in order
 
 
-# ---- module resolution -------------------------------------------------------------------------
+# ---- modules ------------------------------------------------------------------------------------
 
-def module_name(path: str) -> str:
-    """``kernel/drivers/virtio/virtio_pci.ko.xz`` -> ``virtio_pci`` (dashes and underscores are one)."""
-    base = path.rsplit("/", 1)[-1]
-    for suffix in COMPRESSED_SUFFIXES + (".ko",):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base.replace("-", "_")
-
-
-def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
-    """``modules.dep`` -> {module name: (its path, [paths it depends on])}."""
-    table: dict[str, tuple[str, list[str]]] = {}
-    for line in text.splitlines():
-        if ":" not in line:
-            continue
-        path, deps = line.split(":", 1)
-        table[module_name(path.strip())] = (path.strip(), deps.split())
-    return table
-
-
-def parse_modules_builtin(text: str) -> set[str]:
-    return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
-
-
-def resolve_modules(modules_dir: Path, wanted: Iterable[str], kernel: str = "") -> list[str]:
-    """Paths (relative to ``modules_dir``) of ``wanted`` modules and their dependencies, in load
-    order: every module after all it depends on, each once. Built-in modules are skipped."""
-    where = f"kernel {kernel or modules_dir.name}"
-    try:
-        table = parse_modules_dep((modules_dir / "modules.dep").read_text())
-    except FileNotFoundError as exc:
-        raise LabError(f"{where}: no modules.dep in {modules_dir}; run `depmod -b ROOT RELEASE` "
-                       "(lab.kernels does this when it prepares a kernel)") from exc
-    builtin_file = modules_dir / "modules.builtin"
-    builtin = parse_modules_builtin(builtin_file.read_text()) if builtin_file.exists() else set()
-
-    order: list[str] = []
-    placed: set[str] = set()
-
-    def place(name: str, chain: tuple[str, ...]) -> None:
-        if name in placed:
-            return
-        if name in chain:
-            raise LabError(f"{where}: dependency cycle {' -> '.join(chain + (name,))} in modules.dep; "
-                           "regenerate it with depmod")
-        if name not in table:
-            if name in builtin:
-                return
-            needed_by = f" (needed by {chain[-1]})" if chain else ""
-            raise LabError(f"{where}: module {name}{needed_by} is neither in modules.dep nor in "
-                           "modules.builtin; this kernel cannot boot a virtio guest - choose a kernel "
-                           "that has it (built in or as a module)")
-        path, deps = table[name]
-        for dep in deps:
-            place(module_name(dep), chain + (name,))
-        placed.add(name)
-        order.append(path)
-
-    for name in wanted:
-        place(name.replace("-", "_"), ())
-    return order
+def resolve_modules(modules_dir: Path, wanted: Iterable[str], kernel: str = "") -> list[Load]:
+    """The module files to load for ``wanted``, in load order (``lab.kernel.modules``)."""
+    return ModuleIndex.read(modules_dir, kernel).resolve(list(wanted))
 
 
 def read_module(path: Path) -> bytes:
@@ -186,8 +129,9 @@ def ensure_boot_files(kernel, progress: Progress = print) -> BootFiles:
                      tuple(order))
 
 
-def _ensure_initramfs(kernel, order: list[str], progress: Progress) -> Path:
-    key = digest_of([kernel.key, FORMAT, INIT_SCRIPT, sha256_file(BUSYBOX), order])
+def _ensure_initramfs(kernel, order: list[Load], progress: Progress) -> Path:
+    key = digest_of([kernel.key, FORMAT, INIT_SCRIPT, sha256_file(BUSYBOX),
+                     [(load.path, load.optional) for load in order]])
     path = cache_dir("initramfs", kernel.id) / f"initramfs-{key}.cpio.gz"
     if not path.exists():
         started = time.monotonic()
@@ -200,8 +144,9 @@ def _ensure_initramfs(kernel, order: list[str], progress: Progress) -> Path:
     return path
 
 
-def write_initramfs(out, modules_dir: Path, order: list[str]) -> None:
-    """busybox + its applet links, /init, the modules flattened into /lib/modules + load-order."""
+def write_initramfs(out, modules_dir: Path, order: list[Load]) -> None:
+    """busybox + its applet links, /init, the modules flattened into /lib/modules + load-order
+    (one ``required NAME.ko`` or ``optional NAME.ko`` line per module)."""
     if not BUSYBOX.exists():
         raise LabError(f"{BUSYBOX} is missing; install busybox-static (scripts/install-deps)")
     cpio = NewcWriter(out)
@@ -213,12 +158,12 @@ def write_initramfs(out, modules_dir: Path, order: list[str]) -> None:
         if applet != "busybox":
             cpio.symlink(f"bin/{applet}", "busybox")
     cpio.file("init", INIT_SCRIPT.read_bytes(), 0o755)
-    names = []
-    for relative in order:
-        name = module_name(relative) + ".ko"
-        cpio.file(f"lib/modules/{name}", read_module(modules_dir / relative))
-        names.append(name)
-    cpio.file("lib/modules/load-order", "".join(f"{n}\n" for n in names).encode())
+    lines = []
+    for load in order:
+        name = load.name + ".ko"
+        cpio.file(f"lib/modules/{name}", read_module(modules_dir / load.path))
+        lines.append(f"{'optional' if load.optional else 'required'} {name}\n")
+    cpio.file("lib/modules/load-order", "".join(lines).encode())
     cpio.close()
 
 
@@ -255,16 +200,6 @@ def _tree_mb(directory: Path) -> int:
 
 # ---- unpacked kernel for PVH boot --------------------------------------------------------------
 
-# Magic numbers of the bzImage payload formats, and how to undo each (None: Python's own module).
-PAYLOAD_FORMATS = {
-    b"\x1f\x8b": ("gzip", None),
-    b"\xfd7zXZ\x00": ("xz", None),
-    b"\x28\xb5\x2f\xfd": ("zstd", ["zstd", "-dcq"]),
-    b"\x02\x21\x4c\x18": ("lz4", ["lz4", "-dcq"]),
-}
-XEN_ELFNOTE_PHYS32_ENTRY = 18
-
-
 def ensure_kernel_image(kernel, progress: Progress = print) -> Path:
     """An unpacked ELF vmlinux with a PVH entry for ``kernel``, cached; else ``kernel.vmlinuz``."""
     directory = cache_dir("initramfs", kernel.id)
@@ -275,8 +210,8 @@ def ensure_kernel_image(kernel, progress: Progress = print) -> Path:
     if unusable.exists():
         return kernel.vmlinuz
     try:
-        elf = unpack_bzimage(kernel.vmlinuz.read_bytes())
-        if not has_pvh_entry(elf):
+        elf = bzimage.unpack(kernel.vmlinuz.read_bytes())
+        if not bzimage.has_pvh_entry(elf):
             raise ValueError("the kernel has no PVH entry point (CONFIG_PVH)")
     except (ValueError, OSError, subprocess.CalledProcessError, lzma.LZMAError) as exc:
         atomic_write(unusable, f"{exc}\n")
@@ -286,54 +221,3 @@ def ensure_kernel_image(kernel, progress: Progress = print) -> Path:
         tmp.write_bytes(elf)
     progress(f"initramfs: {kernel.id}: unpacked vmlinux for PVH boot ({len(elf) // 2**20} MB)")
     return path
-
-
-def unpack_bzimage(image: bytes) -> bytes:
-    """The ELF vmlinux inside an x86 bzImage (boot protocol >= 2.08 gives the payload's place)."""
-    if image[0x202:0x206] != b"HdrS" or struct.unpack_from("<H", image, 0x206)[0] < 0x208:
-        raise ValueError("not a bzImage with boot protocol 2.08 or later")
-    setup_sectors = image[0x1F1] or 4
-    offset, length = struct.unpack_from("<II", image, 0x248)
-    start = (setup_sectors + 1) * 512 + offset
-    payload = image[start:start + length]
-    # The kernel's build appends the uncompressed size (4 bytes, little endian) to the payload.
-    compressed, size = payload[:-4], struct.unpack("<I", payload[-4:])[0]
-    for magic, (name, command) in PAYLOAD_FORMATS.items():
-        if compressed.startswith(magic):
-            break
-    else:
-        raise ValueError(f"unknown payload compression (magic {compressed[:6].hex()})")
-    if name == "gzip":
-        elf = gzip.decompress(compressed)
-    elif name == "xz":
-        elf = lzma.decompress(compressed)
-    else:
-        if not shutil.which(command[0]):
-            raise ValueError(f"{command[0]} is not installed")
-        elf = subprocess.run(command, input=compressed, capture_output=True, check=True).stdout
-    if not elf.startswith(b"\x7fELF") or len(elf) != size:
-        raise ValueError(f"{name} payload did not unpack to the expected {size}-byte ELF")
-    return elf
-
-
-def has_pvh_entry(elf: bytes) -> bool:
-    """Whether an ELF64 kernel carries the Xen PHYS32_ENTRY note QEMU needs to boot it directly."""
-    phoff, = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    for index in range(phnum):
-        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", elf,
-                                                                 phoff + index * phentsize)
-        if p_type != 4:  # PT_NOTE
-            continue
-        position, end = p_offset, p_offset + p_filesz
-        while position + 12 <= end:
-            namesz, descsz, note_type = struct.unpack_from("<III", elf, position)
-            name = elf[position + 12:position + 12 + namesz].rstrip(b"\0")
-            if name == b"Xen" and note_type == XEN_ELFNOTE_PHYS32_ENTRY:
-                return True
-            position += 12 + _align4(namesz) + _align4(descsz)
-    return False
-
-
-def _align4(length: int) -> int:
-    return (length + 3) & ~3

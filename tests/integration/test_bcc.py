@@ -16,6 +16,11 @@ import pytest
 from lab import SCENARIOS_DIR, LabError, api
 from lab.kernel import headers
 from lab.pytest_plugin import HostKernel
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 DEFAULT_KERNEL = "6.1"
 # Tracer + redirect compile measured on 6.1 under TCG (docs/scenarios.md, "bcc"): the skip reason.

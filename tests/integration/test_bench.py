@@ -19,6 +19,11 @@ import pytest
 
 from lab.bench import redirect as bench
 from lab.pytest_plugin import HostKernel
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 SIZES = (1, 64 << 10)
 DEFAULT_GUEST = "6.1"

@@ -6,6 +6,11 @@ import pytest
 
 from lab import api
 from lab.bench import peers
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 # Two targets suffice: the tools are the same on every kernel, and a run costs ~20 s on the host and
 # ~40 s in a TCG guest.

@@ -13,6 +13,11 @@ import pytest
 
 from lab.conformance import matrix
 from lab.pytest_plugin import HostKernel
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 DEFAULT_GUEST = "6.1"
 _measured: dict[str, dict[tuple[str, str], matrix.Cell]] = {}

@@ -19,6 +19,11 @@ from lab.bpf import cgroups
 from lab.bpf import redirect
 from lab.scenario.runner import entry_tuples, run_pair, socket_tuples
 from lab.vm.target import Target
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 NBYTES = 4 << 20  # each direction
 

@@ -4,12 +4,19 @@ entries, its data crosses TCP/IP) and is intact; changing the policy changes whi
 
 from __future__ import annotations
 
+import pytest
+
 import random
 
 from pair_checks import assert_no_error
 
 from lab.bpf import policy, redirect
 from lab.scenario.runner import entry_tuples, run_pair, socket_tuples
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 NBYTES = 1 << 20
 

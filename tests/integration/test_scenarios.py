@@ -23,7 +23,12 @@ from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.pytest_plugin import HostKernel
 from lab.scenario.definitions import run_check
+from lab.kernel.config import REDIRECT
 
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 @pytest.fixture(scope="module")
 def suite_target(kernel, request):

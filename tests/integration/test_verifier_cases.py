@@ -31,6 +31,11 @@ from lab.bpf import verify
 from lab.bpf.keys import hex_bytes
 from lab.scenario.runner import run_pair, socket_tuples
 from lab.cli.verify import save_logs
+from lab.kernel.config import REDIRECT
+
+# Every test here installs BPF programs of the redirect's kind: a kernel built without them
+# skips before it boots, with the missing option named.
+pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 CASES = corpus.load_corpus()
 RECORD_STATS = os.environ.get("SOCKREDIR_RECORD_VERIFIER_STATS") == "1"

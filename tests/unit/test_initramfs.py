@@ -1,4 +1,5 @@
-"""Module resolution from synthetic modules.dep/modules.builtin, the newc writer, bzImage unpacking."""
+"""The initramfs: module decompression, the newc writer and its contents, bzImage unpacking
+(module resolution itself: test_kernel_modules.py)."""
 
 from __future__ import annotations
 
@@ -11,80 +12,9 @@ import subprocess
 
 import pytest
 
-from lab import LabError
-from lab.vm.initramfs import (NewcWriter, has_pvh_entry, module_name, read_module, resolve_modules,
-                           unpack_bzimage, write_initramfs)
-
-
-def modules_tree(tmp_path, dep: str, builtin: str = ""):
-    (tmp_path / "modules.dep").write_text(dep)
-    (tmp_path / "modules.builtin").write_text(builtin)
-    return tmp_path
-
-
-DEP_6_1 = """\
-kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/virtio/virtio_ring.ko:
-kernel/drivers/virtio/virtio_pci_modern_dev.ko:
-kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
-kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-kernel/net/core/failover.ko:
-kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
-kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-"""
-
-
-def test_dependencies_come_first_and_once(tmp_path):
-    tree = modules_tree(tmp_path, DEP_6_1, "kernel/fs/ext4/ext4.ko\n")
-    order = resolve_modules(tree, ["virtio_pci", "virtio_blk", "virtio_net", "ext4"])
-    names = [module_name(p) for p in order]
-    assert len(names) == len(set(names)) == 9
-    for module, deps in [("virtio_pci", ["virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio"]),
-                         ("virtio", ["virtio_ring"]),
-                         ("virtio_blk", ["virtio", "virtio_ring"]),
-                         ("virtio_net", ["net_failover", "failover", "virtio"]),
-                         ("net_failover", ["failover"])]:
-        for dep in deps:
-            assert names.index(dep) < names.index(module), (dep, module, names)
-    assert "ext4" not in names  # built in
-
-
-def test_builtin_modules_are_skipped_compressed_names_kept(tmp_path):
-    # 6.12+: virtio_pci is built in and the modules are .ko.xz.
-    dep = ("kernel/drivers/virtio/virtio_ring.ko.xz:\n"
-           "kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz\n"
-           "kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz "
-           "kernel/drivers/virtio/virtio_ring.ko.xz\n")
-    tree = modules_tree(tmp_path, dep, "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/ext4/ext4.ko\n")
-    assert resolve_modules(tree, ["virtio_pci", "virtio_blk", "ext4"]) == [
-        "kernel/drivers/virtio/virtio_ring.ko.xz", "kernel/drivers/virtio/virtio.ko.xz",
-        "kernel/drivers/block/virtio_blk.ko.xz"]
-
-
-def test_dashes_and_underscores_name_the_same_module(tmp_path):
-    tree = modules_tree(tmp_path, "kernel/arch/x86/crypto/crc32c-intel.ko.zst:\n")
-    assert resolve_modules(tree, ["crc32c_intel"]) == ["kernel/arch/x86/crypto/crc32c-intel.ko.zst"]
-    assert module_name("kernel/x/virtio-rng.ko.gz") == "virtio_rng"
-
-
-def test_missing_module_is_a_clear_error(tmp_path):
-    tree = modules_tree(tmp_path, "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n")
-    with pytest.raises(LabError, match=r"kernel 6\.1: module virtio \(needed by virtio_blk\) is neither"):
-        resolve_modules(tree, ["virtio_blk"], kernel="6.1")
-    with pytest.raises(LabError, match="module virtio_net is neither in modules.dep nor"):
-        resolve_modules(tree, ["virtio_net"], kernel="6.1")
-
-
-def test_missing_modules_dep_says_run_depmod(tmp_path):
-    with pytest.raises(LabError, match="depmod"):
-        resolve_modules(tmp_path, ["virtio_blk"])
-
-
-def test_dependency_cycle_is_reported(tmp_path):
-    tree = modules_tree(tmp_path, "a.ko: b.ko\nb.ko: a.ko\n")
-    with pytest.raises(LabError, match="cycle a -> b -> a"):
-        resolve_modules(tree, ["a"])
+from lab.kernel.modules import Load
+from lab.kernel.bzimage import has_pvh_entry, unpack
+from lab.vm.initramfs import NewcWriter, read_module, write_initramfs
 
 
 @pytest.mark.parametrize("suffix,compress", [
@@ -145,14 +75,14 @@ def test_gnu_cpio_lists_the_initramfs(tmp_path):
     (tmp_path / "kernel/virtio_ring.ko.xz").write_bytes(lzma.compress(b"\x7fELFring"))
     (tmp_path / "kernel/virtio.ko").write_bytes(b"\x7fELFvirtio")
     out = io.BytesIO()
-    write_initramfs(out, tmp_path, ["kernel/virtio_ring.ko.xz", "kernel/virtio.ko"])
+    write_initramfs(out, tmp_path, [Load("kernel/virtio_ring.ko.xz"), Load("kernel/virtio.ko", optional=True)])
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=out.getvalue(), capture_output=True,
                              check=True).stdout.decode().split()
     for name in ("init", "bin/busybox", "bin/sh", "bin/insmod", "bin/switch_root", "dev/console",
                  "lib/modules/virtio_ring.ko", "lib/modules/virtio.ko", "lib/modules/load-order"):
         assert name in listing
     entries = {e["name"]: e for e in read_newc(out.getvalue())}
-    assert entries["lib/modules/load-order"]["data"] == b"virtio_ring.ko\nvirtio.ko\n"
+    assert entries["lib/modules/load-order"]["data"] == b"required virtio_ring.ko\noptional virtio.ko\n"
     assert entries["lib/modules/virtio_ring.ko"]["data"] == b"\x7fELFring"
 
 
@@ -189,11 +119,11 @@ def test_bzimage_payload_is_unpacked():
     elf = fake_elf([(b"Xen", 18)]) + b"kernel text" * 100
     for compressed in (gzip.compress(elf), lzma.compress(elf)):
         image = fake_bzimage(compressed + struct.pack("<I", len(elf)))
-        assert unpack_bzimage(image) == elf
+        assert unpack(image) == elf
 
 
 def test_bzimage_with_unknown_compression_is_refused():
     with pytest.raises(ValueError, match="unknown payload compression"):
-        unpack_bzimage(fake_bzimage(b"\x42\x5a\x68junk" + struct.pack("<I", 10)))
+        unpack(fake_bzimage(b"\x42\x5a\x68junk" + struct.pack("<I", 10)))
     with pytest.raises(ValueError, match="not a bzImage"):
-        unpack_bzimage(b"\0" * 4096)
+        unpack(b"\0" * 4096)

@@ -21,7 +21,8 @@ import pytest
 from lab import LabError
 from lab.kernel import fetch as kernels
 from lab.kernel.catalog import Catalog, KernelEntry, LockedPackage, read_lock
-from lab.kernel.fetch import KernelUnavailable, bzimage_release, cached, lock_kernels, prepare
+from lab.kernel import bzimage
+from lab.kernel.fetch import KernelUnavailable, cached, lock_kernels, prepare
 
 
 def fake_bzimage(release: str) -> bytes:
@@ -244,7 +245,7 @@ def test_path_sources(tmp_path, cache):
         prepare(KernelEntry(id="junk", path=junk), progress=print, lock={})
     with pytest.raises(LabError, match="does not exist"):
         prepare(KernelEntry(id="gone", path=tmp_path / "gone"), progress=print, lock={})
-    assert bzimage_release(junk) is None
+    assert bzimage.release(junk) is None
 
 
 def test_unset_env_source_is_unavailable(cache):
