@@ -119,7 +119,7 @@ def guest(kernel, settings: Settings | None = None, workdir: Path | None = None,
     Use it when you need the guest itself (its console, its SSH port); ``boot()`` gives the Target.
     ``workdir`` keeps the console and QEMU logs (default: a temporary directory, removed after).
     """
-    from lab.kernel.fetch import KernelArtifacts
+    from lab.kernel.trees import KernelArtifacts
     from lab.vm.guest import Guest
 
     settings = _settings(settings)

@@ -11,7 +11,8 @@ from pathlib import Path
 from lab import LabError
 from lab.kernel import config as kconfig
 from lab.kernel import fetch as kernels
-from lab.kernel.catalog import Catalog, locked_packages, locked_url_sha256, source_from_value
+from lab.kernel.catalog import (Catalog, env_var_of, locked_packages, locked_url_sha256, source_from_value,
+                                test_id_of)
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,17 @@ def register(subparsers) -> None:
     lock.add_argument("--id", dest="ids", action="append", metavar="ID",
                       help="only this kernel (repeatable); default: the whole catalog")
     lock.set_defaults(func=cmd_lock)
+
+    build = sub.add_parser("build", help="build a kernel from a source tree or tarball, cached, "
+                                         "to boot like any catalogued kernel")
+    build.add_argument("source", type=Path, metavar="SRC",
+                       help="a kernel source tree (e.g. a git checkout) or a tarball of one")
+    build.add_argument("--id", dest="kernel_id", required=True, metavar="ID",
+                       help="the kernel's id (test id kernel_<ID>), e.g. 6.6 or bpf-next")
+    build.add_argument("--config", type=Path, metavar="FRAGMENT",
+                       help="your config fragment (CONFIG_X=y lines), merged after the lab's")
+    build.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: the cores)")
+    build.set_defaults(func=cmd_build)
 
     check = sub.add_parser("check", help="what the lab and the redirect need of a kernel's "
                                          "configuration, and whether it is there")
@@ -109,6 +121,22 @@ def cmd_lock(args) -> int:
         print(f"error: {error}")
     print(f"wrote {catalog.lock_path}")
     return 1 if failures or catalog.errors else 0
+
+
+def cmd_build(args) -> int:
+    from lab.kernel import build
+
+    started = time.monotonic()
+    built = build.build_kernel(args.source, args.kernel_id, args.config, jobs=args.jobs,
+                               progress=lambda line: print(line, flush=True))
+    source = args.source.expanduser().resolve()
+    print(f"kernel {args.kernel_id}: {built.release} ready ({time.monotonic() - started:.0f} s)")
+    config = f" with --config {args.config}" if args.config else ""
+    print(f"boot it like any other kernel: {env_var_of(args.kernel_id)}={source} pytest -k "
+          f"{test_id_of(args.kernel_id)}{config and ' (and the fragment in a catalog entry)'}, or a "
+          f'catalog entry [[kernel]] id = "{args.kernel_id}", build = "{source}"'
+          + (f', config = "{args.config.expanduser().resolve()}"' if args.config else ""))
+    return 0
 
 
 def cmd_check(args) -> int:

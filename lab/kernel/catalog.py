@@ -26,7 +26,9 @@ SUITES = ("bullseye", "bookworm", "trixie", "trixie-backports", "sid")
 ENV_PREFIX = "SOCKREDIR_KERNEL_"
 URL_SCHEMES = ("http://", "https://", "file://")
 
-_ENTRY_KEYS = {"id", "suite", "package", "url", "path", "modules", "env"}
+_ENTRY_KEYS = {"id", "suite", "package", "url", "path", "modules", "env", "build", "config", "hint"}
+_LIST_KEYS = {"url", "path"}  # a kernel in several packages (Ubuntu: linux-image-* + linux-modules-*)
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst")
 _ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 _GLOB_RE = re.compile(r"^[a-z0-9][a-z0-9+.*?\[\]!-]*$")  # Debian package name characters + glob
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,6 +52,10 @@ class KernelEntry:
     path: Path | None = None
     modules: Path | None = None
     env: str | None = None
+    build: Path | None = None   # a kernel source tree or tarball, built by lab.kernel.build
+    config: Path | None = None  # the user's config fragment for a build
+    more: tuple[str, ...] = ()  # more .deb files (paths or URLs) of the same kernel as url/path
+    hint: str = ""              # how to get this kernel, for `kernels list` and skip reasons
     origin: str = ""  # where this source was declared, for messages
 
     @property
@@ -58,25 +64,31 @@ class KernelEntry:
 
     @property
     def source(self) -> str:
-        """One of "suite", "url", "path", "env" (an env source whose variable is unset)."""
+        """One of "suite", "url", "path", "build", "env" (an env source whose variable is unset)."""
         if self.suite:
             return "suite"
+        if self.build:
+            return "build"
         return "url" if self.url else "path" if self.path else "env"
 
     def describe(self) -> str:
         if self.source == "suite":
             return f"{self.suite}: {self.package}"
+        more = "".join(f" + {extra}" for extra in self.more)
         if self.source == "url":
-            return self.url
+            return self.url + more
         if self.source == "path":
-            return f"{self.path}" + (f" + modules {self.modules}" if self.modules else "")
+            return f"{self.path}" + (f" + modules {self.modules}" if self.modules else "") + more
+        if self.source == "build":
+            return f"build of {self.build}" + (f" with {self.config}" if self.config else "")
         return f"${self.env} (unset)"
 
     def unavailable_reason(self) -> str | None:
         if self.source != "env":
             return None
         return (f"kernel {self.id} image not provided: set {self.env} to a .deb path/URL "
-                f"or a vmlinuz path")
+                f"(several, comma-separated, for a kernel in several packages), a vmlinuz path "
+                f"or a kernel source tree" + (f"; {self.hint}" if self.hint else ""))
 
 
 class CatalogError(LabError):
@@ -95,10 +107,24 @@ class CatalogError(LabError):
 
 
 def source_from_value(kernel_id: str, value: str, origin: str) -> KernelEntry:
-    """An entry from a user-given path or URL (environment variable, CLI or pytest option)."""
-    if value.startswith(URL_SCHEMES):
-        return KernelEntry(id=kernel_id, url=value, origin=origin)
-    return KernelEntry(id=kernel_id, path=Path(value).expanduser().resolve(), origin=origin)
+    """An entry from a user-given value (environment variable, CLI or pytest option): a .deb or
+    vmlinuz path or URL, several .deb files separated by commas (image + modules packages), or a
+    kernel source tree or tarball to build."""
+    first, *more = [part.strip() for part in value.split(",") if part.strip()] or [value]
+    more = tuple(m if m.startswith(URL_SCHEMES) else str(Path(m).expanduser().resolve()) for m in more)
+    if first.startswith(URL_SCHEMES):
+        return KernelEntry(id=kernel_id, url=first, more=more, origin=origin)
+    path = Path(first).expanduser().resolve()
+    if not more and is_source(path):
+        return KernelEntry(id=kernel_id, build=path, origin=origin)
+    return KernelEntry(id=kernel_id, path=path, more=more, origin=origin)
+
+
+def is_source(path: Path) -> bool:
+    """A kernel source tree (a directory with Kbuild's top Makefile and Kconfig) or a tarball."""
+    if path.is_dir():
+        return (path / "Makefile").is_file() and (path / "Kconfig").is_file()
+    return path.name.endswith(TARBALL_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -211,18 +237,26 @@ def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
     for key in sorted(table):
         if key not in _ENTRY_KEYS:
             fail(f"unknown key {key!r}", f"use only {', '.join(sorted(_ENTRY_KEYS))}", kernel_id)
-        if not isinstance(table[key], str) or not table[key]:
+        value = table[key]
+        listed = isinstance(value, list) and key in _LIST_KEYS
+        if listed and (not value or not all(isinstance(v, str) and v for v in value)):
+            fail(f"{key} must be a non-empty list of non-empty strings",
+                 f'write {key} = ["image.deb", "modules.deb"]', kernel_id)
+        if not listed and (not isinstance(value, str) or not value):
             fail(f"{key} must be a non-empty string", f'write {key} = "..."', kernel_id)
-    sources = [k for k in ("suite", "url", "path", "env") if k in table]
+    sources = [k for k in ("suite", "url", "path", "build", "env") if k in table]
     if "package" in table and "suite" not in table:
         fail("package without suite", f"add suite = one of {', '.join(SUITES)}", kernel_id)
     if len(sources) != 1:
         found = ", ".join(sources) if sources else "none"
         fail(f"needs exactly one source, found {found}",
-             "keep one of suite+package, url, path or env", kernel_id)
+             "keep one of suite+package, url, path, build or env", kernel_id)
     if "modules" in table and "path" not in table:
         fail("modules without path", "modules only goes with path = a vmlinuz", kernel_id)
-    entry = KernelEntry(id=kernel_id, origin=f"{_shown(path)} entry #{index}")
+    if "config" in table and "build" not in table:
+        fail("config without build", "config (a fragment) only goes with build = a source tree", kernel_id)
+    base = path.parent
+    entry = KernelEntry(id=kernel_id, origin=f"{_shown(path)} entry #{index}", hint=table.get("hint", ""))
     if "suite" in table:
         suite, package = table["suite"], table.get("package")
         if suite not in SUITES:
@@ -235,14 +269,24 @@ def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
                  "use a Debian package name with * ? [...] wildcards, lower case", kernel_id)
         return replace(entry, suite=suite, package=package)
     if "url" in table:
-        if not table["url"].startswith(URL_SCHEMES):
-            fail(f"url {table['url']!r} is not http(s):// or file://", "give a full URL", kernel_id)
-        return replace(entry, url=table["url"])
+        urls = table["url"] if isinstance(table["url"], list) else [table["url"]]
+        for url in urls:
+            if not url.startswith(URL_SCHEMES):
+                fail(f"url {url!r} is not http(s):// or file://", "give a full URL", kernel_id)
+        return replace(entry, url=urls[0], more=tuple(urls[1:]))
     if "path" in table:
-        base = path.parent
+        paths = [str((base / Path(p).expanduser()).resolve())
+                 for p in (table["path"] if isinstance(table["path"], list) else [table["path"]])]
         modules = table.get("modules")
-        return replace(entry, path=(base / Path(table["path"]).expanduser()).resolve(),
+        if modules and len(paths) > 1:
+            fail("modules with several paths", "modules goes with one path = a vmlinuz; a kernel in "
+                 "several packages lists only the .deb files", kernel_id)
+        return replace(entry, path=Path(paths[0]), more=tuple(paths[1:]),
                        modules=(base / Path(modules).expanduser()).resolve() if modules else None)
+    if "build" in table:
+        config = table.get("config")
+        return replace(entry, build=(base / Path(table["build"]).expanduser()).resolve(),
+                       config=(base / Path(config).expanduser()).resolve() if config else None)
     if not _ENV_NAME_RE.match(table["env"]):
         fail(f"env {table['env']!r} is not a variable name", "use e.g. SOCKREDIR_KERNEL_5_15", kernel_id)
     return replace(entry, env=table["env"])

@@ -150,7 +150,7 @@ IKCONFIG_START, IKCONFIG_END = b"IKCFG_ST", b"IKCFG_ED"
 
 
 def of_kernel(artifacts) -> KernelConfig | None:
-    """The configuration of a prepared kernel (``lab.kernel.fetch.KernelArtifacts``)."""
+    """The configuration of a prepared kernel (``lab.kernel.trees.KernelArtifacts``)."""
     return for_tree(artifacts.release, artifacts.vmlinuz, artifacts.modules_dir)
 
 

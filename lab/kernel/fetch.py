@@ -4,8 +4,9 @@ Debian sources are resolved with apt under a private configuration (its own sour
 cache under the lab cache; the host's apt state is never read or written) and the archive signatures
 are checked with the host's Debian keyring. The resolved packages are pinned in the lock file; the
 .deb files are then downloaded straight from the archive and checked against the pinned SHA-256.
-Extracted trees live under ``kernels/trees/<key>``, ``key`` being a hash of the debs' content, so a
-warm ``prepare`` reads one small JSON file and touches neither the network nor apt.
+Extracted trees live under ``kernels/trees/<key>`` (``lab.kernel.trees``), ``key`` being a hash of
+the debs' content, so a warm ``prepare`` reads one small JSON file and touches neither the network
+nor apt.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import fnmatch
 import functools
 import hashlib
 import http.client
-import json
 import os
 import pwd
 import re
@@ -23,30 +23,20 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from lab import LabError
-from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
-from lab.kernel import bzimage
-from lab.kernel.catalog import (LOCK_PATH, SUITES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
+from lab.cache import atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
+from lab.kernel import build, bzimage, trees
+from lab.kernel.trees import KernelArtifacts
+from lab.kernel.catalog import (LOCK_PATH, SUITES, URL_SCHEMES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
                          locked_url_sha256, read_lock, write_lock)
 
 MIRROR = os.environ.get("SOCKREDIR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 LISTS_MAX_AGE = 24 * 3600
-TREE_FORMAT = "1"  # bump when the layout of an extracted tree changes
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class KernelArtifacts:
-    id: str  # catalog id, "6.1"
-    release: str  # uname -r, "6.1.0-41-cloud-amd64"
-    vmlinuz: Path
-    modules_dir: Path  # the directory holding modules.dep: <root>/lib/modules/<release>
-    key: str  # content hash of this build, for caching derived artifacts
 
 
 class KernelUnavailable(LabError):
@@ -55,21 +45,28 @@ class KernelUnavailable(LabError):
 
 def prepare(entry: KernelEntry, progress: Progress = print,
             lock: Mapping[str, dict] | None = None) -> KernelArtifacts:
-    """Fetch, extract and depmod ``entry``'s kernel, or return the cached result."""
+    """Fetch, extract and depmod ``entry``'s kernel (or build it from source), or return the
+    cached result."""
     reason = entry.unavailable_reason()
     if reason:
         raise KernelUnavailable(reason)
     lock = read_lock() if lock is None else lock
     if entry.source == "suite":
         return _prepare_suite(entry, lock, progress)
-    if entry.source == "url":
-        file, sha = _fetch_url(entry.url, locked_url_sha256(entry, lock), progress)
-    else:
-        if not entry.path.is_file():
-            raise LabError(f"kernel {entry.id}: {entry.path} does not exist "
-                           f"(from {entry.origin}). Fix: point it at a .deb or a vmlinuz file")
-        file, sha = entry.path, sha256_file(entry.path)
-    return _prepare_file(entry, file, sha, progress)
+    if entry.source == "build":
+        return build.build_kernel(entry.build, entry.id, entry.config, progress=progress)
+    first = (_fetch_url(entry.url, locked_url_sha256(entry, lock), progress) if entry.source == "url"
+             else _local_file(entry, entry.path))
+    files = [first] + [_fetch_url(more, None, progress) if more.startswith(URL_SCHEMES)
+                       else _local_file(entry, Path(more)) for more in entry.more]
+    return _prepare_files(entry, files, progress)
+
+
+def _local_file(entry: KernelEntry, path: Path) -> tuple[Path, str]:
+    if not path.is_file():
+        raise LabError(f"kernel {entry.id}: {path} does not exist (from {entry.origin}). "
+                       "Fix: point it at a .deb or a vmlinuz file")
+    return path, sha256_file(path)
 
 
 def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | None:
@@ -77,13 +74,21 @@ def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | No
     try:
         if entry.source == "suite":
             packages = locked_packages(entry, lock)
-            return _load_tree(entry.id, _debs_key(p.sha256 for p in packages)) if packages else None
-        if entry.source == "url":
-            file = _url_cache_path(entry.url)
-            sha = locked_url_sha256(entry, lock) or _read_sidecar(file)
-            return _load_tree(entry.id, _file_key(file, sha, None)) if file.exists() and sha else None
-        if entry.source == "path" and entry.path.is_file():
-            return _load_tree(entry.id, _file_key(entry.path, sha256_file(entry.path), entry.modules))
+            return trees.load(entry.id, _debs_key(p.sha256 for p in packages)) if packages else None
+        if entry.source == "build":
+            return build.cached(entry.build, entry.id, entry.config)
+        files = []
+        for index, source in enumerate((entry.url or str(entry.path),) + entry.more):
+            if source.startswith(URL_SCHEMES):
+                file = _url_cache_path(source)
+                sha = (locked_url_sha256(entry, lock) if index == 0 else None) or _read_sidecar(file)
+            else:
+                file = Path(source)
+                sha = sha256_file(file) if file.is_file() else None
+            if not file.exists() or not sha:
+                return None
+            files.append((file, sha))
+        return trees.load(entry.id, _files_key(files, entry.modules))
     except LabError:
         pass
     return None
@@ -299,11 +304,11 @@ def _prepare_suite(entry: KernelEntry, lock: Mapping[str, dict], progress: Progr
                  f"{packages[0].name} {packages[0].version}. Pin it: `sockredir-lab kernels lock "
                  f"--id {entry.id}`")
     key = _debs_key(p.sha256 for p in packages)
-    warm = _load_tree(entry.id, key)
+    warm = trees.load(entry.id, key)
     if warm:
         return warm
     debs = [_fetch_deb(p, progress) for p in packages]
-    return _build_tree(entry.id, key, progress, lambda root: _extract_debs(debs, root, progress))
+    return trees.build(entry.id, key, progress, lambda root: _extract_debs(debs, root, progress))
 
 
 def _fetch_deb(package: LockedPackage, progress: Progress) -> Path:
@@ -375,27 +380,33 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-# --- extracted trees -----------------------------------------------------------------------------
+# --- user-given files: .deb packages, a vmlinuz and its modules ----------------------------------
 
 def _debs_key(sha256s) -> str:
-    return digest_of(["debs", TREE_FORMAT, *sorted(sha256s)])
+    return digest_of(["debs", trees.TREE_FORMAT, *sorted(sha256s)])
 
 
-def _file_key(file: Path, sha: str, modules: Path | None) -> str:
-    kind = kind_of(file)
-    if kind == "deb":
-        return _debs_key([sha])
-    if kind == "vmlinuz":
-        return digest_of(["vmlinuz", TREE_FORMAT, sha, _dir_fingerprint(modules) if modules else ""])
-    raise LabError(f"{file} is neither a .deb nor a bzImage vmlinuz. Fix: give a kernel .deb or vmlinuz")
+def _files_key(files: list[tuple[Path, str]], modules: Path | None) -> str:
+    """The tree key of user-given files: .deb files (one kernel in one or more packages), or one
+    vmlinuz with its modules directory."""
+    kinds = [kind_of(file) for file, _ in files]
+    if all(kind == "deb" for kind in kinds):
+        return _debs_key(sha for _, sha in files)
+    if kinds == ["vmlinuz"]:
+        sha = files[0][1]
+        return digest_of(["vmlinuz", trees.TREE_FORMAT, sha, _dir_fingerprint(modules) if modules else ""])
+    odd = next(file for (file, _), kind in zip(files, kinds) if kind != "deb" or len(files) > 1)
+    raise LabError(f"{odd} is neither a .deb nor a bzImage vmlinuz (a kernel in several files is "
+                   "several .deb packages). Fix: give kernel .deb files or one vmlinuz")
 
 
-def _prepare_file(entry: KernelEntry, file: Path, sha: str, progress: Progress) -> KernelArtifacts:
-    key = _file_key(file, sha, entry.modules)
-    if kind_of(file) == "deb":
-        return _build_tree(entry.id, key, progress, lambda root: _extract_debs([file], root, progress))
-    return _build_tree(entry.id, key, progress,
-                       lambda root: _install_vmlinuz(file, entry.modules, root, progress))
+def _prepare_files(entry: KernelEntry, files: list[tuple[Path, str]], progress: Progress) -> KernelArtifacts:
+    key = _files_key(files, entry.modules)
+    if kind_of(files[0][0]) == "deb":
+        debs = [file for file, _ in files]
+        return trees.build(entry.id, key, progress, lambda root: _extract_debs(debs, root, progress))
+    return trees.build(entry.id, key, progress,
+                       lambda root: _install_vmlinuz(files[0][0], entry.modules, root, progress))
 
 
 def kind_of(file: Path) -> str | None:
@@ -416,45 +427,13 @@ def _dir_fingerprint(directory: Path) -> list:
             for p in sorted(directory.rglob("*")) if p.is_file()]
 
 
-def _load_tree(kernel_id: str, key: str) -> KernelArtifacts | None:
-    tree = cache_dir("kernels", "trees") / key
-    meta = tree / "kernel.json"
-    if not meta.exists():
-        return None
-    data = json.loads(meta.read_text())
-    return KernelArtifacts(id=kernel_id, release=data["release"], vmlinuz=tree / data["vmlinuz"],
-                           modules_dir=tree / data["modules_dir"], key=key)
-
-
-def _build_tree(kernel_id: str, key: str, progress: Progress,
-                populate: Callable[[Path], None]) -> KernelArtifacts:
-    """Build ``trees/<key>`` once (others wait on a lock), atomically, then load it."""
-    trees = cache_dir("kernels", "trees")
-    with file_lock(trees / f"{key}.lock"):
-        ready = _load_tree(kernel_id, key)
-        if ready:
-            return ready
-        with atomic_dir(trees / key) as tmp:
-            root = tmp / "root"
-            root.mkdir()
-            populate(root)
-            release, vmlinuz, modules = _find_kernel(root)
-            _depmod(root, release, progress)
-            meta = {"release": release, "vmlinuz": str(vmlinuz.relative_to(tmp)),
-                    "modules_dir": str((root / "lib" / "modules" / release).relative_to(tmp))}
-            atomic_write(tmp / "kernel.json", json.dumps(meta, indent=2) + "\n")
-        artifacts = _load_tree(kernel_id, key)
-        progress(f"kernel {kernel_id}: {artifacts.release} ready in {trees / key}")
-        return artifacts
-
-
 def _extract_debs(debs: list[Path], root: Path, progress: Progress) -> None:
     started = time.monotonic()
     total = sum(d.stat().st_size for d in debs)
     progress(f"extracting {len(debs)} package(s), {_mb(total)}")
     for deb in debs:
-        _run_checked(["dpkg-deb", "-x", str(deb), str(root)], f"extracting {deb.name}")
-    _merge_usr_lib(root)
+        trees.run_checked(["dpkg-deb", "-x", str(deb), str(root)], f"extracting {deb.name}")
+    trees.merge_usr_lib(root)
     progress(f"extracted in {time.monotonic() - started:.1f} s")
 
 
@@ -478,57 +457,3 @@ def _install_vmlinuz(vmlinuz: Path, modules: Path | None, root: Path, progress: 
         target.mkdir(parents=True)  # a kernel with everything built in: an empty modules.dep
 
 
-def _merge_usr_lib(root: Path) -> None:
-    """Give every tree one modules location, <root>/lib/modules, as on a merged-/usr system.
-
-    6.12+ packages install into usr/lib/modules, older ones into lib/modules; depmod -b on this
-    host only looks under <root>/lib/modules, so lib becomes a link to usr/lib.
-    """
-    usr_lib = root / "usr" / "lib"
-    if not (usr_lib / "modules").is_dir():
-        return
-    lib = root / "lib"
-    if lib.is_dir() and not lib.is_symlink():
-        for item in lib.rglob("*"):
-            if item.is_file() or item.is_symlink():
-                moved = usr_lib / item.relative_to(lib)
-                moved.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, moved)
-        shutil.rmtree(lib)
-    lib.symlink_to("usr/lib")
-
-
-def _find_kernel(root: Path) -> tuple[str, Path, Path]:
-    """(release, vmlinuz, modules dir) of the one kernel in ``root``."""
-    found = {}
-    for vmlinuz in root.glob("boot/vmlinuz-*"):
-        found[vmlinuz.name[len("vmlinuz-"):]] = vmlinuz
-    for vmlinuz in root.glob("lib/modules/*/vmlinuz"):
-        found.setdefault(vmlinuz.parent.name, vmlinuz)
-    if len(found) != 1:
-        what = ", ".join(sorted(found)) or "none"
-        raise LabError(f"expected one kernel image (boot/vmlinuz-* or usr/lib/modules/*/vmlinuz) "
-                       f"in the extracted packages, found {what}. Fix: point the catalog entry at "
-                       f"a kernel image package")
-    release, vmlinuz = found.popitem()
-    modules = root / "lib" / "modules" / release
-    if not modules.is_dir():
-        raise LabError(f"kernel {release}: no lib/modules/{release} in the extracted packages. "
-                       f"Fix: include the package with the modules (linux-modules-*)")
-    return release, vmlinuz, modules
-
-
-def _depmod(root: Path, release: str, progress: Progress) -> None:
-    progress(f"depmod {release}")
-    _run_checked(["depmod", "-b", str(root), release], f"depmod for {release}")
-    modules = root / "lib" / "modules" / release
-    has_modules = any(modules.rglob("*.ko*"))
-    if has_modules and not (modules / "modules.dep").read_text().strip():
-        raise LabError(f"depmod wrote an empty modules.dep for {release}. Fix: a kmod built with "
-                       f"xz/zstd support (`depmod --version` shows +XZ +ZSTD)")
-
-
-def _run_checked(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise LabError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-1000:]}")

@@ -26,7 +26,8 @@ from pathlib import Path
 from lab import LabError
 from lab.cache import atomic_dir, cache_dir, digest_of, file_lock
 from lab.kernel.catalog import KernelEntry, locked_packages, read_lock
-from lab.kernel.fetch import KernelArtifacts, Progress, fetch_suite_packages
+from lab.kernel.fetch import Progress, fetch_suite_packages
+from lab.kernel.trees import KernelArtifacts
 
 HEADERS_FORMAT = "1"  # bump when the merged tree's layout changes
 HEADERS_LABEL = "sockredir-hdrs"  # ext4 volume label (at most 16 characters)

@@ -121,7 +121,7 @@ def _pad4(length: int) -> int:
 # ---- building ----------------------------------------------------------------------------------
 
 def ensure_boot_files(kernel, progress: Progress = print) -> BootFiles:
-    """The initramfs and modules disk for ``kernel`` (a lab.kernels.KernelArtifacts), cached."""
+    """The initramfs and modules disk for ``kernel`` (a lab.kernel.trees.KernelArtifacts), cached."""
     order = resolve_modules(kernel.modules_dir, BOOT_MODULES, kernel.id)
     initramfs = _ensure_initramfs(kernel, order, progress)
     disk = ensure_modules_disk(kernel, progress)
