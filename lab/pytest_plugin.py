@@ -103,6 +103,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-all", action="store_true",
                     help="run the conformance matrix on every kernel, not only the host and the "
                          "default guest (tests/integration/test_conformance.py)")
+    group.addoption("--foreign-kernels", action="store_true",
+                    help="boot Debian kernels of other flavours and versions than the catalog's "
+                         "(generic 5.10, 6.12, 7.2 from split packages) through the smoke and "
+                         "redirect tests, not only the generic 6.1 (tests/integration/"
+                         "test_foreign_kernels.py)")
+    group.addoption("--kernel-build", action="store_true",
+                    help="build linux-source-6.1 with `kernels build` (about N minutes on 2 cores, "
+                         "cached after) and run the smoke and redirect tests on it "
+                         "(tests/integration/test_kernel_build.py)")
     group.addoption("--bench-all", action="store_true",
                     help="run the redirect bench's sanity test on every kernel, not only the host "
                          "and the default guest (tests/integration/test_bench.py)")

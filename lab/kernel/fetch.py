@@ -202,7 +202,7 @@ class PrivateApt:
     def resolve(self, suite: str, glob: str, progress: Progress = print) -> list[LockedPackage]:
         """The newest package matching ``glob`` in ``suite``, then its exact-version dependencies."""
         prefix = re.split(r"[*?\[]", glob, maxsplit=1)[0]
-        names = [n for n in self._apt_cache("pkgnames", prefix).split() if fnmatch.fnmatchcase(n, glob)]
+        names = [n for n in self.names(prefix) if fnmatch.fnmatchcase(n, glob)]
         records = self._show(suite, names)
         if not records:
             raise LabError(f"no package matching {glob!r} in {suite} (apt lists under {self.lists}). "
@@ -224,6 +224,10 @@ class PrivateApt:
         return [LockedPackage(name=r["Package"], version=r["Version"], suite=suite,
                               filename=r["Filename"], size=int(r["Size"]), sha256=r["SHA256"])
                 for r in resolved]
+
+    def names(self, prefix: str) -> list[str]:
+        """Every package name in the private lists that starts with ``prefix``."""
+        return self._apt_cache("pkgnames", prefix).split()
 
     def _show(self, suite: str, names: list[str]) -> list[dict[str, str]]:
         if not names:
