@@ -238,7 +238,32 @@ class Worker:
 
 
 def on_alarm(signum, frame):
-    raise TimeoutError("the scenario's --timeout expired (a hang?)")
+    raise TimeoutError(f"the scenario's --timeout expired (a hang?); {stuck_state()}")
+
+
+def stuck_state() -> str:
+    """Where this worker's threads sleep in the kernel (wchan) and its namespace's TCP sockets'
+    queues, so a hang says what it is: a reader asleep with bytes in rx_queue is a lost wake-up,
+    a sender asleep with a full tx_queue is backpressure."""
+    waits = []
+    for task in sorted(os.listdir("/proc/self/task")):
+        try:
+            with open(f"/proc/self/task/{task}/wchan") as wchan:
+                waits.append(wchan.read().strip() or "running")
+        except OSError:
+            pass
+    sockets = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                for line in list(lines)[1:]:
+                    fields = line.split()
+                    if fields[3] != "0A":  # listening sockets say nothing here
+                        tx, rx = (int(q, 16) for q in fields[4].split(":"))
+                        sockets.append(f"{fields[1]}->{fields[2]} state {fields[3]} tx {tx} rx {rx}")
+        except OSError:
+            pass
+    return f"threads asleep in {waits}; sockets: {'; '.join(sockets) or 'none'}"
 
 
 def _run_child(name, channel: Channel, function, args, cgroup, netns_device, timeout) -> None:

@@ -13,22 +13,17 @@ apt lists) and cached.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from inner_run import run_inner
+
 from lab import LabError
 from lab.kernel.fetch import PrivateApt, fetch_suite_packages
 
-REPO = Path(__file__).resolve().parents[2]
-SLOT = "5.15"  # the id a user fills with a kernel of their own
-INNER_TIMEOUT = 1800
 
 
 @dataclass(frozen=True)
@@ -78,26 +73,6 @@ def fetch(foreign: Foreign) -> list[Path]:
     return debs
 
 
-def run_inner(debs: list[Path], selection: tuple[str, ...], tmp_path: Path) -> tuple[dict, str]:
-    """The repository's own tests, as a user runs them: pytest -k kernel_5_15 with the kernel in
-    SOCKREDIR_KERNEL_5_15. Returns {outcome: count} from the JUnit XML, and the output."""
-    junit = tmp_path / "inner.xml"
-    env = dict(os.environ, SOCKREDIR_KERNEL_5_15=",".join(map(str, debs)))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
-                           "--no-host", "-k", "kernel_5_15", f"--junitxml={junit}",
-                           f"--artifacts={tmp_path / 'artifacts'}", *selection],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=INNER_TIMEOUT)
-    output = done.stdout + done.stderr
-    assert junit.exists(), f"the inner run wrote no report (exit {done.returncode}):\n{output[-4000:]}"
-    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
-    for case in ElementTree.parse(junit).getroot().iter("testcase"):
-        kinds = {child.tag for child in case}
-        outcome = ("failed" if "failure" in kinds else "error" if "error" in kinds
-                   else "skipped" if "skipped" in kinds else "passed")
-        counts[outcome] += 1
-    return counts, output
-
-
 @pytest.mark.parametrize("foreign", FOREIGN, ids=[f.name for f in FOREIGN])
 def test_a_kernel_the_catalog_does_not_know_passes_smoke_and_redirect(foreign, request, tmp_path):
     everything = request.config.option.foreign_kernels
@@ -107,7 +82,8 @@ def test_a_kernel_the_catalog_does_not_know_passes_smoke_and_redirect(foreign, r
     debs = fetch(foreign)
     selection = ("tests/integration/test_smoke.py", "tests/integration/test_redirect.py") \
         if everything else QUICK_SELECTION
-    counts, output = run_inner(debs, selection, tmp_path)
+    counts, output = run_inner(["-k", "kernel_5_15", *selection], tmp_path,
+                               env={"SOCKREDIR_KERNEL_5_15": ",".join(map(str, debs))})
     print(f"{foreign.name}: {', '.join(p.name for p in debs)}: {counts}")
     assert counts["failed"] == counts["error"] == 0, output[-6000:]
     assert counts["passed"] >= (20 if everything else 7), (counts, output[-3000:])
