@@ -11,7 +11,7 @@ from pathlib import Path
 from lab import LabError
 from lab.kernel import config as kconfig
 from lab.kernel import fetch as kernels
-from lab.kernel.catalog import (Catalog, env_var_of, locked_packages, locked_url_sha256, source_from_value,
+from lab.kernel.catalog import (ENV_PREFIX, Catalog, env_var_of, locked_packages, locked_url_sha256, source_from_value,
                                 test_id_of)
 
 
@@ -131,11 +131,14 @@ def cmd_build(args) -> int:
                                progress=lambda line: print(line, flush=True))
     source = args.source.expanduser().resolve()
     print(f"kernel {args.kernel_id}: {built.release} ready ({time.monotonic() - started:.0f} s)")
-    config = f" with --config {args.config}" if args.config else ""
-    print(f"boot it like any other kernel: {env_var_of(args.kernel_id)}={source} pytest -k "
-          f"{test_id_of(args.kernel_id)}{config and ' (and the fragment in a catalog entry)'}, or a "
-          f'catalog entry [[kernel]] id = "{args.kernel_id}", build = "{source}"'
-          + (f', config = "{args.config.expanduser().resolve()}"' if args.config else ""))
+    entry = f'[[kernel]]\nid = "{args.kernel_id}"\nbuild = "{source}"'
+    if args.config:
+        entry += f'\nconfig = "{args.config.expanduser().resolve()}"'
+    print(f"boot it like any other kernel, from a catalog entry (your kernels.toml, then "
+          f"pytest --kernels-toml FILE -k {test_id_of(args.kernel_id)}):\n{entry}")
+    variable = env_var_of(args.kernel_id)
+    if variable[len(ENV_PREFIX):].replace("_", ".") == args.kernel_id and not args.config:
+        print(f"or: {variable}={source} pytest -k {test_id_of(args.kernel_id)}")
     return 0
 
 

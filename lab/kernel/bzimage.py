@@ -42,8 +42,11 @@ def unpack(image: bytes) -> bytes:
     offset, length = struct.unpack_from("<II", image, 0x248)
     start = (setup_sectors + 1) * 512 + offset
     payload = image[start:start + length]
-    # The kernel's build appends the uncompressed size (4 bytes, little endian) to the payload.
+    # The kernel's build appends the uncompressed size (4 bytes, little endian) to the payload;
+    # a gzip payload carries it as the stream's own last field (ISIZE), nothing is appended.
     compressed, size = payload[:-4], struct.unpack("<I", payload[-4:])[0]
+    if payload.startswith(b"\x1f\x8b"):
+        compressed = payload
     for magic, (name, command) in PAYLOAD_FORMATS.items():
         if compressed.startswith(magic):
             break

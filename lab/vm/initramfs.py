@@ -27,6 +27,7 @@ import shutil
 import stat
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -213,7 +214,8 @@ def ensure_kernel_image(kernel, progress: Progress = print) -> Path:
         elf = bzimage.unpack(kernel.vmlinuz.read_bytes())
         if not bzimage.has_pvh_entry(elf):
             raise ValueError("the kernel has no PVH entry point (CONFIG_PVH)")
-    except (ValueError, OSError, subprocess.CalledProcessError, lzma.LZMAError) as exc:
+    except (ValueError, OSError, EOFError, zlib.error, subprocess.CalledProcessError,
+            lzma.LZMAError) as exc:
         atomic_write(unusable, f"{exc}\n")
         progress(f"initramfs: {kernel.id}: booting the compressed vmlinuz ({exc})")
         return kernel.vmlinuz

@@ -117,9 +117,10 @@ def fake_bzimage(payload: bytes) -> bytes:
 
 def test_bzimage_payload_is_unpacked():
     elf = fake_elf([(b"Xen", 18)]) + b"kernel text" * 100
-    for compressed in (gzip.compress(elf), lzma.compress(elf)):
-        image = fake_bzimage(compressed + struct.pack("<I", len(elf)))
-        assert unpack(image) == elf
+    # xz (like zstd, lz4...) gets the size appended by the kernel's build; gzip holds it itself
+    image = fake_bzimage(lzma.compress(elf) + struct.pack("<I", len(elf)))
+    assert unpack(image) == elf
+    assert unpack(fake_bzimage(gzip.compress(elf))) == elf
 
 
 def test_bzimage_with_unknown_compression_is_refused():
