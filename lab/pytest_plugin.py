@@ -109,7 +109,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "redirect tests, not only the generic 6.1 (tests/integration/"
                          "test_foreign_kernels.py)")
     group.addoption("--kernel-build", action="store_true",
-                    help="build linux-source-6.1 with `kernels build` (about N minutes on 2 cores, "
+                    help="build linux-source-6.1 with `kernels build` (about 30 minutes on 2 cores, "
                          "cached after) and run the smoke and redirect tests on it "
                          "(tests/integration/test_kernel_build.py)")
     group.addoption("--bench-all", action="store_true",

@@ -504,10 +504,19 @@ def nodelay(conn: socket.socket) -> socket.socket:
     return conn
 
 
+SO_COOKIE = 57  # <asm-generic/socket.h>; the socket's cookie, what a sockhash returns as its value
+
+
+def cookie(sock: socket.socket) -> int:
+    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+
+
 def describe(sock: socket.socket) -> dict:
-    """The socket's addresses as the map keys show them."""
+    """The socket's addresses as the map keys show them, and its cookie: the map must hold *this*
+    socket under its key, not just some socket."""
     return {"family": "AF_INET6" if sock.family == socket.AF_INET6 else "AF_INET",
-            "sockname": list(sock.getsockname()[:2]), "peername": list(sock.getpeername()[:2])}
+            "sockname": list(sock.getsockname()[:2]), "peername": list(sock.getpeername()[:2]),
+            "cookie": cookie(sock)}
 
 
 def accept_one(family_name: str, port: int):

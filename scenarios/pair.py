@@ -145,10 +145,15 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
             "received": received, "received_sha256": digest.hexdigest(), "error": error}
 
 
+SO_COOKIE = 57  # <asm-generic/socket.h>
+
+
 def describe(sock: socket.socket, cgroup: str | None) -> dict:
+    """Addresses as the map keys show them, and the cookie a sockhash value holds."""
     return {"pid": os.getpid(), "cgroup": cgroup,
             "family": "AF_INET6" if sock.family == socket.AF_INET6 else "AF_INET",
-            "sockname": address(sock.getsockname()), "peername": address(sock.getpeername())}
+            "sockname": address(sock.getsockname()), "peername": address(sock.getpeername()),
+            "cookie": struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]}
 
 
 def run_server(channel: Channel, args) -> None:

@@ -131,6 +131,11 @@ class ModuleIndex:
             if optional:
                 return
             needed_by = f" (needed by {chain[-1]})" if chain else ""
+            if not (self.directory / "modules.builtin").exists():
+                raise LabError(f"{self.kernel}: module {name}{needed_by} is not in modules.dep, and "
+                               f"{self.directory} has no modules.builtin, so what the kernel builds "
+                               "in cannot be told: a package of this kernel is missing (Debian 7.x "
+                               "ships it in linux-base-*, next to linux-binary-* and linux-modules-*)")
             raise LabError(f"{self.kernel}: module {name}{needed_by} is neither in modules.dep, "
                            "modules.builtin nor modules.alias; this kernel cannot boot a virtio "
                            "guest - choose a kernel that has it (built in or as a module), "

@@ -162,3 +162,21 @@ def socket_tuples(pair: dict, roles=("client", "server")) -> set:
 
 def entry_tuples(entries: list[dict]) -> set:
     return {(tuple(e["local"]), tuple(e["remote"])) for e in entries}
+
+
+def cookie_mismatches(entries: list[dict], sockets: list[dict]) -> list[str] | None:
+    """Which keys hold a socket other than the one with those addresses (compared by SO_COOKIE,
+    as the kernel's sockmap selftests do). None when the map's values cannot be read back (a
+    4-byte value, as the seed's: the kernel returns a cookie only into 8 bytes)."""
+    if not entries or not all("cookie" in e for e in entries):
+        return None
+    by_tuple = {socket_tuple(s): s.get("cookie") for s in sockets}
+    problems = []
+    for entry in entries:
+        key = (tuple(entry["local"]), tuple(entry["remote"]))
+        if key in by_tuple and entry["cookie"] != by_tuple[key]:
+            owner = next((t for t, c in by_tuple.items() if c == entry["cookie"]), None)
+            problems.append(f"key {key} holds socket cookie {entry['cookie']}"
+                            + (f" (the socket {owner})" if owner else " (no socket of the scenario)")
+                            + f", not its own socket's {by_tuple[key]}")
+    return problems

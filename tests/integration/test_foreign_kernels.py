@@ -38,9 +38,10 @@ FOREIGN = (
     Foreign("generic_6_1_bookworm", "bookworm", r"linux-image-6\.1\.0-\d+-amd64-unsigned"),
     Foreign("generic_5_10_bullseye", "bullseye", r"linux-image-5\.10\.0-\d+-amd64-unsigned"),
     Foreign("generic_6_12_trixie", "trixie", r"linux-image-6\.12\.\d+\+deb13-amd64-unsigned"),
-    # 7.x comes in two packages: the image (linux-binary-*) and the modules (linux-modules-*)
+    # 7.x comes in split packages, passed as files the way Ubuntu's image + modules are: the image
+    # (linux-binary-*), the modules (linux-modules-*) and modules.builtin + config (linux-base-*)
     Foreign("generic_7_2_sid_split", "sid", r"linux-image-7\.2\.\d+\+deb14-amd64",
-            keep=r"linux-(binary|modules)-"),
+            keep=r"linux-(base|binary|modules)-"),
 )
 DEFAULT = "generic_6_1_bookworm"
 # The default run's slice: every smoke test and one whole redirect path.

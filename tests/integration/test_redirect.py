@@ -17,7 +17,7 @@ from pair_checks import assert_no_error
 from lab import LabError
 from lab.bpf import cgroups
 from lab.bpf import redirect
-from lab.scenario.runner import entry_tuples, run_pair, socket_tuples
+from lab.scenario.runner import cookie_mismatches, entry_tuples, run_pair, socket_tuples
 from lab.vm.target import Target
 from lab.kernel.config import REDIRECT
 
@@ -62,6 +62,9 @@ def test_one_connection_two_entries_data_intact(target, cgroup, variant):
     entries = held["entries"]
     assert len(entries) == 2, entries
     assert entry_tuples(entries) == socket_tuples(pair)
+    # each key holds the socket with those addresses (its SO_COOKIE), where values can be read
+    mismatches = cookie_mismatches(entries, [pair["client"], pair["server"]])
+    assert mismatches == ([] if variant != "seed" else None), mismatches
     assert after["entries"] == [], "entries must disappear when the sockets close"
 
     if variant == "seed":

@@ -156,3 +156,9 @@ def test_parsers_ignore_what_they_do_not_know():
     assert parse_modules_softdep("# comment\nsoftdep x\nsoftdep y pre: a b post: c\n") == {
         "y": (["a", "b"], ["c"])}
     assert parse_builtin_modinfo_aliases(b"x.alias=\0y.alias=z\0garbage\0") == ["z"]
+
+
+def test_a_kernel_without_modules_builtin_is_told_its_missing_package(tmp_path):
+    (tmp_path / "modules.dep").write_text("kernel/drivers/block/virtio_blk.ko:\n")
+    with pytest.raises(LabError, match="has no modules.builtin.*linux-base"):
+        resolve(tmp_path, ["virtio_pci"], kernel="7.2")
