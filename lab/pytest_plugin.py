@@ -111,7 +111,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kernel-build", action="store_true",
                     help="build linux-source-6.1 with `kernels build` (about 30 minutes on 2 cores, "
                          "cached after) and run the smoke and redirect tests on it "
-                         "(tests/integration/test_kernel_build.py)")
+                         "(tests/integration/test_kernel_from_source.py)")
     group.addoption("--bench-all", action="store_true",
                     help="run the redirect bench's sanity test on every kernel, not only the host "
                          "and the default guest (tests/integration/test_bench.py)")

@@ -253,35 +253,39 @@ def _toml_str(value: str) -> str:
 # ----------------------------------------------------------------------------- verifier statistics
 
 STATS_FILE = CASES_DIR / "stats.toml"
-
-
-@dataclass(frozen=True)
-class StatsBand:
-    """How far a program's instruction count may drift from the recorded figure."""
-
-    relative: float
-    absolute: int
-
-    def allows(self, recorded: int, measured: int) -> bool:
-        return abs(measured - recorded) <= max(self.absolute, self.relative * recorded)
-
-    def describe(self, recorded: int) -> str:
-        slack = max(self.absolute, self.relative * recorded)
-        return f"{recorded} +/- {slack:.0f}"
+STATS_HEADER = """\
+# Verifier work of the redirect's programs: "processed N insns" (the same figure as the kernel's
+# verified_insns) per program, per kernel, for objects built by the compiler named below.
+# tests/integration/test_verifier_cases.py compares every run with these figures exactly: any
+# change (a complexity regression, a verifier change, another compiler) fails until it is
+# reviewed and re-recorded with
+#   SOCKREDIR_RECORD_VERIFIER_STATS=1 pytest tests/integration/test_verifier_cases.py -k statistics
+# The host's figures carry the release they were measured on."""
 
 
 @dataclass
 class RecordedStats:
-    band: StatsBand
-    figures: dict[str, dict[str, dict[str, int]]]  # variant -> kernel -> program -> processed insns
+    compiler: str | None                           # `clang --version` of the recorded objects
+    figures: dict[str, dict[str, dict[str, Any]]]  # variant -> kernel -> program -> processed insns
 
-    def lookup(self, variant: str, kernel_id: str, release: str) -> dict[str, int] | None:
-        per_kernel = self.figures.get(variant, {})
-        if kernel_id in per_kernel:
-            return per_kernel[kernel_id]
-        version = kernel_version(release)
-        same = [v for k, v in per_kernel.items() if kernel_version(k) == version]
-        return same[0] if same else None
+    def lookup(self, variant: str, kernel_id: str) -> dict[str, Any] | None:
+        return self.figures.get(variant, {}).get(kernel_id)
+
+    def differences(self, variant: str, kernel_id: str, release: str,
+                    measured: dict[str, int], compiler: str) -> list[str] | None:
+        """What differs from the record, exactly (empty: nothing); None when nothing is recorded
+        for this kernel (or, for the host, for this release)."""
+        recorded = self.lookup(variant, kernel_id)
+        if recorded is None or ("release" in recorded and recorded["release"] != release):
+            return None
+        if self.compiler and compiler != self.compiler:
+            return [f"recorded for objects built by {self.compiler!r}, these were built by "
+                    f"{compiler!r}: re-record after a review of the figures"]
+        programs = {name: count for name, count in recorded.items() if name != "release"}
+        if set(programs) != set(measured):
+            return [f"programs changed: {sorted(measured)} vs recorded {sorted(programs)}"]
+        return [f"{name}: {measured[name]} insns, recorded {count}"
+                for name, count in sorted(programs.items()) if measured[name] != count]
 
 
 def load_stats(path: Path = STATS_FILE) -> RecordedStats:
@@ -290,20 +294,27 @@ def load_stats(path: Path = STATS_FILE) -> RecordedStats:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CorpusError(f"{path}: cannot read the recorded verifier statistics ({exc}); "
                           "restore it from git or re-record it (docs/verifier.md)") from exc
-    band = data.pop("tolerance", {})
-    return RecordedStats(StatsBand(float(band.get("relative", 0.1)), int(band.get("absolute", 5))), data)
+    compiler = data.pop("compiler", None)
+    data.pop("tolerance", None)  # the old band: figures are compared exactly now
+    return RecordedStats(compiler, data)
 
 
-def record_stats(variant: str, kernel_id: str, figures: dict[str, int], path: Path = STATS_FILE) -> None:
-    """Set the figures of one variant on one kernel (the file is regenerated, comments on top kept)."""
-    stats = load_stats(path)
-    stats.figures.setdefault(variant, {})[kernel_id] = dict(sorted(figures.items()))
-    text = path.read_text()
-    head = "\n".join(ln for ln in text.split("\n[", 1)[0].splitlines() if ln.startswith("#"))
-    out = [head, "", "[tolerance]", f"relative = {stats.band.relative}", f"absolute = {stats.band.absolute}"]
+def record_stats(variant: str, kernel_id: str, figures: dict[str, int], compiler: str,
+                 release: str | None = None, path: Path = STATS_FILE) -> None:
+    """Set the figures of one variant on one kernel (the file is regenerated). Figures made by
+    another compiler than the recorded ones are all dropped: they describe other objects."""
+    stats = load_stats(path) if path.exists() else RecordedStats(None, {})
+    if stats.compiler != compiler:
+        stats = RecordedStats(compiler, {})
+    entry: dict[str, Any] = dict(sorted(figures.items()))
+    if release:
+        entry["release"] = release
+    stats.figures.setdefault(variant, {})[kernel_id] = entry
+    out = [STATS_HEADER, "", f"compiler = {_toml_str(compiler)}"]
     for name in sorted(stats.figures):
         out += ["", f"[{name}]"]
         for kernel in sorted(stats.figures[name], key=lambda k: kernel_version(k) or (999, 0)):
-            programs = ", ".join(f"{p} = {n}" for p, n in stats.figures[name][kernel].items())
-            out.append(f"{_toml_str(kernel)} = {{ {programs} }}")
-    path.write_text("\n".join(out).lstrip("\n") + "\n")
+            fields = ", ".join(f"{p} = {_toml_str(n) if isinstance(n, str) else n}"
+                               for p, n in stats.figures[name][kernel].items())
+            out.append(f"{_toml_str(kernel)} = {{ {fields} }}")
+    path.write_text("\n".join(out) + "\n")

@@ -4,7 +4,7 @@ run-time consequence of the padding-holes case.
 - ``test_case_outcome[kernel x case]``: load the case on the kernel's target, compare with the
   corpus (outcome, log pattern, recorded key line, probed feature); every log is an artifact.
 - ``test_verifier_statistics[kernel x variant]``: the production, netns and seed programs'
-  "processed N insns" against ``bpf/cases/stats.toml`` within its tolerance band.
+  "processed N insns" against ``bpf/cases/stats.toml``, exactly (per kernel, per compiler).
 - ``test_padding_holes_*``: the key-with-holes program installed on a cgroup, one real
   connection: the sockops side inserts both sockets under their right 4-tuples, yet the sk_msg
   side's lookups miss, because the holes hold stack garbage that differs between the programs
@@ -95,18 +95,18 @@ def test_verifier_statistics(kernel, target, variant, artifacts):
         if prog.verified_insns is not None:
             assert prog.verified_insns == prog.processed_insns, "the log and the kernel disagree"
 
-    if RECORD_STATS and kernel.id != "host":
-        corpus.record_stats(variant, kernel.id, figures)
+    compiler = bpf.clang_version()
+    release = verdict.kernel_release if kernel.id == "host" else None
+    if RECORD_STATS:
+        corpus.record_stats(variant, kernel.id, figures, compiler, release)
         return
-    recorded = corpus.load_stats()
-    expected = recorded.lookup(variant, kernel.id, verdict.kernel_release)
-    if expected is None:
-        pytest.skip(f"no figures recorded for {variant} on {kernel.id} (measured {figures}); record "
-                    "them with SOCKREDIR_RECORD_VERIFIER_STATS=1")
-    assert set(figures) == set(expected), f"programs changed: {sorted(figures)} vs {sorted(expected)}"
-    outside = {name: f"{figures[name]} (recorded {recorded.band.describe(count)})"
-               for name, count in expected.items() if not recorded.band.allows(count, figures[name])}
-    assert not outside, f"verifier work of {variant} moved out of its band on {kernel.id}: {outside}"
+    differences = corpus.load_stats().differences(variant, kernel.id, verdict.kernel_release,
+                                                  figures, compiler)
+    if differences is None:
+        pytest.skip(f"no figures recorded for {variant} on {kernel.id} ({verdict.kernel_release}; "
+                    f"measured {figures}); record them with SOCKREDIR_RECORD_VERIFIER_STATS=1")
+    assert not differences, (f"verifier work of {variant} on {kernel.id} changed: {differences}; "
+                             "if intended, review and re-record (bpf/cases/stats.toml says how)")
 
 
 # ----------------------------------------------------------------------------- padding holes at run time

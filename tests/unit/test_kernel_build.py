@@ -3,7 +3,7 @@ for the targets the lab runs (defconfig, olddefconfig, bzImage, modules, kernelr
 modules_install, all with O=): the fragments merge in order (the user's last), an option that
 does not survive olddefconfig is an error naming it, an option this kernel does not define is left
 out with a note, the result is cached by source and configuration, and a changed source or
-fragment builds again. The real build of linux-source-6.1 is tests/integration/test_kernel_build.py."""
+fragment builds again. The real build of linux-source-6.1 is tests/integration/test_kernel_from_source.py."""
 
 from __future__ import annotations
 

@@ -272,17 +272,28 @@ def test_record_rewrites_only_the_kernels_table(tmp_path):
     assert list(again.recorded) == ["5.10", "6.1", "7.2"]
 
 
-def test_stats_band_and_recording(tmp_path):
+def test_stats_are_compared_exactly_and_per_compiler(tmp_path):
     path = tmp_path / "stats.toml"
-    path.write_text("# head comment\n\n[tolerance]\nrelative = 0.1\nabsolute = 5\n")
-    corpus.record_stats("production", "6.1", {"sredir_ops": 142, "sredir_msg": 106}, path)
-    corpus.record_stats("production", "5.10", {"sredir_ops": 142, "sredir_msg": 106}, path)
+    clang = "Debian clang version 14.0.6"
+    corpus.record_stats("production", "6.1", {"sredir_ops": 142, "sredir_msg": 106}, clang, path=path)
+    corpus.record_stats("production", "host", {"sredir_ops": 140, "sredir_msg": 103}, clang,
+                        release="6.18.44", path=path)
     stats = corpus.load_stats(path)
-    assert path.read_text().startswith("# head comment")
-    assert stats.lookup("production", "host", "6.1.7") == {"sredir_msg": 106, "sredir_ops": 142}
-    assert stats.lookup("production", "6.12", "6.12.1") is None
-    assert stats.band.allows(142, 156) and not stats.band.allows(142, 157)
-    assert stats.band.allows(21, 26) and not stats.band.allows(21, 27)
+    assert path.read_text().startswith("# Verifier work")
+    same = {"sredir_ops": 142, "sredir_msg": 106}
+    assert stats.differences("production", "6.1", "6.1.0-50", same, clang) == []
+    # one instruction more is a change, not noise inside a band
+    assert stats.differences("production", "6.1", "6.1.0-50", {**same, "sredir_ops": 143}, clang) == [
+        "sredir_ops: 143 insns, recorded 142"]
+    assert stats.differences("production", "6.1", "6.1.0-50", {"sredir_ops": 142}, clang) == [
+        "programs changed: ['sredir_ops'] vs recorded ['sredir_msg', 'sredir_ops']"]
+    assert "built by 'clang 15'" in stats.differences("production", "6.1", "x", same, "clang 15")[0]
+    assert stats.differences("production", "6.12", "6.12.1", same, clang) is None  # not recorded
+    host = {"sredir_ops": 140, "sredir_msg": 103}
+    assert stats.differences("production", "host", "6.18.44", host, clang) == []
+    assert stats.differences("production", "host", "6.18.50", host, clang) is None  # another host
+    corpus.record_stats("seed", "6.1", {"bpf_redir": 21}, "clang 15", path=path)
+    assert corpus.load_stats(path).figures == {"seed": {"6.1": {"bpf_redir": 21}}}  # others dropped
 
 
 # ----------------------------------------------------------------------------- the committed corpus
