@@ -8,30 +8,32 @@ from __future__ import annotations
 import os
 import time
 
-from common import connect, listen, recv_bytes, recv_until_eof, run, send_all
+from common import connect, data_segs_out, listen, recv_bytes, recv_until_eof, run, send_all
 
 
 def server(family: str, port: int, conns: int, size: int):
     listener = listen(family, port, backlog=1024)
     yield {"port": listener.getsockname()[1]}
     yield {"listening": True}
-    echoed, clean_eofs = 0, 0
+    echoed, clean_eofs, over_tcp = 0, 0, 0
     for _ in range(conns):
         conn, _ = listener.accept()
         data = recv_bytes(conn, size)
         send_all(conn, data)
         echoed += len(data)
         clean_eofs += recv_until_eof(conn) == 0
+        over_tcp += data_segs_out(conn) > 0
         conn.close()
     listener.close()
-    yield {"echoed": echoed, "clean_eofs": clean_eofs}
+    # connections whose payload from this side crossed TCP/IP (not redirected)
+    yield {"echoed": echoed, "clean_eofs": clean_eofs, "conns_over_tcp": over_tcp}
     yield {"closed": True}
 
 
 def client(port: int, family: str, conns: int, size: int):
     yield {"ready": True}
     payload = os.urandom(size)
-    intact, received = 0, 0
+    intact, received, over_tcp = 0, 0, 0
     started = time.monotonic()
     for _ in range(conns):
         conn = connect(family, port)
@@ -39,10 +41,12 @@ def client(port: int, family: str, conns: int, size: int):
         reply = recv_bytes(conn, size)
         received += len(reply)
         intact += reply == payload
+        over_tcp += data_segs_out(conn) > 0
         conn.close()
     seconds = time.monotonic() - started
     yield {"conns": conns, "intact_conns": intact, "sent": conns * size, "received": received,
-           "seconds": round(seconds, 6), "conns_per_second": round(conns / seconds, 1)}
+           "seconds": round(seconds, 6), "conns_per_second": round(conns / seconds, 1),
+           "conns_over_tcp": over_tcp}
     yield {"closed": True}
 
 

@@ -620,7 +620,7 @@ def transfer(sock: socket.socket, sizes: list[int], hook=None) -> dict:
                 start += size
                 sent["bytes"], sent["sends"] = start, sent["sends"] + 1
         except OSError as exc:
-            sent["error"] = f"send: {exc}"
+            sent["error"], sent["error_at"] = f"send: {exc}", time.monotonic()
             try:  # unblock both ends: the peer's recv() sees EOF instead of waiting for the timeout
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -636,11 +636,30 @@ def transfer(sock: socket.socket, sizes: list[int], hook=None) -> dict:
             error = f"recv: peer closed after {received} of {total} bytes"
     except OSError as exc:
         received, error = -1, f"recv: {exc}"
+    error_at = time.monotonic()
     thread.join()
+    # The first error is the cause: a send that failed shuts the socket down, and the recv then
+    # ends early because of it (and the other way round for the peer).
+    first = sent["error"] or error
+    if sent["error"] and error and sent["error_at"] > error_at:
+        first = error
     return {"sent": sent["bytes"], "sends": sent["sends"], "sent_sha256": sha256(payload),
             "received": received, "received_sha256": digest.hexdigest(),
             "seconds": round(time.monotonic() - started, 6), "hook": sent["hook"],
-            "error": sent["error"] or error}
+            "data_segs_out": data_segs_out(sock), "error": first}
+
+
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_out, the segments TCP sent that carried payload
+# (since 4.6). A connection whose payload the redirect carried has none: program-independent,
+# per-connection evidence (handshake and FIN carry no payload).
+TCP_INFO_DATA_SEGS_OUT = 156
+
+
+def data_segs_out(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < TCP_INFO_DATA_SEGS_OUT + 4:
+        return -1  # a kernel older than 4.6: unknown
+    return struct.unpack_from("I", info, TCP_INFO_DATA_SEGS_OUT)[0]
 
 
 def sha256(data: bytes) -> str:

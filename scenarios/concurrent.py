@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from common import connect, describe, listen, recv_bytes, run, send_all
+from common import connect, data_segs_out, describe, listen, recv_bytes, run, send_all
 
 
 def server(family: str, port: int, conns: int, size: int):
@@ -25,7 +25,8 @@ def server(family: str, port: int, conns: int, size: int):
         data = recv_bytes(conn, size)
         send_all(conn, data)
         echoed += len(data)
-    yield {"echoed": echoed}
+    # per socket, in the order of "sockets": which connections' payload crossed TCP/IP
+    yield {"echoed": echoed, "data_segs_out": [data_segs_out(conn) for conn in accepted]}
     for conn in accepted:
         conn.close()
     yield {"closed": True}
@@ -44,7 +45,8 @@ def client(port: int, family: str, conns: int, size: int):
         received += len(reply)
         intact += reply == payload
     yield {"conns": conns, "intact_conns": intact, "sent": conns * size, "received": received,
-           "seconds": round(time.monotonic() - started, 6)}
+           "seconds": round(time.monotonic() - started, 6),
+           "data_segs_out": [data_segs_out(conn) for conn in sockets]}
     for conn in sockets:
         conn.close()
     yield {"closed": True}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from common import accept_one, connect, describe, nodelay, recv, recv_bytes, run, send_all
+from common import accept_one, connect, data_segs_out, describe, nodelay, recv, recv_bytes, run, send_all
 
 
 def server(family: str, port: int, total: int):
@@ -21,7 +21,7 @@ def server(family: str, port: int, total: int):
             break
         send_all(conn, data)
         echoed += len(data)
-    yield {"echoed": echoed}
+    yield {"echoed": echoed, "data_segs_out": data_segs_out(conn)}
     conn.close()
     yield {"closed": True}
 
@@ -38,7 +38,8 @@ def client(port: int, family: str, trips: int, size: int):
         intact += reply == payload
     seconds = time.monotonic() - started
     yield {"trips": trips, "intact_trips": intact, "sends": sends, "bytes": trips * size,
-           "seconds": round(seconds, 6), "trips_per_second": round(trips / seconds, 1)}
+           "seconds": round(seconds, 6), "trips_per_second": round(trips / seconds, 1),
+           "data_segs_out": data_segs_out(conn)}
     conn.close()
     yield {"closed": True}
 

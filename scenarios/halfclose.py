@@ -10,7 +10,8 @@ import hashlib
 import os
 import socket
 
-from common import accept_one, connect, describe, nodelay, recv_until_eof, run, send_all, sha256
+from common import (accept_one, connect, data_segs_out, describe, nodelay, recv_until_eof, run,
+                    send_all, sha256)
 
 EOF_WAIT = 20  # seconds a side waits for the peer's data and EOF
 
@@ -33,7 +34,7 @@ def server(family: str, port: int, reply_bytes: int):
     reply = os.urandom(reply_bytes)
     send_all(conn, reply)
     conn.shutdown(socket.SHUT_WR)
-    result.update(sent=reply_bytes, sent_sha256=sha256(reply))
+    result.update(sent=reply_bytes, sent_sha256=sha256(reply), data_segs_out=data_segs_out(conn))
     yield result
     conn.close()
     yield {"closed": True}
@@ -46,7 +47,7 @@ def client(port: int, family: str, nbytes: int):
     send_all(conn, payload)
     conn.shutdown(socket.SHUT_WR)
     result = read_to_eof(conn)
-    result.update(sent=nbytes, sent_sha256=sha256(payload))
+    result.update(sent=nbytes, sent_sha256=sha256(payload), data_segs_out=data_segs_out(conn))
     yield result
     conn.close()
     yield {"closed": True}

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 
-from common import connect, describe, listen, nodelay, recv_exactly, run, sha256
+from common import connect, data_segs_out, describe, listen, nodelay, recv_exactly, run, sha256
 
 PIPE_CHUNK = 64 << 10
 
@@ -68,7 +68,7 @@ def client(port: int, family: str, mode: str, total: int):
         send = send_with_sendfile if mode == "sendfile" else send_with_splice
         calls = send(conn, source.fileno(), total)
         yield {"mode": mode, "sent": total, "sent_sha256": sha256(payload), "calls": calls,
-               "seconds": round(time.monotonic() - started, 6)}
+               "seconds": round(time.monotonic() - started, 6), "data_segs_out": data_segs_out(conn)}
     conn.close()
     yield {"closed": True}
 

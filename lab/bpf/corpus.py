@@ -39,7 +39,11 @@ SOURCE_SUFFIX = ".bpf.c"
 KERNELS_HEADER = "[kernels]"
 TOP_KEYS = {"summary", "capabilities", "defines", "log", "feature", "kernels"}
 FEATURE_KEYS = {"prog_type", "helper", "present", "absent"}
-RECORD_KEYS = {"outcome", "key_line", "release"}
+RECORD_KEYS = {"outcome", "key_line", "release", "insns"}
+# What every accepted load prints: a [log] pattern that matches it cannot tell this case from any
+# other program, so it could never fail (the record's exact instruction counts are the evidence).
+ANY_ACCEPTED_LOG = ("processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0 "
+                    "peak_states 0 mark_read 0\nverification time 12 usec\nstack depth 0")
 
 
 class CorpusError(LabError):
@@ -51,6 +55,7 @@ class Record:
     outcome: str
     key_line: str | None = None
     release: str | None = None
+    insns: dict[str, int] | None = None  # accepted: processed insns per program, compared exactly
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Expectation:
     outcome: str
     source: str  # how it was decided, for the report
     key_line: str | None = None
+    insns: dict[str, int] | None = None
 
 
 @dataclass
@@ -90,7 +96,7 @@ class Case:
         record = self.recorded.get(kernel_id or "") or self._same_version(release)
         if record is not None:
             return Expectation(record.outcome, f"recorded on {record.release or 'this kernel'}",
-                               record.key_line)
+                               record.key_line, record.insns)
         if self.feature is not None and target is not None:
             outcome, why = self.feature.predict(target)
             return Expectation(outcome, why)
@@ -128,7 +134,27 @@ class Case:
         if expected.key_line and verdict.key_line != expected.key_line:
             problems.append(f"key line {verdict.key_line!r} differs from the recorded "
                             f"{expected.key_line!r}")
+        if verdict.outcome == "accepted" and expected.insns is not None:
+            measured = processed_insns(verdict)
+            if measured != expected.insns:
+                problems.append(f"accepted as {measured} processed insns, recorded {expected.insns}: "
+                                "the verifier saw another program (re-record after a review)")
         return problems
+
+    def evidence_problem(self, verdict: ObjectVerdict) -> str | None:
+        """Why ``verdict`` cannot be recorded as this case's outcome: its evidence does not match
+        the case's pattern for that outcome (so the case does not show what it is about)."""
+        pattern = self.log_patterns.get(verdict.outcome)
+        if verdict.outcome != "accepted" and not pattern:
+            return f"the case has no [log] pattern for {verdict.outcome}"
+        if pattern and not re.search(pattern, verdict.evidence(), re.M):
+            return (f"the {verdict.outcome} evidence ({verdict.key_line}) does not match the case's "
+                    f"pattern {pattern!r}")
+        return None
+
+
+def processed_insns(verdict: ObjectVerdict) -> dict[str, int]:
+    return {p.name: p.processed_insns for p in verdict.programs if p.processed_insns is not None}
 
 
 def kernel_version(text: str) -> tuple[int, int] | None:
@@ -190,6 +216,10 @@ def _parse(source: Path, sidecar: Path, data: dict[str, Any]) -> Case:
             re.compile(pattern)
         except (re.error, TypeError) as exc:
             raise fail(f"[log] {outcome} is not a valid regex: {exc}") from exc
+    if "accepted" in logs and re.search(logs["accepted"], ANY_ACCEPTED_LOG, re.M):
+        raise fail(f"[log] accepted = {logs['accepted']!r} matches the log of any accepted program, "
+                   "so it can never fail; drop it (the recorded insns are an accepted load's "
+                   "evidence) or make it name what is particular to this case")
     feature = None
     if "feature" in data:
         rule = data["feature"]
@@ -203,6 +233,10 @@ def _parse(source: Path, sidecar: Path, data: dict[str, Any]) -> Case:
         if not isinstance(record, dict) or set(record) - RECORD_KEYS or "outcome" not in record:
             raise fail(f"[kernels] {kernel!r} must be {{ outcome = ..., key_line = ..., release = ... }}")
         _check_outcome(record["outcome"], fail)
+        insns = record.get("insns")
+        if insns is not None and (not isinstance(insns, dict) or record["outcome"] != "accepted"
+                                  or not all(isinstance(n, int) for n in insns.values())):
+            raise fail(f"[kernels] {kernel!r}: insns = {{ program = N }} goes with accepted only")
         recorded[kernel] = Record(**record)
     outcomes = {r.outcome for r in recorded.values()} | ({feature.present, feature.absent} if feature else set())
     missing = sorted(o for o in outcomes - set(logs) if o != "accepted")
@@ -226,8 +260,14 @@ def _check_outcome(value: Any, fail) -> None:
 
 def record(case: Case, kernel_id: str, verdict: ObjectVerdict) -> None:
     """Write ``verdict`` as the case's record for ``kernel_id`` (the [kernels] table is
-    regenerated; everything above it in the sidecar is kept as written)."""
-    case.recorded[kernel_id] = Record(verdict.outcome, verdict.key_line, verdict.kernel_release)
+    regenerated; everything above it in the sidecar is kept as written). An outcome whose
+    evidence does not match the case's pattern is refused: it did not show what the case is about."""
+    problem = case.evidence_problem(verdict)
+    if problem:
+        raise CorpusError(f"{case.name} on {verdict.kernel_release} not recorded: {problem}; fix the "
+                          f"case (source or [log] pattern in {case.sidecar.name}) first")
+    insns = (processed_insns(verdict) or None) if verdict.outcome == "accepted" else None
+    case.recorded[kernel_id] = Record(verdict.outcome, verdict.key_line, verdict.kernel_release, insns)
     text = case.sidecar.read_text()
     head = text.split(KERNELS_HEADER, 1)[0].rstrip() + "\n\n"
     if KERNELS_HEADER not in text:
@@ -241,6 +281,8 @@ def record(case: Case, kernel_id: str, verdict: ObjectVerdict) -> None:
             fields.append(f"key_line = {_toml_str(rec.key_line)}")
         if rec.release:
             fields.append(f"release = {_toml_str(rec.release)}")
+        if rec.insns:
+            fields.append("insns = { " + ", ".join(f"{p} = {n}" for p, n in sorted(rec.insns.items())) + " }")
         lines.append(f"{_toml_str(kernel)} = {{ {', '.join(fields)} }}")
     case.sidecar.write_text(head + "\n".join(lines) + "\n")
 

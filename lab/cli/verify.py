@@ -95,8 +95,12 @@ def cmd_verify(args) -> int:
             if kernel_id == HOST:
                 print("  (not recorded: the host is not a corpus kernel)")
             else:
-                corpus.record(case, kernel_id, run.verdict)
-                print(f"  recorded in {case.sidecar}")
+                try:
+                    corpus.record(case, kernel_id, run.verdict)
+                    print(f"  recorded in {case.sidecar}")
+                except corpus.CorpusError as exc:  # the outcome did not show what the case is about
+                    run.error = str(exc)
+                    print(f"  {exc}")
     print_summary(runs)
     if args.json:
         print(json.dumps([_run_dict(r) for r in runs], indent=2))

@@ -151,6 +151,54 @@ def check_entries(v: Verdict, view: RoundView, label: str, sockets: list[dict]) 
     return entries
 
 
+def check_payload_path(v: Verdict, base: RoundView, red: RoundView, roles=("client", "server"),
+                       over_tcp: tuple[str, ...] = ()) -> None:
+    """Per connection side, from TCP itself (``tcpi_data_segs_out``, what any redirect program
+    leaves behind, ours or not): in the baseline every side's payload crossed TCP/IP (so the
+    measure can see it), in the redirected round none did, except the sides in ``over_tcp``
+    (a peer outside the map), which must have."""
+    sent = {}
+    for role in roles:
+        before, after = base.results[role]["data_segs_out"], red.results[role]["data_segs_out"]
+        v.expect(before > 0, f"baseline: the {role}'s payload took no TCP data segment, so this "
+                             "measure cannot tell a redirected connection from another")
+        if role in over_tcp:
+            v.expect(after > 0, f"redirect: the {role}'s payload should have crossed TCP (its peer "
+                                f"is outside the map), but it sent no data segment")
+        else:
+            v.equal(f"redirect: TCP data segments carrying the {role}'s payload (not redirected)",
+                    after, 0)
+        sent[role] = (before, after)
+    v.figure("data segs", "/".join(f"{sent[r][1]}" for r in roles) + " vs "
+             + "/".join(f"{sent[r][0]}" for r in roles))
+
+
+def check_connections_redirected(v: Verdict, base: RoundView, red: RoundView, conns: int,
+                                 redirected: dict[str, list[bool]] | None = None) -> None:
+    """Connections whose payload crossed TCP/IP, counted per socket from ``tcpi_data_segs_out``:
+    every one in the baseline, none in the redirected round (or exactly the sockets
+    ``redirected`` marks False: those that did not fit in the map)."""
+    for role in ("client", "server"):
+        base_over = _over_tcp(base.results[role])
+        v.equal(f"baseline: {role} sockets whose payload took TCP (the measure sees them)", base_over, conns)
+        if redirected is None:
+            v.equal(f"redirect: {role} sockets whose payload took TCP (not redirected)",
+                    _over_tcp(red.results[role]), 0)
+        else:
+            per_socket = red.results[role]["data_segs_out"]
+            wrong = [i for i, (segs, direct) in enumerate(zip(per_socket, redirected[role]))
+                     if (segs == 0) != direct]
+            v.expect(not wrong, f"redirect: {role} sockets {wrong[:8]} took the wrong path (TCP data "
+                                f"segments {[per_socket[i] for i in wrong[:8]]}; redirected ones have none)")
+    v.figure("conns over TCP", f"{_over_tcp(red.results['client'])}/{conns}")
+
+
+def _over_tcp(result: dict) -> int:
+    if "conns_over_tcp" in result:
+        return result["conns_over_tcp"]
+    return sum(segs > 0 for segs in result["data_segs_out"])
+
+
 def check_no_entries(v: Verdict, view: RoundView, label: str = "closed") -> None:
     entries = view.entries(label)
     v.expect(not entries, f"{len(entries)} map entries left {label}: {entries[:4]}")

@@ -103,12 +103,33 @@ class Target:
         """``bpftool feature probe kernel -j``, probed once per target."""
         if self._features is None:
             out = self.run(["bpftool", "-j", "feature", "probe", "kernel"], timeout=300, check=True)
-            self._features = json.loads(out.stdout)
+            self._features = parse_features(out.stdout, self.name)
         return self._features
 
     def has_helper(self, prog_type: str, helper: str) -> bool:
         helpers = self.features.get("helpers", {})
         return helper in helpers.get(f"{prog_type}_available_helpers", [])
+
+
+FEATURE_SECTIONS = ("program_types", "map_types", "helpers")
+
+
+def parse_features(output: str, where: str) -> dict:
+    """``bpftool -j feature probe kernel`` output, refused when a section the lab decides by is
+    missing or empty: a probe that failed must be an error, never "the kernel lacks it" (which
+    would turn every redirect scenario into a skip)."""
+    try:
+        features = json.loads(output)
+    except json.JSONDecodeError as exc:
+        raise LabError(f"bpftool feature probe on {where} printed no JSON ({exc}): "
+                       f"{output.strip()[:300]!r}") from None
+    empty = [name for name in FEATURE_SECTIONS
+             if not isinstance(features, dict) or not features.get(name)]
+    if empty:
+        raise LabError(f"bpftool feature probe on {where} gave no {', '.join(empty)}: the probe "
+                       "failed (bpftool too old for the kernel, or no privileges); the lab does not "
+                       "guess what the kernel offers")
+    return features
 
 
 class LocalTarget(Target):

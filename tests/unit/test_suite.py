@@ -160,3 +160,67 @@ def test_a_data_run_cut_short_by_a_blocking_eagain_is_the_named_defect():
     assert defects.explain_scenario_failures(failures[1:], "6.18.44") is None
     assert defects.explain_pair_error("recv: [Errno 11] Resource temporarily unavailable", "6.1.176").name == "blocking-eagain"
     assert defects.explain_pair_error("recv: peer closed after 5 bytes", "6.1.176") is None
+
+
+def results_view(name, results):
+    return checks.RoundView(name, {"results": results})
+
+
+def test_payload_path_counts_tcp_data_segments_per_side():
+    base = results_view("baseline", {"client": {"data_segs_out": 120}, "server": {"data_segs_out": 118}})
+    good = checks.Verdict("x")
+    checks.check_payload_path(good, base, results_view("redirect", {"client": {"data_segs_out": 0},
+                                                                     "server": {"data_segs_out": 0}}))
+    assert good.status == "pass" and good.figures["data segs"] == "0/0 vs 120/118"
+    # one direction fell back to TCP: the counters of another program would not say so; TCP does
+    half = checks.Verdict("x")
+    checks.check_payload_path(half, base, results_view("redirect", {"client": {"data_segs_out": 0},
+                                                                     "server": {"data_segs_out": 61}}))
+    assert half.failures == ["redirect: TCP data segments carrying the server's payload (not "
+                             "redirected): got 61, expected 0"]
+    # a baseline that took no data segment means the measure is blind: a failure, not a pass
+    blind = checks.Verdict("x")
+    checks.check_payload_path(blind, results_view("baseline", {"client": {"data_segs_out": 0}}),
+                              results_view("redirect", {"client": {"data_segs_out": 0}}), roles=("client",))
+    assert blind.status == "fail" and "cannot tell" in blind.failures[0]
+
+
+def test_connections_redirected_are_counted_one_by_one():
+    base = results_view("baseline", {"client": {"conns_over_tcp": 1000}, "server": {"conns_over_tcp": 1000}})
+    quarter = checks.Verdict("churn")
+    checks.check_connections_redirected(quarter, base, results_view(
+        "redirect", {"client": {"conns_over_tcp": 250}, "server": {"conns_over_tcp": 0}}), 1000)
+    assert quarter.failures == ["redirect: client sockets whose payload took TCP (not redirected): "
+                                "got 250, expected 0"]
+    per_socket = results_view("redirect", {"client": {"data_segs_out": [0, 0, 4, 3]},
+                                           "server": {"data_segs_out": [0, 0, 2, 0]}})
+    base4 = results_view("baseline", {"client": {"data_segs_out": [5] * 4}, "server": {"data_segs_out": [5] * 4}})
+    full = checks.Verdict("fullmap")
+    checks.check_connections_redirected(full, base4, per_socket, 4, redirected={
+        "client": [True, True, False, False], "server": [True, True, False, False]})
+    assert full.failures == ["redirect: server sockets [3] took the wrong path (TCP data segments "
+                             "[0]; redirected ones have none)"]
+
+
+def test_a_failed_feature_probe_is_an_error_not_a_missing_feature():
+    from lab.vm.target import parse_features
+
+    good = '{"program_types": {"have_sk_msg_prog_type": true}, "map_types": {"x": true}, "helpers": {"y": []}}'
+    assert parse_features(good, "guest 6.1")["program_types"]["have_sk_msg_prog_type"]
+    with pytest.raises(LabError, match="gave no map_types, helpers: the probe failed"):
+        parse_features('{"program_types": {"have_sk_msg_prog_type": true}}', "guest 6.1")
+    with pytest.raises(LabError, match="printed no JSON"):
+        parse_features("Error: something", "guest 6.1")
+
+
+def test_a_kernel_without_sockmap_fails_the_scenario_instead_of_gating_it(monkeypatch):
+    monkeypatch.setattr(scenario_checks.redirect, "sockmap_missing",
+                        lambda target: "guest (6.1) lacks sk_msg programs")
+
+    class Env:
+        target = object()
+        artifacts = None
+
+    verdict = scenario_checks.run_check(Env(), "bulk")
+    assert verdict.status == "fail" and verdict.failures == [
+        "the redirect cannot run here: guest (6.1) lacks sk_msg programs"]

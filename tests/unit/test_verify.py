@@ -195,6 +195,10 @@ def write_case(directory: Path, name: str, sidecar: str) -> Path:
     ('summary = "x"\n[kernels]\n"6.1" = { outcome = "crashed" }\n', "not one of"),
     ('summary = "x"\n[kernels]\n"6.1" = { outcome = "rejected" }\n', "no \\[log\\] pattern"),
     ('summary = "x"\n[feature]\nhelper = "h"\n', "needs exactly"),
+    # a pattern every accepted load matches can never fail
+    ('summary = "x"\n[log]\naccepted = \'processed \\d+ insns\'\n', "can never fail"),
+    ('summary = "x"\n[log]\nrejected = "x"\n[kernels]\n"6.1" = { outcome = "rejected", insns = { p = 3 } }\n',
+     "goes with accepted only"),
 ])
 def test_bad_sidecars_are_named(tmp_path, sidecar, problem):
     source = write_case(tmp_path, "bad", sidecar)
@@ -324,3 +328,30 @@ def test_recorded_statistics_cover_the_matrix():
     stats = corpus.load_stats()
     for variant in ("seed", "production"):
         assert set(MATRIX) <= set(stats.figures.get(variant, {})), variant
+
+
+def accepted_verdict(insns: int) -> verify.ObjectVerdict:
+    prog = verify.ProgramVerdict("p", "sockops", "accepted", stats=verify.VerifierStats(processed_insns=insns))
+    return verify.ObjectVerdict("o", "t", "6.1.0-50-cloud-amd64", "accepted", None, [prog])
+
+
+def test_an_accepted_record_holds_the_exact_instruction_counts(tmp_path):
+    source = write_case(tmp_path, "netns", SIDECAR)
+    corpus.record(corpus.load_case(source), "6.1", accepted_verdict(40))
+    case = corpus.load_case(source)
+    assert case.recorded["6.1"].insns == {"p": 40}
+    expected = case.expectation("6.1", "6.1.0-50-cloud-amd64")
+    assert case.check(accepted_verdict(40), expected) == []
+    assert "accepted as {'p': 41} processed insns, recorded {'p': 40}" in case.check(accepted_verdict(41), expected)[0]
+
+
+def test_record_refuses_an_outcome_whose_evidence_does_not_hold(tmp_path):
+    case = corpus.load_case(write_case(tmp_path, "netns", SIDECAR))
+    prog = verify.ProgramVerdict("p", "sockops", "rejected", "R1 type=ctx expected=fp", log="R1 type=ctx expected=fp\n")
+    verdict = verify.ObjectVerdict("o", "t", "5.10.0-32-cloud-amd64", "rejected", prog.key_line, [prog])
+    with pytest.raises(corpus.CorpusError, match="not recorded: the rejected evidence .* does not match"):
+        corpus.record(case, "5.10", verdict)
+    refused = verify.ObjectVerdict("o", "t", "5.10.0-32-cloud-amd64", "refused", "libbpf: x", [])
+    with pytest.raises(corpus.CorpusError, match="no \\[log\\] pattern for refused"):
+        corpus.record(case, "5.10", refused)
+    assert corpus.load_case(case.source).recorded["5.10"].key_line == "unknown func bpf_get_netns_cookie#122"
