@@ -20,9 +20,9 @@
  * kernels and CPU layouts (docs/performance.md); an operator keeps such services on plain TCP.
  * Per connection, never per message: mixing redirected and TCP data on one connection would
  * reorder its byte stream.
- *   -DSOCKREDIR_TEST_WRONG_PORT_ORDER   TEST ONLY, a deliberately broken redirect: the sk_msg
- *                        program builds the peer key with the remote port in network byte order,
- *                        so no lookup ever matches (tests show the lab's checks catch it)
+ *
+ * Deliberately broken variants of this file (bpf/mutants/NAME.patch, `sockredir-lab mutants`) show
+ * that the lab's checks catch a broken redirect.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -153,11 +153,7 @@ static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sock
 		key->remote_ip[2] = CTX_U32(msg->local_ip6[2]);
 		key->remote_ip[3] = CTX_U32(msg->local_ip6[3]);
 	}
-#ifdef SOCKREDIR_TEST_WRONG_PORT_ORDER
-	key->local_port = CTX_U32(msg->remote_port);
-#else
 	key->local_port = port_from_remote(CTX_U32(msg->remote_port));
-#endif
 	key->remote_port = CTX_U32(msg->local_port);
 #ifdef SOCKREDIR_NETNS
 	key->netns_cookie = bpf_get_netns_cookie(msg);

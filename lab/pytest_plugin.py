@@ -103,6 +103,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-all", action="store_true",
                     help="run the conformance matrix on every kernel, not only the host and the "
                          "default guest (tests/integration/test_conformance.py)")
+    group.addoption("--mutants-all", action="store_true",
+                    help="run every mutant of the redirect on every kernel, not only on the host "
+                         "(tests/integration/test_mutants.py)")
     group.addoption("--foreign-kernels", action="store_true",
                     help="boot Debian kernels of other flavours and versions than the catalog's "
                          "(generic 5.10, 6.12, 7.2 from split packages) through the smoke and "

@@ -101,8 +101,14 @@ def decode_key(raw: bytes) -> dict[str, Any]:
 
 
 def decode_entry(entry: dict) -> dict[str, Any]:
-    """One element of ``bpftool -j map dump`` of a sockhash."""
-    decoded = decode_key(hex_bytes(entry["key"]))
+    """One element of ``bpftool -j map dump`` of a sockhash (or sockmap). A key of another layout
+    (someone else's program, a mutant) is kept as bytes: such entries are judged by count and by
+    the socket cookie their value holds."""
+    raw_key = hex_bytes(entry["key"])
+    try:
+        decoded = decode_key(raw_key)
+    except DecodeError:
+        decoded = {"layout": "unknown", "key": raw_key.hex()}
     value = entry.get("value")
     if isinstance(value, list):
         raw = hex_bytes(value)

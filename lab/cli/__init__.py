@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lab import LabError, api
 
-GROUP_MODULES = ["kernels", "image", "guest", "bench", "redirect", "conformance", "verify", "suite"]
+GROUP_MODULES = ["kernels", "image", "guest", "bench", "redirect", "conformance", "mutants", "verify", "suite"]
 EXIT_LAB_ERROR = 2
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.bpf import mutants
 from lab.scenario import definitions as scenario_checks
 from lab.scenario import suite
 
@@ -32,9 +33,9 @@ def add_options(parser, kernels_default: list[str]) -> None:
     parser.add_argument("--artifacts", type=Path, default=None,
                         help="where scenario JSON, verdicts and dmesg go "
                              "(default ./artifacts/suite-<time>, in the working directory)")
-    parser.add_argument("--broken-redirect", action="store_true",
-                        help="install a deliberately broken build (wrong port byte order in the key): "
-                             "shows that the checks fail")
+    parser.add_argument("--mutant", metavar="NAME",
+                        help="install a deliberately broken build of the redirect (bpf/mutants/NAME.patch, "
+                             "e.g. wrong_port_order) instead of the real one: the checks must fail")
     parser.set_defaults(kernels_default=kernels_default)
 
 
@@ -49,8 +50,8 @@ def run(args) -> int:
         print(message, file=sys.stderr, flush=True)
 
     args.settings.progress = progress
-    reports = suite.run_suite(kernels, scenario_ids, artifacts, broken=args.broken_redirect,
-                              settings=args.settings)
+    mutant = mutants.find(args.mutant) if args.mutant else None
+    reports = suite.run_suite(kernels, scenario_ids, artifacts, mutant=mutant, settings=args.settings)
     print(suite.format_table(reports, scenario_ids))
     print(f"\nartifacts: {artifacts}")
     return 1 if any(report.failed for report in reports) else 0

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from lab.bpf import cgroups
+from lab.bpf import mutants
 from lab.bpf import redirect
+from lab.bpf.mutants import Mutant
 from lab.scenario import trace
-from lab.bpf import build as bpf_build
 from lab.scenario.checks import MiB
 from lab.scenario.runner import run_scenario
 from lab.vm.target import Target
-
-BROKEN_DEFINE = "SOCKREDIR_TEST_WRONG_PORT_ORDER"
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -65,15 +64,11 @@ class Installed:
 
 
 def install_build(target: Target, cgroup: str, variant: str, max_entries: int | None,
-                  extra_defines: tuple[str, ...]) -> redirect.Installation:
-    """Like redirect.install, plus extra -D defines (the test-only broken build)."""
-    if not extra_defines:
+                  mutant: Mutant | None) -> redirect.Installation:
+    """Like redirect.install, with the production and netns builds replaced by a mutant's."""
+    if mutant is None or variant not in mutants.BASES:
         return redirect.install(target, cgroup, variant, max_entries)
-    spec = redirect.SOURCES[variant]
-    defines = list(spec.defines) + list(extra_defines)
-    if max_entries is not None:
-        defines.append(f"SOCKREDIR_MAX_ENTRIES={max_entries}")
-    obj = bpf_build.build(spec.source, defines)
+    obj = mutants.build(mutant, variant, max_entries)
     pin_dir = redirect.new_pin_dir(target, cgroup)
     try:
         programs = redirect.load(target, obj, pin_dir)
@@ -88,16 +83,16 @@ class Env:
     """A target, its trace support, data sizes and the redirect installations the checks share.
 
     Installations are made on first use, each on a fresh cgroup, and removed by ``close``.
-    ``broken=True`` builds every production/netns installation with the test-only define that
-    breaks the key's byte order: the checks must then fail.
+    ``mutant`` (``lab.bpf.mutants``) replaces every production/netns installation with that
+    deliberately broken build: the checks must then fail.
     """
 
     def __init__(self, target: Target, scale: Scale | None = None, artifacts: Path | None = None,
-                 broken: bool = False, progress: Callable[[str], None] = lambda message: None):
+                 mutant: Mutant | None = None, progress: Callable[[str], None] = lambda message: None):
         self.target = target
         self.scale = scale or (HOST_SCALE if target.name == "host" else GUEST_SCALE)
         self.artifacts = artifacts
-        self.broken = broken
+        self.mutant = mutant
         self.progress = progress
         self._installed: dict[tuple, Installed] = {}
         self._stack = contextlib.ExitStack()
@@ -134,8 +129,7 @@ class Env:
             return self._installed[key]
         cgroup = self._stack.enter_context(cgroups.dedicated(self.target))
         self._stack.callback(redirect.uninstall, self.target, cgroup)  # runs before the rmdir
-        extra = (BROKEN_DEFINE,) if self.broken and variant != "seed" else ()
-        installation = install_build(self.target, cgroup, variant, max_entries, extra)
+        installation = install_build(self.target, cgroup, variant, max_entries, self.mutant)
         maps = redirect.pinned_maps(self.target, installation.pin_dir)
         pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()}
         done = Installed(cgroup, installation, pins["sockhash"], pins.get("percpu_array"))

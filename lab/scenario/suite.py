@@ -16,6 +16,7 @@ from typing import Callable
 from lab import LabError, api
 from lab.cache import atomic_write
 from lab.vm.dmesg import find_splats
+from lab.bpf.mutants import Mutant
 from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.scenario.definitions import run_check
@@ -56,7 +57,7 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
     return verdicts
 
 
-def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken: bool,
+def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant: Mutant | None,
                settings: api.Settings) -> KernelReport:
     from lab.kernel.fetch import KernelUnavailable
 
@@ -69,7 +70,7 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken:
             progress(f"kernel {kernel_id} ({report.release}): {len(scenario_ids)} scenarios")
             if target.name != HOST_ID:
                 target.run(["dmesg", "-c"], timeout=30)  # the boot's messages are not ours
-            with Env(target, artifacts=artifacts / "scenarios", broken=broken, progress=progress) as env:
+            with Env(target, artifacts=artifacts / "scenarios", mutant=mutant, progress=progress) as env:
                 report.verdicts = run_checks(env, scenario_ids, progress)
             if target.name != HOST_ID:
                 dmesg = target.run(["dmesg"], timeout=30).stdout
@@ -83,15 +84,15 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, broken:
     return report
 
 
-def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path, broken: bool = False,
-              settings: api.Settings | None = None) -> list[KernelReport]:
+def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
+              mutant: Mutant | None = None, settings: api.Settings | None = None) -> list[KernelReport]:
     """Each kernel in turn; suite.json is rewritten after each, so a run cut short keeps what it
     measured."""
     settings = settings or api.Settings(progress=print)
     reports = []
     for kernel_id in kernel_ids:
         report = run_kernel(kernel_id, scenario_ids, artifacts / f"kernel_{kernel_id.replace('.', '_')}",
-                            broken, settings)
+                            mutant, settings)
         reports.append(report)
         atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))
     return reports

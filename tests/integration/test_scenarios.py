@@ -19,6 +19,7 @@ import re
 
 import pytest
 
+from lab.bpf import mutants
 from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.pytest_plugin import HostKernel
@@ -123,10 +124,11 @@ def test_slow_reader(target, suite_env, artifacts):
 
 @pytest.mark.parametrize("scenario_id", ["bulk", "echo-ipv4"])
 def test_broken_redirect_fails_loudly(target, artifacts, scenario_id):
-    """A redirect built with the test-only wrong-byte-order key: sockops still inserts both
-    sockets (the map looks right), but no sk_msg lookup matches, so every byte goes over TCP. The
-    suite's checks must say so: program counters and the bypass ratio fail, naming the numbers."""
-    with Env(target, artifacts=artifacts, broken=True) as env:
+    """The wrong_port_order mutant (bpf/mutants/): sockops still inserts both sockets (the map
+    looks right), but no sk_msg lookup matches, so every byte goes over TCP. The suite's checks
+    must say so: program counters, TCP's own data segments and the bypass ratio fail, naming the
+    numbers. (Every mutant: test_mutants.py.)"""
+    with Env(target, artifacts=artifacts, mutant=mutants.find("wrong_port_order")) as env:
         verdict = run_check(env, scenario_id)
     print("\n".join(verdict.failures))
     assert verdict.status == "fail", "the checks passed a redirect that redirects nothing"
@@ -135,5 +137,6 @@ def test_broken_redirect_fails_loudly(target, artifacts, scenario_id):
     assert re.search(r"program counter msgs_missed: got [1-9]\d*, expected 0", failures)  # all missed
     assert "lo packets in the data phase" in failures
     assert "the payload went through the TCP/IP stack" in failures
+    assert "redirect: TCP data segments carrying the client's payload (not redirected)" in failures
     # The map itself looks healthy: only the data-path checks can catch this bug.
     assert not any(f.startswith("map entries") or f.startswith("map keys") for f in verdict.failures)

@@ -167,9 +167,13 @@ def test_seed_port_field_byte_order():
         keys.seed_port(bytes([0x1F, 0x90, 0, 1]))
 
 
-def test_unknown_layouts_and_bad_bytes_are_refused():
+def test_unknown_layouts_are_kept_as_bytes_and_bad_bytes_refused():
+    # another program's key (a SOCKMAP index, a mutant's): kept raw, with the cookie of its value
+    entry = keys.decode_entry({"key": ["0x05", "0x00", "0x00", "0x00"],
+                               "value": ["0x2a", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00"]})
+    assert entry == {"layout": "unknown", "key": "05000000", "cookie": 42}
     with pytest.raises(keys.DecodeError, match="unknown key layout of 4 bytes"):
-        keys.decode_entry({"key": ["0x00"] * 4, "value": ["0x00"] * 8})
+        keys.decode_key(b"\0" * 4)
     with pytest.raises(keys.DecodeError):
         keys.hex_bytes(["zz"])
     with pytest.raises(keys.DecodeError, match="differ"):

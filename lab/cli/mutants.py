@@ -1,0 +1,67 @@
+"""``sockredir-lab mutants``: every deliberately broken redirect against the suite's checks.
+
+    sockredir-lab mutants [--kernel ID|host|all ...] [--mutant NAME ...] [--json FILE]
+
+Per target and mutant (``bpf/mutants/*.patch``): killed (by which scenario, with the first failed
+check), survived, rejected by the verifier (killed only where the mutant records that), or error.
+Exit status 1 when a mutant survived or could not be judged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+from lab import LabError, api
+from lab.bench.report import write_json
+from lab.bpf import mutants
+from lab.cli.guest import target_ids
+from lab.scenario import mutants as mutant_runs
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "mutants", help="every deliberately broken redirect (bpf/mutants) against the suite's checks",
+        description="Installs each mutant of the production redirect in place of the real one and "
+                    "runs the scenarios until one fails: a mutant that passes them all is a hole in "
+                    "the checks.")
+    parser.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
+                        help="catalog kernel id, host, or all (repeatable; default host)")
+    parser.add_argument("--mutant", dest="names", action="append", metavar="NAME",
+                        help="only this mutant (repeatable; default every one)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results here (after each target)")
+    parser.set_defaults(func=cmd_mutants)
+
+
+def cmd_mutants(args) -> int:
+    chosen = [mutants.find(name) for name in args.names] if args.names else mutants.load_mutants()
+    kernels = target_ids(args)
+    doc = {"results": [], "errors": {},
+           "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+    results: list[mutant_runs.MutantResult] = []
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    for kernel in kernels:
+        print(f"== {kernel}: {len(chosen)} mutants", file=sys.stderr, flush=True)
+        try:
+            with api.boot(kernel, args.settings) as target:
+                for mutant in chosen:
+                    results.append(mutant_runs.run_mutant(target, kernel, mutant, progress))
+        except LabError as exc:
+            doc["errors"][kernel] = str(exc)
+            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
+        doc["results"] = [r.as_dict() for r in results]
+        if args.json:
+            write_json(doc, args.json)
+    print(mutant_runs.format_table(results, kernels))
+    bad = [r for r in results if not r.killed]
+    print(f"{len(results)} runs: {sum(r.killed for r in results)} killed, "
+          f"{sum(r.status == 'survived' for r in results)} survived, "
+          f"{sum(r.status == 'error' for r in results)} errors"
+          + (f"; {len(doc['errors'])} target(s) not measured" if doc["errors"] else ""))
+    for r in bad:
+        print(f"  {r.mutant} on {r.kernel}: {r.status}: {r.check or 'every scenario passed'}")
+    return 1 if bad or doc["errors"] else 0

@@ -1,0 +1,117 @@
+"""Every mutant of the redirect (``lab.bpf.mutants``) against the suite's checks, per kernel.
+
+A mutant is **killed** when a scenario's checks fail on it (the first failing scenario and its
+first failure are reported: which check caught it), **survived** when every scenario passes (a
+hole in the checks), or **rejected** when the kernel's verifier refuses it: that counts as killed
+only when the mutant's header records that rejection for that kernel, else it is an error. A
+scenario that fails because the lab could not run it, or with an internal error, kills nothing:
+it is an error. A scenario that is an xfail (a named kernel defect) neither kills nor saves.
+
+Scenarios run in an order that kills fast (the variant the mutant breaks first, then the
+one-connection checks, then the peer-outside and namespace cases), and a mutant stops at its first
+kill, so a run costs a few scenarios per mutant, not the whole suite.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+from lab import LabError
+from lab.bpf import redirect
+from lab.bpf.mutants import Mutant
+from lab.scenario.definitions import SCENARIOS, run_check
+from lab.scenario.env import GUEST_SCALE, HOST_SCALE, Env
+from lab.vm.target import Target
+
+# The scenarios most likely to kill first; every other one follows in the suite's order.
+KILL_ORDER = ("echo-ipv4", "echo-ipv6", "outside-server", "netns2-production", "netns2-netns",
+              "echo-v4mapped", "bulk", "churn", "concurrent", "fullmap")
+NOT_A_KILL = ("the lab could not run it", "internal error judging the result")
+HANG_SECONDS = {"host": 15, "guest": 40}  # a scenario here takes 1-3 s on the host, 2-10 s under TCG
+
+
+@dataclass
+class MutantResult:
+    mutant: str
+    kernel: str
+    status: str               # killed | survived | rejected | error
+    scenario: str | None = None
+    check: str | None = None  # the first failure (killed), the verifier's line (rejected), the error
+    scenarios_run: int = 0
+    seconds: float = 0.0
+
+    @property
+    def killed(self) -> bool:
+        return self.status in ("killed", "rejected")
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"killed": self.killed}
+
+
+def order_for(mutant: Mutant) -> list[str]:
+    first = ["netns2-netns"] if mutant.base == "netns" else []
+    ordered = first + [s for s in KILL_ORDER if s not in first]
+    return ordered + [s for s in SCENARIOS if s not in ordered]
+
+
+def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
+               progress: Callable[[str], None] = lambda message: None) -> MutantResult:
+    started = time.monotonic()
+    result = MutantResult(mutant.name, kernel_id, "survived")
+    # A mutant that makes a transfer hang is killed by the hang; no need to wait the suite's
+    # generous timeout for it (a scenario here takes seconds, also in a TCG guest).
+    host = target.name == "host"
+    scale = replace(HOST_SCALE if host else GUEST_SCALE, timeout=HANG_SECONDS["host" if host else "guest"])
+    with Env(target, scale=scale, mutant=mutant, progress=progress) as env:
+        try:
+            env.installed(mutant.base)  # the variant it breaks loads, or the verifier says why not
+        except redirect.VerifierRejected as exc:
+            expected = mutant.expected_rejection(kernel_id)
+            if expected and re.search(expected, str(exc)):
+                result.status, result.check = "rejected", exc.key_line
+            else:
+                result.status = "error"
+                result.check = (f"the verifier refused it, which its header does not record for "
+                                f"kernel {kernel_id}: {exc.key_line}")
+            result.seconds = time.monotonic() - started
+            return result
+        except LabError as exc:
+            result.status, result.check = "error", f"could not install it: {exc}"
+            result.seconds = time.monotonic() - started
+            return result
+        for scenario_id in order_for(mutant):
+            verdict = run_check(env, scenario_id)
+            result.scenarios_run += 1
+            if verdict.status != "fail":
+                continue
+            first = verdict.failures[0]
+            if first.startswith(NOT_A_KILL):
+                result.status, result.scenario, result.check = "error", scenario_id, first
+            else:
+                result.status, result.scenario, result.check = "killed", scenario_id, first
+            break
+    result.seconds = time.monotonic() - started
+    progress(f"  {mutant.name:<18} {result.status:<8} {result.seconds:5.1f}s  "
+             f"{result.scenario or ''}{': ' if result.check else ''}{(result.check or '')[:140]}")
+    return result
+
+
+def format_table(results: list[MutantResult], kernels: list[str]) -> str:
+    """Mutant x kernel: killed (by which scenario) / survived / rejected / error."""
+    names = list(dict.fromkeys(r.mutant for r in results))
+    cell = {(r.mutant, r.kernel): r for r in results}
+    width = max(len(n) for n in names) + 2
+    lines = ["mutant".ljust(width) + "".join(k.ljust(28) for k in kernels)]
+    for name in names:
+        row = name.ljust(width)
+        for kernel in kernels:
+            r = cell.get((name, kernel))
+            text = "-" if r is None else (f"killed ({r.scenario})" if r.status == "killed"
+                                          else r.status.upper() if r.status in ("survived", "error")
+                                          else r.status)
+            row += text.ljust(28)
+        lines.append(row.rstrip())
+    return "\n".join(lines)
