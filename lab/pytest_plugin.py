@@ -103,9 +103,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-all", action="store_true",
                     help="run the conformance matrix on every kernel, not only the host and the "
                          "default guest (tests/integration/test_conformance.py)")
-    group.addoption("--mutants-all", action="store_true",
-                    help="run every mutant of the redirect on every kernel, not only on the host "
-                         "(tests/integration/test_mutants.py)")
+    group.addoption("--redirect-program", default=None, metavar="FILE.bpf.c|FILE.o",
+                    help="judge this redirect (sock_ops + sk_msg + SOCKHASH/SOCKMAP) instead of the "
+                         "lab's in the scenario tests (tests/integration/test_scenarios.py)")
+    group.addoption("--redirect-program-families", default="ipv4", metavar="ipv4[,ipv6]",
+                    help="what --redirect-program redirects (default ipv4)")
+    group.addoption("--checks-all", action="store_true",
+                    help="test the checks themselves on every kernel, not only on the host: every "
+                         "mutant of the redirect, and the example programs judged with --program "
+                         "(tests/integration/test_mutants.py, test_judge_program.py)")
     group.addoption("--foreign-kernels", action="store_true",
                     help="boot Debian kernels of other flavours and versions than the catalog's "
                          "(generic 5.10, 6.12, 7.2 from split packages) through the smoke and "

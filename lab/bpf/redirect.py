@@ -239,18 +239,46 @@ def pinned_maps(target: Target, pin_dir: str) -> dict[str, dict]:
     return {name: info for name, (_, info) in _pinned_under(target, "map", f"{pin_dir}/maps").items()}
 
 
+def _chosen(programs: dict[str, Program], prog_type: str, name: str | None,
+            pin_dir: str) -> tuple[str, Program]:
+    of_type = {n: p for n, p in programs.items() if p.type == prog_type}
+    if name is None:
+        return _one(of_type, f"{prog_type} program", pin_dir)
+    if name not in of_type:
+        raise LabError(f"no {prog_type} program named {name!r} in the object (its {prog_type} "
+                       f"programs: {sorted(of_type) or 'none'})")
+    return name, of_type[name]
+
+
 def _one(items: dict, kind: str, pin_dir: str) -> tuple[str, Any]:
     if len(items) != 1:
         raise LabError(f"expected one {kind} pinned under {pin_dir}, found {sorted(items)}; "
-                       "the object does not look like a socket redirect")
+                       "the object does not look like a socket redirect (name the one to use: "
+                       "--sockops, --skmsg, --map)")
     return next(iter(items.items()))
 
 
-def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Program]) -> dict[str, int]:
+SOCK_MAP_TYPES = ("sockhash", "sockmap")
+
+
+def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Program],
+           sockops_name: str | None = None, skmsg_name: str | None = None,
+           map_name: str | None = None) -> dict[str, int]:
+    """Attach the object's sk_msg program to its socket map and its sock_ops program to
+    ``cgroup``. Names choose among several of a kind (an object the lab did not write); by
+    default there must be exactly one sock_ops and one sk_msg program, and the map is the one
+    socket map (SOCKHASH or SOCKMAP) of the object."""
     maps = pinned_maps(target, pin_dir)
-    _, sockops = _one({n: p for n, p in programs.items() if p.type == "sock_ops"}, "sock_ops program", pin_dir)
-    _, skmsg = _one({n: p for n, p in programs.items() if p.type == "sk_msg"}, "sk_msg program", pin_dir)
-    sockhash, _ = _one({n: m for n, m in maps.items() if m["type"] == "sockhash"}, "sockhash", pin_dir)
+    _, sockops = _chosen(programs, "sock_ops", sockops_name, pin_dir)
+    _, skmsg = _chosen(programs, "sk_msg", skmsg_name, pin_dir)
+    socket_maps = {n: m for n, m in maps.items() if m["type"] in SOCK_MAP_TYPES}
+    if map_name is not None:
+        if map_name not in socket_maps:
+            raise LabError(f"no SOCKHASH or SOCKMAP named {map_name!r} pinned under {pin_dir} "
+                           f"(the object's socket maps: {sorted(socket_maps) or 'none'})")
+        sockhash = map_name
+    else:
+        sockhash, _ = _one(socket_maps, "SOCKHASH or SOCKMAP", pin_dir)
     # Verdict first: a socket the sockops program inserts is redirected from its first sendmsg().
     target.run(["bpftool", "prog", "attach", "pinned", skmsg.pin, "msg_verdict", "pinned",
                 f"{pin_dir}/maps/{sockhash}"], check=True)
@@ -357,7 +385,7 @@ def uninstall(target: Target, cgroup: str) -> list[str]:
             if prog.type != "sk_msg":
                 continue
             for name, info in maps.items():
-                if info["type"] == "sockhash":
+                if info["type"] in SOCK_MAP_TYPES:
                     detach = target.run(["bpftool", "prog", "detach", "pinned", prog.pin, "msg_verdict",
                                          "pinned", f"{pin_dir}/maps/{name}"])
                     if detach.ok:

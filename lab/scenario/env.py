@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lab import LabError
 from lab.bpf import cgroups
 from lab.bpf import mutants
 from lab.bpf import redirect
 from lab.bpf.mutants import Mutant
+from lab.bpf.program import UserProgram
 from lab.scenario import trace
 from lab.scenario.checks import MiB
 from lab.scenario.runner import run_scenario
@@ -88,11 +90,13 @@ class Env:
     """
 
     def __init__(self, target: Target, scale: Scale | None = None, artifacts: Path | None = None,
-                 mutant: Mutant | None = None, progress: Callable[[str], None] = lambda message: None):
+                 mutant: Mutant | None = None, program: UserProgram | None = None,
+                 progress: Callable[[str], None] = lambda message: None):
         self.target = target
         self.scale = scale or (HOST_SCALE if target.name == "host" else GUEST_SCALE)
         self.artifacts = artifacts
         self.mutant = mutant
+        self.program = program  # a redirect the lab did not write: installed for every variant
         self.progress = progress
         self._installed: dict[tuple, Installed] = {}
         self._stack = contextlib.ExitStack()
@@ -129,10 +133,21 @@ class Env:
             return self._installed[key]
         cgroup = self._stack.enter_context(cgroups.dedicated(self.target))
         self._stack.callback(redirect.uninstall, self.target, cgroup)  # runs before the rmdir
-        installation = install_build(self.target, cgroup, variant, max_entries, self.mutant)
+        if self.program is not None:
+            if max_entries is not None:
+                raise LabError(f"{self.program.path}: a map size cannot be set from outside the "
+                               "program (the full-map scenario is for the lab's own builds)")
+            installation = self.program.install(self.target, cgroup)
+        else:
+            installation = install_build(self.target, cgroup, variant, max_entries, self.mutant)
         maps = redirect.pinned_maps(self.target, installation.pin_dir)
         pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()}
-        done = Installed(cgroup, installation, pins["sockhash"], pins.get("percpu_array"))
+        socket_map = next(f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()
+                          if info["type"] in redirect.SOCK_MAP_TYPES
+                          and (self.program is None or self.program.map in (None, name)))
+        # the lab's counters only in its own builds: another program's array means something else
+        counters = pins.get("percpu_array") if self.program is None else None
+        done = Installed(cgroup, installation, socket_map, counters)
         if shared:
             self._installed[key] = done
         return done

@@ -17,6 +17,7 @@ from lab import LabError, api
 from lab.cache import atomic_write
 from lab.vm.dmesg import find_splats
 from lab.bpf.mutants import Mutant
+from lab.bpf.program import UserProgram
 from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.scenario.definitions import run_check
@@ -58,7 +59,7 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
 
 
 def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant: Mutant | None,
-               settings: api.Settings) -> KernelReport:
+               settings: api.Settings, program: UserProgram | None = None) -> KernelReport:
     from lab.kernel.fetch import KernelUnavailable
 
     progress = settings.progress
@@ -70,7 +71,8 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant:
             progress(f"kernel {kernel_id} ({report.release}): {len(scenario_ids)} scenarios")
             if target.name != HOST_ID:
                 target.run(["dmesg", "-c"], timeout=30)  # the boot's messages are not ours
-            with Env(target, artifacts=artifacts / "scenarios", mutant=mutant, progress=progress) as env:
+            with Env(target, artifacts=artifacts / "scenarios", mutant=mutant, program=program,
+                     progress=progress) as env:
                 report.verdicts = run_checks(env, scenario_ids, progress)
             if target.name != HOST_ID:
                 dmesg = target.run(["dmesg"], timeout=30).stdout
@@ -85,14 +87,15 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant:
 
 
 def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
-              mutant: Mutant | None = None, settings: api.Settings | None = None) -> list[KernelReport]:
+              mutant: Mutant | None = None, settings: api.Settings | None = None,
+              program: UserProgram | None = None) -> list[KernelReport]:
     """Each kernel in turn; suite.json is rewritten after each, so a run cut short keeps what it
     measured."""
     settings = settings or api.Settings(progress=print)
     reports = []
     for kernel_id in kernel_ids:
         report = run_kernel(kernel_id, scenario_ids, artifacts / f"kernel_{kernel_id.replace('.', '_')}",
-                            mutant, settings)
+                            mutant, settings, program)
         reports.append(report)
         atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))
     return reports

@@ -1,7 +1,7 @@
 """Every deliberately broken redirect (bpf/mutants/*.patch) is caught by the suite's checks: on
 each kernel a mutant is killed by a scenario (the first failing check is printed), or refused by
 that kernel's verifier where its header records so. A mutant that survives is a hole in the
-checks. The host runs every mutant by default (about a minute); ``--mutants-all`` runs them on
+checks. The host runs every mutant by default (about a minute); ``--checks-all`` runs them on
 every kernel of the matrix (a few minutes per TCG guest)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ MUTANTS = mutants.load_mutants()
 
 @pytest.fixture
 def sweep(kernel, request):
-    if not isinstance(kernel, HostKernel) and not request.config.option.mutants_all:
-        pytest.skip("every mutant runs on the host by default (~1 min); --mutants-all runs them on "
+    if not isinstance(kernel, HostKernel) and not request.config.option.checks_all:
+        pytest.skip("every mutant runs on the host by default (~1 min); --checks-all runs them on "
                     "every kernel (a few minutes per TCG guest)")
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from lab.bpf import mutants
+from lab.bpf.program import UserProgram
 from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.pytest_plugin import HostKernel
@@ -43,9 +45,13 @@ def suite_target(kernel, request):
 # set up before suite_env registers its teardown, so when the kernel changes the Env removes its
 # installations while the guest is still up (fetched in suite_env, the guest went first).
 @pytest.fixture(scope="module")
-def suite_env(kernel, suite_target, lab):
+def suite_env(kernel, suite_target, lab, pytestconfig):
     artifacts = lab.artifacts / "scenarios" / f"kernel_{kernel.id.replace('.', '_')}"
-    with Env(suite_target, artifacts=artifacts, progress=lab.progress) as env:
+    program = None
+    if pytestconfig.option.redirect_program:  # judge someone else's redirect instead of ours
+        families = tuple(pytestconfig.option.redirect_program_families.split(","))
+        program = UserProgram(Path(pytestconfig.option.redirect_program), families=families)
+    with Env(suite_target, artifacts=artifacts, program=program, progress=lab.progress) as env:
         yield env
 
 
