@@ -224,3 +224,45 @@ def test_a_kernel_without_sockmap_fails_the_scenario_instead_of_gating_it(monkey
     verdict = scenario_checks.run_check(Env(), "bulk")
     assert verdict.status == "fail" and verdict.failures == [
         "the redirect cannot run here: guest (6.1) lacks sk_msg programs"]
+
+
+def snapshot_view(entries_dump):
+    return checks.RoundView("redirect", {"snapshots": {"connected": {"sockhash": entries_dump}}})
+
+
+def production_entry(local, remote, cookie):
+    import ipaddress
+    import struct as st
+
+    def ip(addr):
+        return list(ipaddress.IPv6Address("::ffff:" + addr).packed)
+
+    raw = bytes(ip(local[0]) + ip(remote[0])) + st.pack("<IIQ", local[1], remote[1], 0)
+    return {"key": [f"0x{b:02x}" for b in raw], "value": [f"0x{b:02x}" for b in st.pack("<Q", cookie)]}
+
+
+def test_the_map_check_knows_which_socket_sits_under_which_key():
+    client = {"sockname": ["127.0.0.1", 40000], "peername": ["127.0.0.1", 8080], "cookie": 11}
+    server = {"sockname": ["127.0.0.1", 8080], "peername": ["127.0.0.1", 40000], "cookie": 22}
+    right = [production_entry(("127.0.0.1", 40000), ("127.0.0.1", 8080), 11),
+             production_entry(("127.0.0.1", 8080), ("127.0.0.1", 40000), 22)]
+    ok = checks.Verdict("x")
+    checks.check_entries(ok, snapshot_view(right), "connected", [client, server])
+    assert ok.status == "pass", ok.failures
+    # the same keys, each holding the other end's socket (the swapped_key mutant): the set of keys
+    # alone cannot see it
+    swapped = [production_entry(("127.0.0.1", 40000), ("127.0.0.1", 8080), 22),
+               production_entry(("127.0.0.1", 8080), ("127.0.0.1", 40000), 11)]
+    bad = checks.Verdict("x")
+    checks.check_entries(bad, snapshot_view(swapped), "connected", [client, server])
+    assert bad.status == "fail" and "holds socket cookie 22 (the socket (('127.0.0.1', 8080)" in bad.failures[0]
+
+
+def test_unknown_key_layouts_are_judged_by_cookie():
+    sockets = [{"sockname": ["127.0.0.1", 1], "peername": ["127.0.0.1", 2], "cookie": 5},
+               {"sockname": ["127.0.0.1", 2], "peername": ["127.0.0.1", 1], "cookie": 6}]
+    dump = [{"key": ["0x01"] * 20, "value": [f"0x{c:02x}"] + ["0x00"] * 7} for c in (5, 7)]
+    verdict = checks.Verdict("x")
+    checks.check_entries(verdict, snapshot_view(dump), "connected", sockets)
+    assert verdict.failures == ["map connected (keys of an unknown layout) holds sockets [5, 7], "
+                                "expected the scenario's [5, 6]"]
