@@ -32,6 +32,7 @@ from lab.vm.dmesg import find_splats
 KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
 LAB_KEY = pytest.StashKey["Lab"]()
+RUN_NAME_KEY = "sockredir_run_name"
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,10 @@ def pytest_configure(config: pytest.Config) -> None:
                  "for that program type (from bpftool feature probe)",
                  "requires_map_type(name): skip unless the kernel has that BPF map type",
                  "requires_kernel_config(*capabilities): skip, before booting, unless the kernel's "
-                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)"):
+                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)",
+                 "xdist_group(name): pytest-xdist's group (set by the plugin: one per kernel)"):
         config.addinivalue_line("markers", line)
-    run_name = config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+    run_name = _run_name(config)
     artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
     lab = Lab(config, api.Settings(), artifacts)
     lab.settings.progress = lab.progress
@@ -153,6 +155,23 @@ def pytest_configure(config: pytest.Config) -> None:
             lab.problem = f"--kernel-source {spec!r}: expected ID=PATH_OR_URL"
         lab.settings.kernel_sources[kernel_id] = value
     config.stash[LAB_KEY] = lab
+
+
+def _run_name(config: pytest.Config) -> str:
+    """This run's name: given, or date-time-pid. pytest-xdist workers take their controller's, so
+    a parallel run writes one artifact tree."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and RUN_NAME_KEY in workerinput:
+        return workerinput[RUN_NAME_KEY]
+    return config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist, on the controller: hand each worker the run's name (see _run_name)."""
+    lab = node.config.stash.get(LAB_KEY, None)
+    if lab is not None:
+        node.workerinput[RUN_NAME_KEY] = lab.artifacts.name
 
 
 def _host_in_matrix(lab: Lab) -> bool:
@@ -203,6 +222,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_kernel_ids(config, items)
+    _group_by_kernel(items)
+
+
+def _group_by_kernel(items: list[pytest.Item]) -> None:
+    """One kernel's tests form one pytest-xdist group (``-n N --dist loadgroup``): a guest is
+    booted by one worker and never shared, and each worker runs one guest at a time."""
+    for item in items:
+        kernel_id = _kernel_test_id(item)
+        if kernel_id is not None:
+            item.add_marker(pytest.mark.xdist_group(kernel_id))
+
+
+def _select_kernel_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Make kernel ids in ``-k`` match whole ids: ``-k kernel_6_1`` must not select kernel_6_12.
 
     pytest's ``-k`` matches substrings and the kernel ids are prefixes of each other. When the

@@ -24,6 +24,10 @@ def _wait_for_guest_record(runtime: Path, proc: subprocess.Popen, seconds: float
     raise AssertionError(f"no guest was started (exit {proc.poll()})")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive_and_ours(record: dict) -> bool:
     return not reaper.gone(record["pid"]) and reaper.is_ours(record["pid"], record["marker"])
 
@@ -33,7 +37,11 @@ def test_no_qemu_left_after_interrupting_a_boot(tmp_path, sig):
     runtime = tmp_path / "runtime"
     env = dict(os.environ, SOCKREDIR_RUNTIME_DIR=str(runtime))
     command = [sys.executable, "-m", "lab.cli", "shell", "--kernel", "6.1", "--", "sleep", "300"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ctrl-C reaches a command started from a terminal with SIGINT's default action; a pytest run
+    # started in the background of a shell (nohup, `&`, some CI runners) ignores SIGINT, and its
+    # children would inherit that: give the command what a terminal gives it.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_default_sigint)
     try:
         record = _wait_for_guest_record(runtime, proc)
         time.sleep(0.5)  # mid-boot: QEMU is running, the guest is not ready yet
