@@ -430,11 +430,28 @@ def _after_guest_test(request: pytest.FixtureRequest, guest, lab: Lab) -> None:
                     f"{outdir / 'dmesg.txt'}):\n" + "\n".join(splats[:20]), pytrace=False)
 
 
-def artifact_dir(lab: Lab, node: pytest.Item) -> Path:
+def artifact_path(lab: Lab, node: pytest.Item) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", node.nodeid)
-    path = lab.artifacts / "tests" / safe
+    return lab.artifacts / "tests" / safe
+
+
+def artifact_dir(lab: Lab, node: pytest.Item) -> Path:
+    path = artifact_path(lab, node)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's skip marks end the setup
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A kernel test's JUnit record names its kernel and its artifacts (``sockredir-lab report``
+    reads them: catalog ids are not recoverable from test ids, and CI moves artifact trees)."""
+    lab = item.config.stash.get(LAB_KEY, None)
+    param = _kernel_param(item)
+    if lab is None or param is _NO_KERNEL or param is None:
+        return
+    kernel_id = param.entry_id if isinstance(param, CatalogError) else param.id
+    item.user_properties.append(("sockredir_kernel", kernel_id or param.test_id))
+    item.user_properties.append(("sockredir_artifacts", str(artifact_path(lab, item))))
 
 
 @pytest.fixture

@@ -238,20 +238,29 @@ class Worker:
 
 
 def on_alarm(signum, frame):
-    raise TimeoutError(f"the scenario's --timeout expired (a hang?); {stuck_state()}")
+    raise TimeoutError(f"the scenario's --timeout expired (a hang?); {stuck_state(frame)}")
 
 
-def stuck_state() -> str:
-    """Where this worker's threads sleep in the kernel (wchan) and its namespace's TCP sockets'
-    queues, so a hang says what it is: a reader asleep with bytes in rx_queue is a lost wake-up,
-    a sender asleep with a full tx_queue is backpressure."""
+def stuck_state(interrupted) -> str:
+    """Where this process's threads wait, in Python (the innermost frames of each thread) and in
+    the kernel (wchan; the thread running this handler shows none), and its namespace's TCP
+    sockets' queues, so a hang says what it is: a reader asleep with bytes in rx_queue is a lost
+    wake-up, a sender asleep with a full tx_queue is backpressure, a worker waiting on its channel
+    with no socket left is waiting for the parent."""
+    frames = sys._current_frames()
+    frames[threading.get_ident()] = interrupted  # not this handler's own frames
     waits = []
-    for task in sorted(os.listdir("/proc/self/task")):
-        try:
-            with open(f"/proc/self/task/{task}/wchan") as wchan:
-                waits.append(wchan.read().strip() or "running")
-        except OSError:
-            pass
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident)
+        where = " < ".join(f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_stack(frame)[-4:]))
+        kernel = "running"
+        if thread.native_id != threading.get_native_id():
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/wchan") as wchan:
+                    kernel = wchan.read().strip() or "running"
+            except OSError:
+                kernel = "gone"
+        waits.append(f"{thread.name} in {where} (kernel: {kernel})")
     sockets = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -263,7 +272,7 @@ def stuck_state() -> str:
                         sockets.append(f"{fields[1]}->{fields[2]} state {fields[3]} tx {tx} rx {rx}")
         except OSError:
             pass
-    return f"threads asleep in {waits}; sockets: {'; '.join(sockets) or 'none'}"
+    return f"threads: {'; '.join(waits)}; sockets: {'; '.join(sockets) or 'none'}"
 
 
 def _run_child(name, channel: Channel, function, args, cgroup, netns_device, timeout) -> None:

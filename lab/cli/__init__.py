@@ -19,7 +19,8 @@ from pathlib import Path
 
 from lab import LabError, api
 
-GROUP_MODULES = ["kernels", "image", "guest", "bench", "redirect", "conformance", "mutants", "verify", "suite"]
+GROUP_MODULES = ["kernels", "image", "guest", "bench", "redirect", "conformance", "mutants", "verify", "suite",
+                 "matrix"]
 EXIT_LAB_ERROR = 2
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE
 
