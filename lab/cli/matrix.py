@@ -1,20 +1,45 @@
-"""``sockredir-lab report DIR...``: merge test runs into one kernel x test report.
+"""``sockredir-lab matrix`` (the kernel matrix on this machine) and ``sockredir-lab report``
+(merge test runs into one kernel x test report).
 
+    sockredir-lab matrix [--kernel ID|host ...] [-j N] [--out DIR] [-- PYTEST_ARGS...]
     sockredir-lab report DIR_OR_XML... [--out DIR]
 
-Reads every JUnit XML file given or found under the directories (pytest ``--junitxml``; runs of
-different kernels, days or machines, e.g. CI jobs' downloaded artifacts) and writes report.md,
-report.html and report.json (``lab.matrix.report``). Exit status 1 when a cell failed or errored.
+``matrix`` runs each kernel's tests of the working directory's pytest project in a pytest run of its
+own, N at once (default: the guests that fit, ``lab.vm.capacity``), then writes the report into
+DIR. ``report`` reads every JUnit XML file given or found under the directories (runs of different
+kernels, days or machines, e.g. CI jobs' downloaded artifacts) and writes report.md, report.html
+and report.json (``lab.matrix.report``). Both exit 1 when a cell failed or errored.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
+from lab import LabError
+from lab.cli.guest import available_kernel_ids
 from lab.matrix import report as matrix_report
+from lab.matrix import run as matrix_run
+from lab.vm import capacity
 
 
 def register(subparsers) -> None:
+    matrix = subparsers.add_parser(
+        "matrix", help="each kernel's tests in a pytest run of its own, N at once, then the report",
+        description="Runs `pytest --kernel ID` for each kernel in the working directory's project, "
+                    "N at once, with live progress, then merges the runs into report.md/html/json.")
+    matrix.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
+                        help="a catalog kernel id or host (repeatable; default: every available "
+                             "catalogued kernel and the host)")
+    matrix.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                        help="kernels at once (default: the guests that fit in this machine's CPUs "
+                             "and memory)")
+    matrix.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="runs and report (default: artifacts/matrix-<time>)")
+    matrix.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARGS",
+                        help="after `--`: passed to each pytest run (a -k is combined with the kernel's)")
+    matrix.set_defaults(func=cmd_matrix)
     report = subparsers.add_parser(
         "report", help="merge JUnit XML of any number of runs into a kernel x test report",
         description="Merges pytest JUnit XML files (given, or found under the directories given) "
@@ -34,3 +59,37 @@ def cmd_report(args) -> int:
     for path in written.values():
         print(f"  {path}")
     return 1 if merged.failed else 0
+
+
+def cmd_matrix(args) -> int:
+    kernels = args.kernels or available_kernel_ids(args.settings) + ["host"]
+    unknown = [k for k in kernels if k != "host" and args.settings.catalog().find(k) is None]
+    if unknown:
+        raise LabError(f"--kernel {', '.join(unknown)}: not in the catalog "
+                       f"(known: {', '.join(args.settings.catalog().ids + ['host'])})")
+    fits = capacity.this_machine()
+    jobs = args.jobs or fits.guests
+    if jobs < 1:
+        raise LabError("-j must be at least 1")
+    out = (args.out or Path("artifacts") / time.strftime("matrix-%Y%m%d-%H%M%S")).resolve()
+
+    def say(message: str) -> None:
+        print(f"[matrix {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    say(f"{len(kernels)} kernel(s): {', '.join(kernels)}; {jobs} at once "
+        f"({fits.explain() if not args.jobs else 'as asked'}); runs in {out}")
+    started = time.monotonic()
+    runs = matrix_run.run_matrix(matrix_run.plan(kernels, out, args.pytest_args), jobs, say)
+    say(f"all runs ended in {time.monotonic() - started:.0f}s")
+    for run in runs:
+        print(f"{run.kernel:>8}: {run.state()}")
+    missing = [run.kernel for run in runs if not run.junit.exists()]
+    for kernel in missing:
+        print(f"{kernel:>8}: its pytest run wrote no JUnit XML (see {out / kernel / 'pytest.log'})")
+    merged = matrix_report.collect([out])
+    written = matrix_report.write(merged, out)
+    print(f"report: {written['md']}, {written['html']}, {written['json']}")
+    for run in runs:
+        if run.returncode == 5:
+            print(f"{run.kernel:>8}: no test selected (a -k that excludes everything?)")
+    return 1 if merged.failed or missing or any(run.returncode != 0 for run in runs) else 0

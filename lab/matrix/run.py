@@ -1,0 +1,160 @@
+"""The kernel matrix on one machine: one pytest run per kernel, N at once, live progress, then the
+merged report (``lab.matrix.report``).
+
+Each kernel's run is ``pytest --kernel ID -k kernel_ID`` in the working directory (the kernel's
+tests only; tests that take no kernel are not the matrix's), with its own JUnit XML, artifact tree
+and output log under ``OUT/ID/``. A run is a separate process with its own guest, reaper and
+tracing instances, so runs never share a guest. Interrupted, the matrix ends the runs it started
+(by PID); each run's reaper then ends its QEMU.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lab.kernel.catalog import test_id_of
+
+RESULT_RE = re.compile(r"^(?P<nodeid>\S+::\S+) (?P<word>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+SELECTED_RE = re.compile(r"collected (?P<collected>\d+) items?(?: / (?P<deselected>\d+) deselected)?")
+STATUS_OF = {"PASSED": "pass", "FAILED": "fail", "ERROR": "error", "SKIPPED": "skip",
+             "XFAIL": "xfail", "XPASS": "pass"}
+PROGRESS_EVERY = 20.0  # seconds between progress lines while nothing else is said
+
+
+@dataclass
+class KernelRun:
+    kernel: str
+    out: Path
+    argv: list[str]
+    counts: Counter = field(default_factory=Counter)
+    selected: int | None = None
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+    returncode: int | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> Path:
+        return self.out / "pytest.log"
+
+    @property
+    def junit(self) -> Path:
+        return self.out / "junit.xml"
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def state(self) -> str:
+        if self.proc is None:
+            return "waiting"
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        total = f"/{self.selected}" if self.selected is not None else ""
+        when = self.seconds if self.returncode is not None else time.monotonic() - self.started
+        verdict = "" if self.returncode is None else f" exit {self.returncode},"
+        return f"{self.done}{total} done,{verdict} {counts or 'nothing yet'} ({when:.0f}s)"
+
+
+def keyword(kernel: str, pytest_args: list[str]) -> tuple[str, list[str]]:
+    """The -k expression selecting this kernel's tests, and with the user's own -k folded in."""
+    mine = "kernel_host" if kernel == "host" else test_id_of(kernel)
+    rest, user = [], None
+    args = iter(pytest_args)
+    for arg in args:
+        if arg == "-k":
+            user = next(args, "")
+        elif arg.startswith("-k") and len(arg) > 2:
+            user = arg[2:]
+        else:
+            rest.append(arg)
+    return (f"{mine} and ({user})" if user else mine), rest
+
+
+def plan(kernels: list[str], out: Path, pytest_args: list[str]) -> list[KernelRun]:
+    runs = []
+    for kernel in kernels:
+        directory = out / kernel
+        expression, rest = keyword(kernel, pytest_args)
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--no-header",
+                "-o", "console_output_style=classic", "--kernel", kernel, "-k", expression,
+                f"--junitxml={directory / 'junit.xml'}", f"--artifacts={directory / 'artifacts'}",
+                *rest]
+        runs.append(KernelRun(kernel, directory, argv))
+    return runs
+
+
+def _follow(run: KernelRun, on_line: Callable[[KernelRun, str], None]) -> None:
+    assert run.proc is not None and run.proc.stdout is not None
+    with open(run.log, "w") as log:
+        for line in run.proc.stdout:
+            log.write(line)
+            log.flush()
+            on_line(run, line.rstrip("\n"))
+
+
+def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> list[KernelRun]:
+    """Run up to ``jobs`` kernels at once; say what happens (starts, failures, ends, progress)."""
+    lock = threading.Lock()
+
+    def on_line(run: KernelRun, line: str) -> None:
+        with lock:
+            selected = SELECTED_RE.search(line)
+            if selected and run.selected is None:
+                run.selected = int(selected["collected"]) - int(selected["deselected"] or 0)
+            result = RESULT_RE.match(line)
+            if result:
+                status = STATUS_OF[result["word"]]
+                run.counts[status] += 1
+                if status in ("fail", "error"):
+                    run.failures.append(result["nodeid"])
+                    say(f"{run.kernel}: {status.upper()} {result['nodeid']}")
+
+    waiting, running, finished = list(runs), [], []
+    readers: dict[str, threading.Thread] = {}
+    last_progress = time.monotonic()
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                run = waiting.pop(0)
+                run.out.mkdir(parents=True, exist_ok=True)
+                run.started = time.monotonic()
+                run.proc = subprocess.Popen(run.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
+                readers[run.kernel] = threading.Thread(target=_follow, args=(run, on_line), daemon=True)
+                readers[run.kernel].start()
+                running.append(run)
+                say(f"{run.kernel}: started (pid {run.proc.pid}; log {run.log})")
+            time.sleep(0.5)
+            for run in [r for r in running if r.proc.poll() is not None]:
+                readers[run.kernel].join()
+                run.returncode, run.seconds = run.proc.returncode, time.monotonic() - run.started
+                running.remove(run)
+                finished.append(run)
+                say(f"{run.kernel}: finished: {run.state()}")
+            if running and time.monotonic() - last_progress >= PROGRESS_EVERY:
+                last_progress = time.monotonic()
+                with lock:
+                    say("progress: " + " | ".join(f"{r.kernel} {r.state()}" for r in running + waiting))
+    finally:
+        for run in running:  # interrupted: end what we started, by PID; their reapers end QEMU
+            run.proc.terminate()
+        for run in running:
+            try:
+                run.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+    return finished
+
+
+def command_line(run: KernelRun) -> str:
+    return shlex.join(run.argv)

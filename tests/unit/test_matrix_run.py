@@ -1,0 +1,69 @@
+"""``sockredir-lab matrix``: each kernel its own pytest run, then the merged report. Here on a small
+project of its own whose tests take the ``kernel`` fixture on the host (no guest: the fixture's
+host column needs none), so the whole command runs in seconds; tests/integration/test_matrix.py
+runs it with a guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.matrix import run as matrix_run
+
+PROJECT = '''
+import pytest
+
+def test_the_kernel_column(kernel):
+    assert kernel.id == "host"
+
+@pytest.mark.parametrize("size", [1, 64])
+def test_sizes(kernel, size):
+    assert size != 64, "a failure the report must show"
+
+def test_no_kernel():
+    pass
+'''
+
+
+def test_the_kernels_keyword_is_combined_with_the_users():
+    assert matrix_run.keyword("6.1", ["-x"]) == ("kernel_6_1", ["-x"])
+    assert matrix_run.keyword("host", ["-k", "smoke", "-x"]) == ("kernel_host and (smoke)", ["-x"])
+    assert matrix_run.keyword("7.2", ["-kredirect"]) == ("kernel_7_2 and (redirect)", [])
+
+
+def test_each_run_has_its_own_report_and_artifacts(tmp_path):
+    (run,) = matrix_run.plan(["6.12"], tmp_path, ["tests/integration/test_smoke.py"])
+    assert run.argv[run.argv.index("--kernel") + 1] == "6.12"
+    assert f"--junitxml={tmp_path / '6.12' / 'junit.xml'}" in run.argv
+    assert f"--artifacts={tmp_path / '6.12' / 'artifacts'}" in run.argv
+    assert run.argv[-1] == "tests/integration/test_smoke.py"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the host column needs root (the plugin's kernel_host)")
+def test_the_command_runs_the_matrix_and_writes_the_report(tmp_path):
+    (tmp_path / "test_project.py").write_text(PROJECT)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "lab.cli", "matrix", "--kernel", "host", "-j", "1",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr  # one test failed
+    assert "host: started (pid " in done.stderr
+    assert "host: FAIL test_project.py::test_sizes[kernel_host-64]" in done.stderr
+    assert "host: finished: 3/3 done, exit 1, 1 fail, 2 pass" in done.stderr
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["kernels"] == ["host"]  # the test without a kernel is not the matrix's
+    cells = {row["test"]: row["cells"]["host"]["status"] for row in doc["rows"]}
+    assert cells == {"test_the_kernel_column": "pass", "test_sizes[1]": "pass", "test_sizes[64]": "fail"}
+    assert (out / "host" / "pytest.log").read_text().count("PASSED") == 2
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+
+
+def test_an_unknown_kernel_is_refused_before_any_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lab.cli", "matrix", "--kernel", "9.9", "--out",
+                           str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--kernel 9.9: not in the catalog" in done.stderr
+    assert not list(Path(tmp_path).iterdir())
