@@ -16,7 +16,7 @@ from pathlib import Path
 from lab import LabError
 
 KERNEL_PART_RE = re.compile(r"kernel_[0-9a-z_]+", re.IGNORECASE)
-NO_KERNEL = "-"  # the column of tests that take no kernel (unit tests, whole-command tests)
+NO_KERNEL = "no kernel"  # the column of tests that take none (unit tests, whole-command tests)
 # The order in which a testcase's children decide its status (a call failure and a teardown error
 # on one test: it failed).
 STATUSES = ("fail", "error", "xfail", "skip", "pass")
