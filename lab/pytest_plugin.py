@@ -27,7 +27,8 @@ import pytest
 
 from lab import LabError, api
 from lab.kernel.catalog import Catalog, CatalogError, KernelEntry
-from lab.vm.dmesg import find_splats
+from lab.vm import dmesg as dmesg_mod
+from lab.vm.dmesg import scan as dmesg_scan
 
 KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
@@ -62,6 +63,15 @@ class Lab:
     guests: dict = field(default_factory=dict)
     configs: dict = field(default_factory=dict)  # kernel id -> its KernelConfig (or None), read once
     problem: str | None = None  # a settings problem, reported only if kernel tests are selected
+    splats_allowed_file: Path = dmesg_mod.ALLOWED_PATH
+    _allowed_splats: list | None = None
+
+    @property
+    def allowed_splats(self) -> list:
+        """The splat allow-list, read at the first guest test's end (a bad file fails that test)."""
+        if self._allowed_splats is None:
+            self._allowed_splats = dmesg_mod.load_allowed(self.splats_allowed_file)
+        return self._allowed_splats
 
     @property
     def catalog(self) -> Catalog:
@@ -125,6 +135,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-all", action="store_true",
                     help="run the redirect bench's sanity test on every kernel, not only the host "
                          "and the default guest (tests/integration/test_bench.py)")
+    group.addoption("--splats-allowed", default=None, metavar="FILE",
+                    help="kernel splats accepted per kernel (TOML; ini: sockredir_splats_allowed; "
+                         "default: the lab's images/splats-allowed.toml)")
+    parser.addini("sockredir_splats_allowed", "path of a splat allow-list (TOML), relative to the "
+                  "ini file", type="paths", default=[])
     parser.addini("sockredir_kernels", "path of a kernel catalog (kernels.toml) to use instead of the "
                   "lab's, relative to the ini file", type="paths", default=[])
     parser.addini("sockredir_image_packages", "Debian packages added to the guest image",
@@ -154,6 +169,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if not sep or not value:
             lab.problem = f"--kernel-source {spec!r}: expected ID=PATH_OR_URL"
         lab.settings.kernel_sources[kernel_id] = value
+    ini_splats = config.getini("sockredir_splats_allowed")
+    if config.option.splats_allowed or ini_splats:
+        lab.splats_allowed_file = Path(config.option.splats_allowed or ini_splats[0])
     config.stash[LAB_KEY] = lab
 
 
@@ -424,10 +442,14 @@ def _after_guest_test(request: pytest.FixtureRequest, guest, lab: Lab) -> None:
                     pytrace=False)
     dmesg = guest.target.run(["dmesg", "-c"], timeout=30).stdout
     (outdir / "dmesg.txt").write_text(dmesg)
-    splats = find_splats(dmesg)
-    if splats:
+    found = dmesg_scan(dmesg, guest.kernel.id, lab.allowed_splats)
+    if found.accepted:
+        accepted = "\n".join(f"{line}  [accepted: {why}]" for line, why in found.accepted)
+        (outdir / "splats-accepted.txt").write_text(accepted + "\n")
+        request.node.user_properties.append(("sockredir_accepted_splats", accepted))
+    if found.splats:
         pytest.fail("kernel splat in dmesg during the test (see "
-                    f"{outdir / 'dmesg.txt'}):\n" + "\n".join(splats[:20]), pytrace=False)
+                    f"{outdir / 'dmesg.txt'}):\n" + "\n".join(found.splats[:20]), pytrace=False)
 
 
 def artifact_path(lab: Lab, node: pytest.Item) -> Path:

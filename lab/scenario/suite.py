@@ -15,7 +15,7 @@ from typing import Callable
 
 from lab import LabError, api
 from lab.cache import atomic_write
-from lab.vm.dmesg import find_splats
+from lab.vm.dmesg import find_splats, load_allowed
 from lab.bpf.mutants import Mutant
 from lab.bpf.program import UserProgram
 from lab.scenario.env import Env
@@ -77,7 +77,7 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant:
             if target.name != HOST_ID:
                 dmesg = target.run(["dmesg"], timeout=30).stdout
                 (artifacts / "dmesg.txt").write_text(dmesg)
-                report.splats = find_splats(dmesg)
+                report.splats = find_splats(dmesg, kernel_id, load_allowed())
     except KernelUnavailable as exc:
         report.unavailable = str(exc)
     except LabError as exc:
