@@ -151,8 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
                  "for that program type (from bpftool feature probe)",
                  "requires_map_type(name): skip unless the kernel has that BPF map type",
                  "requires_kernel_config(*capabilities): skip, before booting, unless the kernel's "
-                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)",
-                 "xdist_group(name): pytest-xdist's group (set by the plugin: one per kernel)"):
+                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)"):
         config.addinivalue_line("markers", line)
     run_name = _run_name(config)
     artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
@@ -238,22 +237,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"sockredir-lab: {lab.problem}")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist (``-n N``): one kernel's tests on one worker (lab/pytest_xdist.py), for the
+    default ``load`` distribution and ``loadgroup``; other modes are left as asked."""
+    if config.getoption("dist") not in ("load", "loadgroup"):
+        return None
+    from lab.pytest_xdist import KernelScheduling
+
+    return KernelScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _select_kernel_ids(config, items)
-    _group_by_kernel(items)
-
-
-def _group_by_kernel(items: list[pytest.Item]) -> None:
-    """One kernel's tests form one pytest-xdist group (``-n N --dist loadgroup``): a guest is
-    booted by one worker and never shared, and each worker runs one guest at a time."""
-    for item in items:
-        kernel_id = _kernel_test_id(item)
-        if kernel_id is not None:
-            item.add_marker(pytest.mark.xdist_group(kernel_id))
-
-
-def _select_kernel_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Make kernel ids in ``-k`` match whole ids: ``-k kernel_6_1`` must not select kernel_6_12.
 
     pytest's ``-k`` matches substrings and the kernel ids are prefixes of each other. When the
