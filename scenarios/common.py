@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -43,6 +44,9 @@ import traceback
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFNAME, IFF_UP = 0x8913, 0x8914, 0x8923, 0x1
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
+# After one worker's data step fails, how long the others may take to report before they are
+# stopped (a transfer here takes seconds even in a TCG guest; see gather()).
+PEER_GRACE_SECONDS = 10.0
 
 FAMILIES = {
     # name: (server family, server bind address, client family, client connect address)
@@ -207,6 +211,12 @@ class Worker:
 
     def __init__(self, name: str, pid: int, channel: Channel):
         self.name, self.pid, self.channel = name, pid, channel
+        self.reaped = False
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.reaped = True
 
     def report(self) -> dict:
         message = self.channel.receive()
@@ -227,6 +237,8 @@ class Worker:
         except OSError:
             pass
         self.channel.sock.close()
+        if self.reaped:
+            return
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             pid, _ = os.waitpid(self.pid, os.WNOHANG)
@@ -258,8 +270,8 @@ def stuck_state(interrupted) -> str:
             try:
                 with open(f"/proc/self/task/{thread.native_id}/wchan") as wchan:
                     kernel = wchan.read().strip() or "running"
-            except OSError:
-                kernel = "gone"
+            except OSError as exc:
+                kernel = f"unreadable: {exc}"
         waits.append(f"{thread.name} in {where} (kernel: {kernel})")
     sockets = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -270,8 +282,8 @@ def stuck_state(interrupted) -> str:
                     if fields[3] != "0A":  # listening sockets say nothing here
                         tx, rx = (int(q, 16) for q in fields[4].split(":"))
                         sockets.append(f"{fields[1]}->{fields[2]} state {fields[3]} tx {tx} rx {rx}")
-        except OSError:
-            pass
+        except OSError as exc:
+            sockets.append(f"{table} unreadable: {exc}")
     return f"threads: {'; '.join(waits)}; sockets: {'; '.join(sockets) or 'none'}"
 
 
@@ -368,7 +380,7 @@ class Round:
         with self.phase(label):
             for worker in workers:
                 worker.resume()
-            return {worker.name: worker.report() for worker in workers}
+            return gather(workers)
 
     def close(self, workers: list[Worker], open_snapshot: bool = False) -> None:
         """Snapshot the map while open, let the workers close their sockets, snapshot again."""
@@ -384,6 +396,32 @@ class Round:
         for worker in self.workers:
             worker.finish()
         self.workers = []
+
+
+def gather(workers: list[Worker], grace: float = PEER_GRACE_SECONDS) -> dict:
+    """Each worker's next report, in whatever order they come. Once one reports an error, the
+    others get ``grace`` seconds; a worker still silent then is stopped and the round fails with
+    the first error as its cause. (A side whose recv failed stops reading; its peer's send then
+    blocks on a closed window for good, and the peer's timeout would hide the error that caused it.)"""
+    reports: dict[str, dict] = {}
+    waiting = {worker.channel.sock: worker for worker in workers}
+    first_error, deadline = None, None
+    while waiting:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select(list(waiting), [], [], timeout)
+        if not ready:
+            stuck = sorted(waiting.values(), key=lambda w: w.name)
+            for worker in stuck:
+                worker.kill()
+            raise ScenarioError(f"{first_error}; {', '.join(w.name for w in stuck)} still blocked "
+                                f"{grace:.0f} s later (stopped)")
+        for sock in ready:
+            worker = waiting.pop(sock)
+            reports[worker.name] = worker.report()
+            error = reports[worker.name].get("error")
+            if error and first_error is None:
+                first_error, deadline = f"{worker.name}: {error}", time.monotonic() + grace
+    return reports
 
 
 class Phase:
