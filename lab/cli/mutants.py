@@ -1,6 +1,6 @@
 """``sockredir-lab mutants``: every deliberately broken redirect against the suite's checks.
 
-    sockredir-lab mutants [--kernel ID|host|all ...] [--mutant NAME ...] [--json FILE]
+    sockredir-lab mutants [--kernel ID|host|all ...] [--mutant NAME ...] [--json FILE] [--markdown]
 
 Per target and mutant (``bpf/mutants/*.patch``): killed (by which scenario, with the first failed
 check), survived, rejected by the verifier (killed only where the mutant records that), or error.
@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mutant", dest="names", action="append", metavar="NAME",
                         help="only this mutant (repeatable; default every one)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results here (after each target)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table in Markdown (as docs/scenarios.md shows it)")
     parser.set_defaults(func=cmd_mutants)
 
 
@@ -56,7 +58,8 @@ def cmd_mutants(args) -> int:
         doc["results"] = [r.as_dict() for r in results]
         if args.json:
             write_json(doc, args.json)
-    print(mutant_runs.format_table(results, kernels))
+    table = mutant_runs.format_markdown if args.markdown else mutant_runs.format_table
+    print(table(results, kernels))
     bad = [r for r in results if not r.killed]
     print(f"{len(results)} runs: {sum(r.killed for r in results)} killed, "
           f"{sum(r.status == 'survived' for r in results)} survived, "

@@ -99,6 +99,14 @@ def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
     return result
 
 
+def _cell_text(result: MutantResult | None) -> str:
+    if result is None:
+        return "-"
+    if result.status == "killed":
+        return f"killed ({result.scenario})"
+    return result.status.upper() if result.status in ("survived", "error") else result.status
+
+
 def format_table(results: list[MutantResult], kernels: list[str]) -> str:
     """Mutant x kernel: killed (by which scenario) / survived / rejected / error."""
     names = list(dict.fromkeys(r.mutant for r in results))
@@ -106,12 +114,21 @@ def format_table(results: list[MutantResult], kernels: list[str]) -> str:
     width = max(len(n) for n in names) + 2
     lines = ["mutant".ljust(width) + "".join(k.ljust(28) for k in kernels)]
     for name in names:
-        row = name.ljust(width)
-        for kernel in kernels:
-            r = cell.get((name, kernel))
-            text = "-" if r is None else (f"killed ({r.scenario})" if r.status == "killed"
-                                          else r.status.upper() if r.status in ("survived", "error")
-                                          else r.status)
-            row += text.ljust(28)
+        row = name.ljust(width) + "".join(_cell_text(cell.get((name, k))).ljust(28) for k in kernels)
         lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def format_markdown(results: list[MutantResult], kernels: list[str]) -> str:
+    """The same table in Markdown, with the first failed check of each kill on the first kernel
+    that killed it (what docs/scenarios.md shows)."""
+    names = list(dict.fromkeys(r.mutant for r in results))
+    cell = {(r.mutant, r.kernel): r for r in results}
+    lines = ["| mutant | " + " | ".join(kernels) + " | first failed check |",
+             "|---|" + "---|" * (len(kernels) + 1)]
+    for name in names:
+        first = next((cell[(name, k)] for k in kernels if (name, k) in cell and cell[(name, k)].check), None)
+        check = (first.check or "")[:160].replace("|", "/") if first else ""
+        lines.append(f"| `{name}` | " + " | ".join(_cell_text(cell.get((name, k))) for k in kernels)
+                     + f" | {check} |")
     return "\n".join(lines)

@@ -57,3 +57,17 @@ def test_a_patch_that_no_longer_applies_says_so(tmp_path, monkeypatch):
                     "-nor this one\n+but this\n no such line either\n")
     with pytest.raises(LabError, match="no longer applies"):
         mutants.patched_source(mutants.parse(path))
+
+
+def test_the_markdown_table_names_each_kill_and_its_check():
+    from lab.scenario.mutants import MutantResult, format_markdown
+
+    results = [MutantResult("swapped_key", "6.1", "killed", "echo-ipv4", "map entries: wrong socket"),
+               MutantResult("swapped_key", "host", "killed", "echo-ipv4", "map entries: wrong socket"),
+               MutantResult("netns_ignored", "6.1", "rejected", None, "unknown func bpf_get_netns_cookie"),
+               MutantResult("no_ingress", "6.1", "survived")]
+    lines = format_markdown(results, ["6.1", "host"]).splitlines()
+    assert lines[0] == "| mutant | 6.1 | host | first failed check |"
+    assert lines[2] == "| `swapped_key` | killed (echo-ipv4) | killed (echo-ipv4) | map entries: wrong socket |"
+    assert lines[3] == "| `netns_ignored` | rejected | - | unknown func bpf_get_netns_cookie |"
+    assert lines[4] == "| `no_ingress` | SURVIVED | - |  |"
