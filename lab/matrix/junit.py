@@ -79,9 +79,9 @@ def parse(path: Path) -> list[Outcome]:
         root = ElementTree.parse(path).getroot()
     except (ElementTree.ParseError, OSError) as exc:
         raise LabError(f"{path}: not a readable JUnit XML file ({exc})") from None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     if root.tag not in ("testsuite", "testsuites"):
         raise LabError(f"{path}: not JUnit XML (root element <{root.tag}>)")
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     # A run of this plugin names every kernel test's kernel: then a test without the property
     # takes no kernel, whatever its parameters look like (a unit test's "kernel_6_1_rc2").
     recorded = any(p.get("name") == "sockredir_kernel" for p in root.iter("property"))

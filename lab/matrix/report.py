@@ -215,7 +215,7 @@ def write(report: Report, out_dir: Path) -> dict[str, Path]:
     """report.md, report.html and report.json in ``out_dir`` (written atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
-    atomic_write(written["md"], to_markdown(report, out_dir).encode())
-    atomic_write(written["html"], to_html(report, out_dir).encode())
-    atomic_write(written["json"], (json.dumps(to_json(report), indent=1) + "\n").encode())
+    atomic_write(written["md"], to_markdown(report, out_dir))
+    atomic_write(written["html"], to_html(report, out_dir))
+    atomic_write(written["json"], json.dumps(to_json(report), indent=1) + "\n")
     return written

@@ -11,7 +11,6 @@ tracing instances, so runs never share a guest. Interrupted, the matrix ends the
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -154,7 +153,3 @@ def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> 
             except subprocess.TimeoutExpired:
                 run.proc.kill()
     return finished
-
-
-def command_line(run: KernelRun) -> str:
-    return shlex.join(run.argv)
