@@ -33,3 +33,13 @@ def test_dash_k_expression_with_kernel_ids(pytester):
 
 def test_kernel_option_limits_the_matrix(pytester):
     assert _collected(pytester, "--kernel", "6.12") == ["test_sample.py::test_k[kernel_6_12]"]
+
+
+def test_host_only_run_with_guest_only_tests(pytester):
+    # `--kernel host` leaves a guest-only test without kernels (pytest's empty parameter set);
+    # selecting by kernel id must skip it, not crash (sockredir-lab matrix runs exactly this).
+    pytester.makepyfile(test_sample=TEST_FILE + "\n\ndef test_g(guest):\n    pass\n")
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider", "--kernel", "host",
+                                "-k", "kernel_host")
+    assert result.ret == 0, result.stdout.str()
+    assert [line.strip() for line in result.outlines if "::" in line] == ["test_sample.py::test_k[kernel_host]"]
