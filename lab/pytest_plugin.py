@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from lab import LabError, api
-from lab.kernel.catalog import Catalog, CatalogError, KernelEntry
+from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry
 from lab.vm import dmesg as dmesg_mod
 from lab.vm.dmesg import scan as dmesg_scan
 
-KERNEL_ID_RE = re.compile(r"\bkernel_[0-9a-z_]+\b", re.IGNORECASE)
+KERNEL_ID_RE = re.compile(rf"\b{TEST_ID_RE.pattern}\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
 LAB_KEY = pytest.StashKey["Lab"]()
 RUN_NAME_KEY = "sockredir_run_name"

@@ -11,14 +11,17 @@ items through an attribute pytest 9 no longer reads, so its groups are silently 
 
 from __future__ import annotations
 
-import re
-
 from xdist.scheduler import LoadScopeScheduling
 
-KERNEL_PARAM_RE = re.compile(r"\[(?:[^\]]*-)?(kernel_[0-9a-z_]+)(?:-[^\]]*)?\]$", re.IGNORECASE)
+from lab.kernel.catalog import split_test_name
+
+
+def scope_of(nodeid: str) -> str:
+    """The work unit of a test: its kernel's test id, or the test itself."""
+    kernel_test_id = split_test_name(nodeid)[1]
+    return kernel_test_id.lower() if kernel_test_id else nodeid
 
 
 class KernelScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
-        match = KERNEL_PARAM_RE.search(nodeid)
-        return match.group(1).lower() if match else nodeid
+        return scope_of(nodeid)

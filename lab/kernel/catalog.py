@@ -34,8 +34,26 @@ _GLOB_RE = re.compile(r"^[a-z0-9][a-z0-9+.*?\[\]!-]*$")  # Debian package name c
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# A kernel's test id (test_id_of): never a dash, so it stands apart in pytest's "a-b-c" param ids.
+TEST_ID_RE = re.compile(r"kernel_[0-9a-z_]+", re.IGNORECASE)
+
+
 def test_id_of(kernel_id: str) -> str:
     return "kernel_" + re.sub(r"[.-]", "_", kernel_id)
+
+
+def split_test_name(name: str) -> tuple[str, str | None]:
+    """A test's name without its kernel parameter, and that kernel's test id:
+    ``test_x[kernel_6_1-seed]`` -> (``test_x[seed]``, ``kernel_6_1``); (name, None) without one."""
+    base, bracket, params = name.partition("[")
+    if not bracket or not params.endswith("]"):
+        return name, None
+    parts = params[:-1].split("-")
+    index = next((i for i, part in enumerate(parts) if TEST_ID_RE.fullmatch(part)), None)
+    if index is None:
+        return name, None
+    rest = parts[:index] + parts[index + 1:]
+    return (f"{base}[{'-'.join(rest)}]" if rest else base), parts[index]
 
 
 def env_var_of(kernel_id: str) -> str:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab import LabError
+from lab.kernel.catalog import split_test_name
 
-KERNEL_PART_RE = re.compile(r"kernel_[0-9a-z_]+", re.IGNORECASE)
 NO_KERNEL = "no kernel"  # the column of tests that take none (unit tests, whole-command tests)
 # The order in which a testcase's children decide its status (a call failure and a teardown error
 # on one test: it failed).
@@ -42,19 +42,6 @@ def kernel_id_of(test_id: str) -> str:
     """``kernel_6_1`` -> ``6.1``, ``kernel_host`` -> ``host`` (the catalog's ids use dots)."""
     rest = test_id[len("kernel_"):]
     return rest.replace("_", ".") if re.fullmatch(r"\d+(_\d+)*", rest) else rest
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-    """``test_x[kernel_6_1-seed]`` -> (``test_x[seed]``, ``kernel_6_1``)."""
-    base, bracket, params = name.partition("[")
-    if not bracket:
-        return name, None
-    parts = params[:-1].split("-") if params.endswith("]") else params.split("-")
-    index = next((i for i, part in enumerate(parts) if KERNEL_PART_RE.fullmatch(part)), None)
-    if index is None:
-        return name, None
-    rest = parts[:index] + parts[index + 1:]
-    return (f"{base}[{'-'.join(rest)}]" if rest else base), parts[index]
 
 
 def _status(case: ElementTree.Element) -> tuple[str, str]:
@@ -89,7 +76,7 @@ def parse(path: Path) -> list[Outcome]:
     for suite in suites:
         for case in suite.iter("testcase"):
             properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-            test, kernel_part = split_name(case.get("name", ""))
+            test, kernel_part = split_test_name(case.get("name", ""))
             if recorded and "sockredir_kernel" not in properties:
                 test, kernel_part = case.get("name", ""), None
             kernel = properties.get("sockredir_kernel") or (kernel_id_of(kernel_part) if kernel_part

@@ -12,6 +12,7 @@ import pytest
 
 from lab import LabError
 from lab.cli import main as cli_main
+from lab.kernel.catalog import split_test_name
 from lab.matrix import junit, report
 
 SAMPLES = Path(__file__).parent / "junit_samples"
@@ -26,7 +27,7 @@ SAMPLES = Path(__file__).parent / "junit_samples"
     ("test_x", ("test_x", None)),
 ])
 def test_the_kernel_is_split_from_the_other_parameters(name, expected):
-    assert junit.split_name(name) == expected
+    assert split_test_name(name) == expected
 
 
 def test_kernel_ids_come_back_with_their_dots():

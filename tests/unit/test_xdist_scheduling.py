@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.pytest_xdist import KERNEL_PARAM_RE
+from lab.pytest_xdist import scope_of
 
 INNER = """
 import os
@@ -33,8 +33,7 @@ def test_free(case):
     ("t.py::test_y", "t.py::test_y"),
 ])
 def test_kernel_tests_share_their_kernels_scope(nodeid, scope):
-    match = KERNEL_PARAM_RE.search(nodeid)
-    assert (match.group(1) if match else nodeid) == scope
+    assert scope_of(nodeid) == scope
 
 
 def test_each_kernel_runs_on_one_worker(pytester, tmp_path, monkeypatch):
