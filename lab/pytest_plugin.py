@@ -28,7 +28,6 @@ import pytest
 from lab import LabError, api
 from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry
 from lab.vm import dmesg as dmesg_mod
-from lab.vm.dmesg import scan as dmesg_scan
 
 KERNEL_ID_RE = re.compile(rf"\b{TEST_ID_RE.pattern}\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
@@ -443,7 +442,7 @@ def _after_guest_test(request: pytest.FixtureRequest, guest, lab: Lab) -> None:
                     pytrace=False)
     dmesg = guest.target.run(["dmesg", "-c"], timeout=30).stdout
     (outdir / "dmesg.txt").write_text(dmesg)
-    found = dmesg_scan(dmesg, guest.kernel.id, lab.allowed_splats)
+    found = dmesg_mod.scan(dmesg, guest.kernel.id, lab.allowed_splats)
     if found.accepted:
         accepted = "\n".join(f"{line}  [accepted: {why}]" for line, why in found.accepted)
         (outdir / "splats-accepted.txt").write_text(accepted + "\n")
