@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shlex
 import shutil
-import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-from lab import LabError
+from lab import IMAGES_DIR, LabError
 
 Command = Union[str, Sequence[str]]
+GUEST_SHELL_FRAME = (IMAGES_DIR / "guest-shell.sh").read_text()
 
 
 @dataclass
@@ -177,19 +180,46 @@ class SSHTarget(Target):
                              allow_agent=False, look_for_keys=False)
         self._client.get_transport().set_keepalive(5)
         self._sftp = None
+        self._shells_lock = threading.Lock()
+        self._idle_shells: list[_KeptShell] = []
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        if input is not None:
+            return self._run_session(cmd, timeout, input)  # stdin of its own: a session of its own
+        shell = self._take_shell(timeout)
+        try:
+            result = shell.run(cmd, timeout)
+        except BaseException:
+            shell.close()  # a timed-out or broken shell may still be busy: never reused
+            raise
+        with self._shells_lock:
+            self._idle_shells.append(shell)
+        return result
+
+    def _take_shell(self, timeout: float) -> "_KeptShell":
+        """An idle kept shell, or a new one (commands may run at once from several threads)."""
+        with self._shells_lock:
+            if self._idle_shells:
+                return self._idle_shells.pop()
+        try:
+            channel = self._transport().open_session(timeout=timeout)
+            channel.exec_command('exec "${SHELL:-/bin/sh}" -s')
+            channel.sendall(GUEST_SHELL_FRAME.encode())
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost("while starting a shell", exc) from exc
+        return _KeptShell(self, channel)
+
+    def _run_session(self, cmd: str, timeout: float, input: str) -> Result:
         channel = None
         try:
             channel = self._transport().open_session(timeout=timeout)
             channel.exec_command(cmd)
-            if input is not None:
-                channel.sendall(input.encode())
+            channel.sendall(input.encode())
             channel.shutdown_write()
-            stdout, stderr = self._drain(channel, cmd, time.monotonic() + timeout, timeout)
-            rc = channel.recv_exit_status()
-        except socket.timeout as exc:
-            raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}") from exc
+            stdout, stderr = _drain(channel, lambda out, err: channel.closed or (
+                channel.eof_received and channel.exit_status_ready()),
+                self._deadline_error(cmd, timeout))
+            rc = channel.recv_exit_status()  # -1 when the session closed without one
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(f"while running `{cmd[:200]}`", exc) from exc
         finally:
@@ -202,6 +232,10 @@ class SSHTarget(Target):
             raise self._lost(f"while running `{cmd[:200]}` (no exit status)", None)
         return Result(cmd, rc, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
+    def _deadline_error(self, cmd: str, timeout: float) -> tuple[float, CommandTimeout]:
+        return time.monotonic() + timeout, CommandTimeout(
+            f"command timed out after {timeout:.0f}s on {self.name}: {cmd}")
+
     def _transport(self):
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
@@ -212,29 +246,6 @@ class SSHTarget(Target):
         detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
         return TargetLost(f"the SSH connection to {self.name} broke {when}{detail}; the guest has "
                           f"probably crashed or been stopped (see its console log)")
-
-    def _drain(self, channel, cmd: str, deadline: float, timeout: float) -> tuple[bytes, bytes]:
-        """Read stdout and stderr until the server's EOF *and* exit status have both arrived.
-
-        sshd may send the exit status before the last output, so stopping at the exit status can
-        lose output; EOF comes after all of it.
-        """
-        stdout, stderr = bytearray(), bytearray()
-        while True:
-            got = False
-            while channel.recv_ready():
-                stdout += channel.recv(65536)
-                got = True
-            while channel.recv_stderr_ready():
-                stderr += channel.recv_stderr(65536)
-                got = True
-            finished = (channel.eof_received or channel.closed) and channel.exit_status_ready()
-            if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
-                return bytes(stdout), bytes(stderr)
-            if time.monotonic() > deadline:
-                raise CommandTimeout(f"command timed out after {timeout:.0f}s on {self.name}: {cmd}")
-            if not got:
-                time.sleep(0.002)
 
     def _sftp_client(self):
         if self._sftp is None:
@@ -260,6 +271,73 @@ class SSHTarget(Target):
             raise self._lost(f"while fetching {remote}", exc) from exc
 
     def close(self) -> None:
+        with self._shells_lock:
+            shells, self._idle_shells = self._idle_shells, []
+        for shell in shells:
+            shell.close()
         if self._sftp is not None:
             self._sftp.close()
         self._client.close()
+
+
+class _KeptShell:
+    """A long-lived shell on a guest that runs one command at a time (images/guest-shell.sh)."""
+
+    def __init__(self, owner: SSHTarget, channel) -> None:
+        self._owner = owner
+        self._channel = channel
+
+    def run(self, cmd: str, timeout: float) -> Result:
+        token = secrets.token_hex(16).encode()
+        end_out = re.compile(re.escape(token) + rb" (\d+)\n\Z")
+        end_err = token + b"\n"
+        owner = self._owner
+        try:
+            self._channel.sendall(b"lab_run " + token + b" " + shlex.quote(cmd).encode() + b"\n")
+            stdout, stderr = _drain(self._channel, lambda out, err: (
+                out.endswith(b"\n") and end_out.search(out) and err.endswith(end_err)),
+                owner._deadline_error(cmd, timeout))
+        except (owner._paramiko.SSHException, EOFError, OSError) as exc:
+            raise owner._lost(f"while running `{cmd[:200]}`", exc) from exc
+        except _ChannelEnded:
+            # The kept shell is gone: either the connection (the guest died) or the shell alone.
+            owner._transport()
+            raise LabError(f"the shell running `{cmd[:200]}` on {owner.name} ended before the "
+                           "command did (something killed it)") from None
+        status = end_out.search(stdout)
+        return Result(cmd, int(status[1]), stdout[:status.start()].decode(errors="replace"),
+                      stderr[:-len(end_err)].decode(errors="replace"))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _ChannelEnded(Exception):
+    pass
+
+
+def _drain(channel, finished, deadline: tuple[float, CommandTimeout]) -> tuple[bytes, bytes]:
+    """Read a channel's stdout and stderr until ``finished(stdout, stderr)`` holds.
+
+    For a session of its own that is the server's EOF *and* exit status (sshd may send the status
+    before the last output, and EOF comes after all of it); for a kept shell, both end tokens.
+    """
+    stdout, stderr = bytearray(), bytearray()
+    when, timeout_error = deadline
+    while True:
+        got = False
+        while channel.recv_ready():
+            stdout += channel.recv(65536)
+            got = True
+        while channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+            got = True
+        if got and time.monotonic() <= when:
+            continue
+        if finished(stdout, stderr):
+            return bytes(stdout), bytes(stderr)
+        if channel.closed or (channel.eof_received and channel.exit_status_ready()):
+            raise _ChannelEnded()
+        if time.monotonic() > when:
+            raise timeout_error
+        time.sleep(0.002)
