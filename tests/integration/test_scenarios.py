@@ -137,6 +137,10 @@ def test_broken_redirect_fails_loudly(target, artifacts, scenario_id):
     with Env(target, artifacts=artifacts, mutant=mutants.find("wrong_port_order")) as env:
         verdict = run_check(env, scenario_id)
     print("\n".join(verdict.failures))
+    if verdict.status == "xfail":
+        # A named kernel defect stopped the scenario (the mutant's sockets still carry a psock, so
+        # tcp_bpf_recvmsg's defects apply): this run could not exercise the checks.
+        pytest.xfail(f"{verdict.reason}; failures: {verdict.failures}")
     assert verdict.status == "fail", "the checks passed a redirect that redirects nothing"
     failures = "\n".join(verdict.failures)
     assert "program counter bytes_redirected: got 0" in failures
