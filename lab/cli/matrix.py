@@ -28,13 +28,13 @@ def register(subparsers) -> None:
     matrix = subparsers.add_parser(
         "matrix", help="each kernel's tests in a pytest run of its own, N at once, then the report",
         description="Runs `pytest --kernel ID` for each kernel in the working directory's project, "
-                    "N at once, with live progress, then merges the runs into report.md/html/json.")
+                    "N guests at once, with live progress, then merges the runs into report.md/html/json.")
     matrix.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
                         help="a catalog kernel id or host (repeatable; default: every available "
                              "catalogued kernel and the host)")
     matrix.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                        help="kernels at once (default: the guests that fit in this machine's CPUs "
-                             "and memory)")
+                        help="guests at once (default: the guests that fit in this machine's CPUs "
+                             "and memory); the host's run goes beside them")
     matrix.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="runs and report (default: artifacts/matrix-<time>)")
     matrix.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARGS",

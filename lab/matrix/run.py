@@ -92,6 +92,14 @@ def plan(kernels: list[str], out: Path, pytest_args: list[str]) -> list[KernelRu
     return runs
 
 
+def _next_startable(waiting: list[KernelRun], running: list[KernelRun], jobs: int) -> KernelRun | None:
+    guests = sum(1 for run in running if run.kernel != "host")
+    for run in waiting:
+        if run.kernel == "host" or guests < jobs:
+            return run
+    return None
+
+
 def _follow(run: KernelRun, on_line: Callable[[KernelRun, str], None]) -> None:
     assert run.proc is not None and run.proc.stdout is not None
     with open(run.log, "w") as log:
@@ -102,7 +110,9 @@ def _follow(run: KernelRun, on_line: Callable[[KernelRun, str], None]) -> None:
 
 
 def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> list[KernelRun]:
-    """Run up to ``jobs`` kernels at once; say what happens (starts, failures, ends, progress)."""
+    """Run up to ``jobs`` guests at once, and the host's run beside them from the start (it boots
+    no guest, and left to the end it would run alone); say what happens (starts, failures, ends,
+    progress)."""
     lock = threading.Lock()
 
     def on_line(run: KernelRun, line: str) -> None:
@@ -123,8 +133,9 @@ def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> 
     last_progress = time.monotonic()
     try:
         while waiting or running:
-            while waiting and len(running) < jobs:
-                run = waiting.pop(0)
+            while (startable := _next_startable(waiting, running, jobs)) is not None:
+                run = startable
+                waiting.remove(run)
                 run.out.mkdir(parents=True, exist_ok=True)
                 run.started = time.monotonic()
                 run.proc = subprocess.Popen(run.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -67,3 +67,14 @@ def test_an_unknown_kernel_is_refused_before_any_run(tmp_path):
                            str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--kernel 9.9: not in the catalog" in done.stderr
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_the_host_runs_beside_the_guests():
+    # -j counts guests: the host's run boots none, so it starts at once instead of waiting for a
+    # guest slot (at the end it would run alone on an idle machine).
+    runs = matrix_run.plan(["5.10", "6.1", "host"], Path("/nonexistent"), [])
+    guest_510, guest_61, host = runs
+    assert matrix_run._next_startable(runs, [], 1) is guest_510
+    assert matrix_run._next_startable([guest_61, host], [guest_510], 1) is host
+    assert matrix_run._next_startable([guest_61], [guest_510, host], 1) is None
+    assert matrix_run._next_startable([guest_61], [host], 1) is guest_61
