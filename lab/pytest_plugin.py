@@ -28,6 +28,7 @@ import pytest
 from lab import LabError, api
 from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry
 from lab.vm import dmesg as dmesg_mod
+from lab.vm.target import CommandTimeout, TargetLost
 
 KERNEL_ID_RE = re.compile(rf"\b{TEST_ID_RE.pattern}\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
@@ -496,10 +497,21 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if lab is None or param is _NO_KERNEL:
         return
     booted = lab.guests.get(getattr(param, "id", None))
+    if booted is not None and booted.alive and _guest_stopped_answering(booted, call.excinfo):
+        booted.abandon(str(call.excinfo.value))
     if booted is not None:
         report.sections.append((f"guest console of kernel {param.id} (last {CONSOLE_TAIL_LINES} "
                                 f"lines; full log {booted.console_log})",
                                 booted.console_tail(CONSOLE_TAIL_LINES)))
+
+
+def _guest_stopped_answering(booted, excinfo) -> bool:
+    """The SSH connection broke, or a command timed out and the guest no longer runs `true`: its
+    later tests would each wait out their timeouts, so the lab gives up on it (Guest.abandon)."""
+    if excinfo is None:
+        return False
+    return excinfo.errisinstance(TargetLost) or (excinfo.errisinstance(CommandTimeout)
+                                                  and not booted.answers())
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -14,6 +14,7 @@ kernel and quotes the console. Every QEMU is started through ``lab.reaper`` and 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -43,6 +44,7 @@ class BootFailed(LabError):
         super().__init__(message)
         self.crashed = crashed
 PORT_ATTEMPTS = 5
+ANSWER_SECONDS = 15  # a live guest runs `true` in well under a second, even under TCG on a busy host
 POLL_SECONDS = 0.02
 
 
@@ -74,6 +76,7 @@ class Guest:
         self._record: reaper.Record | None = None
         self._qemu_log_handle = None
         self._marker = reaper.new_marker()  # on QEMU's command line: how the reaper knows it
+        self._abandoned: str | None = None  # why the lab gave up on a guest whose QEMU still ran
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -136,14 +139,39 @@ class Guest:
 
     @property
     def alive(self) -> bool:
-        """QEMU is still running (a guest can die under a test: a panic, a kill, an OOM)."""
-        return self._proc is not None and self._proc.poll() is None
+        """QEMU is still running and the lab has not given up on it (a guest can die under a test:
+        a panic, a kill, an OOM; or stop answering)."""
+        return self._abandoned is None and self._proc is not None and self._proc.poll() is None
 
     def death(self) -> str:
         """Why the guest is gone, for error messages: QEMU's status and the console's last lines."""
-        status = "never started" if self._proc is None else f"QEMU exit status {self._proc.poll()}"
+        if self._abandoned is not None:
+            status = self._abandoned
+        else:
+            status = "never started" if self._proc is None else f"QEMU exit status {self._proc.poll()}"
         return (f"{status}; console {self.console_log}\n--- console tail ---\n"
                 f"{self.console_tail(30)}")
+
+    def answers(self, timeout: float = ANSWER_SECONDS) -> bool:
+        """Does the guest still run a command? (After a command timed out: it may have hung, or
+        the whole guest may have.)"""
+        try:
+            self.target.run(["true"], timeout=timeout, check=True)
+        except LabError:
+            return False
+        return True
+
+    def abandon(self, why: str) -> None:
+        """Give up on a guest that stopped answering while its QEMU runs on: stop that QEMU, so
+        its later tests fail at once (each would wait out its own timeout) and it burns no CPU."""
+        if not self.alive:
+            return
+        cpu = _cpu_seconds(self._proc.pid)
+        self._abandoned = (f"it stopped answering over SSH while QEMU still ran ({why.strip()[:300]}; "
+                           f"QEMU had used {cpu} of CPU time); the lab stopped QEMU (pid "
+                           f"{self._proc.pid})")
+        self.progress(f"guest {self.kernel.id}: {self._abandoned}")
+        self._stop_qemu()
 
     @property
     def pid(self) -> int | None:
@@ -291,6 +319,15 @@ def _refuse_unbootable(kernel) -> None:
         raise LabError(f"kernel {kernel.id} ({kernel.release}) cannot boot a lab guest: "
                        f"{'; '.join(missing)} ({known.source}). Fix: build it with those options "
                        "(built in, or as modules)")
+
+
+def _cpu_seconds(pid: int) -> str:
+    """User + system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError as exc:
+        return f"an unknown amount ({exc.strerror})"
+    return f"{(int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK'):.1f} s"
 
 
 def _free_port() -> int:

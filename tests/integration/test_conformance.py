@@ -23,11 +23,12 @@ DEFAULT_GUEST = "6.1"
 _measured: dict[str, dict[tuple[str, str], matrix.Cell]] = {}
 
 
-def cells_of(kernel, target, lab) -> dict[tuple[str, str], matrix.Cell]:
+def cells_of(kernel, request, lab) -> dict[tuple[str, str], matrix.Cell]:
     kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
     if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
         pytest.skip(f"the matrix runs on the host and {DEFAULT_GUEST} by default (40 s per TCG guest); "
                     "run with --conformance-all")
+    target = request.getfixturevalue("target")  # after the skip: a skipped cell costs no guest command
     if kernel_id not in _measured:
         cells = matrix.run(target, kernel_id, progress=print)
         _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
@@ -44,8 +45,8 @@ def judge(cell: matrix.Cell) -> None:
 
 def _behaviour_test(behaviour: str):
     @pytest.mark.parametrize("situation", matrix.SITUATIONS)
-    def test(target, kernel, lab, situation):
-        judge(cells_of(kernel, target, lab)[(behaviour, situation)])
+    def test(kernel, lab, request, situation):
+        judge(cells_of(kernel, request, lab)[(behaviour, situation)])
     test.__name__ = f"test_{behaviour}"
     test.__doc__ = f"{behaviour}: the same as plain TCP in every situation (or a named kernel defect)."
     return test

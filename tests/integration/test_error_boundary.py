@@ -34,6 +34,22 @@ def test_3_after(target):
 """
 
 
+FROZEN_MID_RUN = """
+import os
+import signal
+
+
+def test_1_freeze_the_guest(guest, target):
+    target.run(["true"], check=True)  # a kept shell: the frozen command times out, not its start
+    os.kill(guest.pid, signal.SIGSTOP)  # QEMU runs on as a process, but its guest answers nothing
+    target.run(["true"], timeout=2)
+
+
+def test_2_after(target):
+    target.run(["true"], check=True)
+"""
+
+
 @pytest.fixture
 def needs_root():
     if os.geteuid() != 0:
@@ -60,6 +76,28 @@ def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, nee
                f"{GUEST_KERNEL} died earlier in this run" in output
         assert f"PASSED test_inner.py::{name}[kernel_host]" in output
     assert "QEMU exit status -9" in output and "console tail" in output
+    assert "Traceback" not in output
+
+
+def test_guest_that_stops_answering_is_given_up_at_once(pytester, needs_root, monkeypatch):
+    # A guest that hangs (here: QEMU frozen by SIGSTOP) makes a command time out; the lab finds
+    # that the guest no longer runs `true`, stops its QEMU (no process left behind) and fails the
+    # kernel's later tests at once instead of letting each wait out its own timeout.
+    monkeypatch.setenv("SOCKREDIR_CACHE", str(cache_root()))
+    monkeypatch.setenv("COLUMNS", "400")
+    pytester.makepyfile(test_inner=FROZEN_MID_RUN)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,
+                                           "--no-host", "-rA", timeout=600)
+    output = result.stdout.str() + result.stderr.str()
+    print(output[-6000:])
+    kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
+    result.assert_outcomes(failed=1, errors=2)
+    assert f"FAILED test_inner.py::test_1_freeze_the_guest[{kernel_id}] - CommandTimeout: command " \
+           "timed out after 2s" in output
+    assert f"ERROR test_inner.py::test_2_after[{kernel_id}] - Failed: the guest of kernel " \
+           f"{GUEST_KERNEL} died earlier in this run (it stopped answering over SSH while QEMU " \
+           "still ran" in output
+    assert "the lab stopped QEMU (pid" in output
     assert "Traceback" not in output
 
 
