@@ -41,10 +41,11 @@ def register(subparsers) -> None:
                         help="after `--`: passed to each pytest run (a -k is combined with the kernel's)")
     matrix.set_defaults(func=cmd_matrix)
     report = subparsers.add_parser(
-        "report", help="merge JUnit XML of any number of runs into a kernel x test report",
-        description="Merges pytest JUnit XML files (given, or found under the directories given) "
-                    "into report.md, report.html and report.json: rows are tests, columns kernels.")
-    report.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_XML")
+        "report", help="merge JUnit XML and suite.json of any number of runs into a kernel x test report",
+        description="Merges pytest JUnit XML files and the suite's suite.json files (given, or found "
+                    "under the directories given) into report.md, report.html and report.json: rows "
+                    "are tests (and suite scenarios), columns kernels.")
+    report.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_FILE")
     report.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                         help="where the report files go (default: the working directory)")
     report.set_defaults(func=cmd_report)

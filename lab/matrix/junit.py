@@ -91,11 +91,16 @@ def parse(path: Path) -> list[Outcome]:
 
 
 def find_files(paths: list[Path]) -> list[Path]:
-    """The JUnit XML files named, or found under the directories named (recursively)."""
+    """The result files named, or found under the directories named (recursively): JUnit XML, and
+    the suite's suite.json (``lab.matrix.suite_json``)."""
     found = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*.xml") if _looks_like_junit(p)))
+            # What a test wrote into its own artifact directory (ARTIFACTS/tests/<test>/) is that
+            # test's material, not a run of the report's.
+            mine = [p for p in sorted(path.rglob("*")) if "tests" not in p.relative_to(path).parts[:-1]]
+            found.extend(p for p in mine if p.suffix == ".xml" and _looks_like_junit(p))
+            found.extend(p for p in mine if p.name == "suite.json")
         elif path.is_file():
             found.append(path)
         else:

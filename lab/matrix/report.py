@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.cache import atomic_write
+from lab.matrix import suite_json
 from lab.matrix.junit import NO_KERNEL, STATUSES, Outcome, find_files, parse
 
 FAILED = ("fail", "error")
@@ -87,12 +88,13 @@ def collect(paths: list[Path]) -> Report:
 
     files = find_files(paths)
     if not files:
-        raise LabError(f"no JUnit XML file under {', '.join(map(str, paths))}: run pytest with "
-                       f"--junitxml=FILE (sockredir-lab matrix writes one per kernel)")
+        raise LabError(f"no JUnit XML file or suite.json under {', '.join(map(str, paths))}: run "
+                       f"pytest with --junitxml=FILE (sockredir-lab matrix writes one per kernel), or "
+                       f"sockredir-lab suite (it writes suite.json)")
     report = Report(search_dirs=[p for p in paths if p.is_dir()])
     for path in files:
         report.runs.append(str(path))
-        for outcome in parse(path):
+        for outcome in (suite_json.parse(path) if path.suffix == ".json" else parse(path)):
             report.add(outcome)
     return report
 

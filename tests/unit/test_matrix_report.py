@@ -101,7 +101,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(LabError, match="broken.xml: not a readable JUnit XML"):
         report.collect([tmp_path / "broken.xml"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LabError, match="no JUnit XML file under"):
+    with pytest.raises(LabError, match="no JUnit XML file or suite.json under"):
         report.collect([tmp_path / "empty"])
     with pytest.raises(LabError, match="no such file"):
         report.collect([tmp_path / "missing"])
@@ -112,3 +112,49 @@ def test_the_command_writes_the_report_and_fails_on_failed_cells(tmp_path, capsy
     assert cli_main(["report", str(SAMPLES), "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "3 run(s)" in out and (tmp_path / "report.html").exists()
+
+
+SUITE_RUN = [
+    {"kernel": "6.1", "release": "6.1.0-50-cloud-amd64", "error": None, "unavailable": None,
+     "splats": [], "seconds": 70.2,
+     "verdicts": [{"scenario": "bulk", "status": "pass", "reason": None, "failures": [], "seconds": 4.1},
+                  {"scenario": "echo-ipv6", "status": "fail", "reason": None, "seconds": 3.0,
+                   "failures": ["map entries: got 0, expected 2", "bypass ratio 0.1"]},
+                  {"scenario": "netns", "status": "gated", "reason": "no bpf_get_netns_cookie",
+                   "failures": [], "seconds": 0},
+                  {"scenario": "outside-client", "status": "xfail", "reason": "kernel defect blocking-eagain",
+                   "failures": ["server: recv: EAGAIN"], "seconds": 17.0}]},
+    {"kernel": "5.15", "release": "", "error": None, "unavailable": "kernel 5.15 image not provided",
+     "splats": [], "seconds": 0, "verdicts": []},
+    {"kernel": "7.2", "release": "", "error": "guest did not boot: the kernel panicked",
+     "unavailable": None, "splats": [], "seconds": 20, "verdicts": []},
+]
+
+
+def test_the_suites_own_json_merges_with_junit(tmp_path):
+    # `sockredir-lab main/suite` runs write suite.json: its verdicts become rows of their own
+    # beside pytest's, each kernel with a "kernel run" row (error, not provided, splat).
+    suite_dir = tmp_path / "suite-run"
+    (suite_dir / "kernel_6_1" / "scenarios").mkdir(parents=True)
+    (suite_dir / "suite.json").write_text(json.dumps(SUITE_RUN))
+    (suite_dir / "kernel_6_1" / "tests" / "x").mkdir(parents=True)  # a test's own material: not a run
+    (suite_dir / "kernel_6_1" / "tests" / "x" / "suite.json").write_text("[]")
+    merged = report.collect([suite_dir, SAMPLES / "run_7_2.xml"])
+    assert merged.runs[0] == str(suite_dir / "suite.json") and len(merged.runs) == 2
+    cells = {(o.test, o.kernel): (o.status, o.reason) for o in merged.outcomes.values()
+             if o.module == "sockredir-lab suite"}
+    assert cells == {
+        ("kernel run", "6.1"): ("pass", ""),
+        ("bulk", "6.1"): ("pass", ""),
+        ("echo-ipv6", "6.1"): ("fail", "map entries: got 0, expected 2; bypass ratio 0.1"),
+        ("netns", "6.1"): ("skip", "no bpf_get_netns_cookie"),
+        ("outside-client", "6.1"): ("xfail", "kernel defect blocking-eagain"),
+        ("kernel run", "5.15"): ("skip", "kernel 5.15 image not provided"),
+        ("kernel run", "7.2"): ("error", "guest did not boot: the kernel panicked")}
+    bulk = next(o for o in merged.outcomes.values() if o.test == "bulk")
+    assert bulk.artifacts == str(suite_dir / "kernel_6_1" / "scenarios")
+    assert merged.failed and "7.2" in merged.kernels and "5.15" in merged.kernels
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "suite.json").write_text('{"not": "a list"}')
+    with pytest.raises(LabError, match="not a suite.json of sockredir-lab"):
+        report.collect([tmp_path / "bad"])
