@@ -181,26 +181,49 @@ def check_payload_path(v: Verdict, base: RoundView, red: RoundView, roles=("clie
 
 
 def check_connections_redirected(v: Verdict, base: RoundView, red: RoundView, conns: int,
-                                 redirected: dict[str, list[bool]] | None = None) -> None:
+                                 redirected: dict[str, list[bool]] | None = None,
+                                 raced_clients: int = 0) -> None:
     """Connections whose payload crossed TCP/IP, counted per socket from ``tcpi_data_segs_out``:
     every one in the baseline, none in the redirected round (or exactly the sockets
-    ``redirected`` marks False: those that did not fit in the map)."""
+    ``redirected`` marks False: those that did not fit in the map; or ``raced_clients`` client
+    sockets whose message beat the server's end into the map, which the caller bounds and checks
+    against the program's counters)."""
     for role in ("client", "server"):
-        base_over = _over_tcp(base.results[role])
+        base_over = over_tcp(base.results[role])
         v.equal(f"baseline: {role} sockets whose payload took TCP (the measure sees them)", base_over, conns)
         if redirected is None:
+            expected = raced_clients if role == "client" else 0
             v.equal(f"redirect: {role} sockets whose payload took TCP (not redirected)",
-                    _over_tcp(red.results[role]), 0)
+                    over_tcp(red.results[role]), expected)
         else:
             per_socket = red.results[role]["data_segs_out"]
             wrong = [i for i, (segs, direct) in enumerate(zip(per_socket, redirected[role]))
                      if (segs == 0) != direct]
             v.expect(not wrong, f"redirect: {role} sockets {wrong[:8]} took the wrong path (TCP data "
                                 f"segments {[per_socket[i] for i in wrong[:8]]}; redirected ones have none)")
-    v.figure("conns over TCP", f"{_over_tcp(red.results['client'])}/{conns}")
+    v.figure("conns over TCP", f"{over_tcp(red.results['client'])}/{conns}")
 
 
-def _over_tcp(result: dict) -> int:
+def handshake_race(v: Verdict, red: RoundView, conns: int) -> int:
+    """Client connections whose first message beat the server's end into the map, measured by TCP.
+
+    A client sends as soon as connect() returns, but the server's end enters the map only when it
+    is established (sockops PASSIVE_ESTABLISHED_CB, as the final ACK is processed). On SMP that
+    ACK can wait in the listener's backlog while the server thread holds the listener in accept(),
+    so a first message can find no peer and take TCP: intact, counted by the program as missed
+    (seen: 1 of 1000 connections in about 1 run of 20 under TCG). The caller checks the program's
+    counters against this count message for message; more than 1% of the connections is no race
+    but a broken redirect."""
+    raced = over_tcp(red.results["client"])
+    v.expect(raced <= conns // 100, f"redirect: {raced} of {conns} client connections sent over TCP, "
+                                    f"more than the {conns // 100} (1%) a handshake race explains")
+    if raced:
+        v.note(f"{raced} client connection(s) sent their message before the server's end was "
+               "established (handshake race): over TCP, intact")
+    return raced
+
+
+def over_tcp(result: dict) -> int:
     if "conns_over_tcp" in result:
         return result["conns_over_tcp"]
     return sum(segs > 0 for segs in result["data_segs_out"])

@@ -266,3 +266,23 @@ def test_unknown_key_layouts_are_judged_by_cookie():
     checks.check_entries(verdict, snapshot_view(dump), "connected", sockets)
     assert verdict.failures == ["map connected (keys of an unknown layout) holds sockets [5, 7], "
                                 "expected the scenario's [5, 6]"]
+
+
+def test_a_handshake_race_is_bounded_and_the_server_side_stays_exact():
+    # A client message sent before the server's end was established takes TCP (rarely): allowed up
+    # to 1% of the connections, and never on the server's side, which answers after accept().
+    base = results_view("baseline", {"client": {"conns_over_tcp": 1000}, "server": {"conns_over_tcp": 1000}})
+    one = checks.Verdict("churn")
+    red = results_view("redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 0}})
+    assert checks.handshake_race(one, red, 1000) == 1
+    checks.check_connections_redirected(one, base, red, 1000, raced_clients=1)
+    assert one.status == "pass" and "handshake race" in one.notes[0]
+    many = checks.Verdict("churn")
+    assert checks.handshake_race(many, results_view("redirect", {"client": {"conns_over_tcp": 11}}), 1000) == 11
+    assert many.failures == ["redirect: 11 of 1000 client connections sent over TCP, more than the 10 "
+                             "(1%) a handshake race explains"]
+    server_side = checks.Verdict("churn")
+    checks.check_connections_redirected(server_side, base, results_view(
+        "redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 1}}), 1000, raced_clients=1)
+    assert server_side.failures == ["redirect: server sockets whose payload took TCP (not redirected): "
+                                    "got 1, expected 0"]
