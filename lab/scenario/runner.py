@@ -135,9 +135,9 @@ def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
 
 def _wait_for_state(target: Target, hold_dir: str, runner: threading.Thread) -> dict | None:
     while runner.is_alive():
-        got = target.run(["cat", f"{hold_dir}/state.json"])
-        if got.ok:
-            return json.loads(got.stdout)
+        got = target.read_text(f"{hold_dir}/state.json")
+        if got is not None:
+            return json.loads(got)
         time.sleep(0.05)
     return None  # pair.py ended without holding (an error): its JSON says why
 

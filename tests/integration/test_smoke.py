@@ -46,6 +46,9 @@ def test_file_round_trip(target, tmp_path):
     back = tmp_path / "back.bin"
     target.get("/tmp/payload.bin", back)
     assert back.read_bytes() == payload.read_bytes()
+    target.put_text("polled\n", "/tmp/polled.txt")
+    assert target.read_text("/tmp/polled.txt") == "polled\n"
+    assert target.read_text("/tmp/no-such-file") is None
 
 
 def test_command_output_complete_with_exit_status(target):
