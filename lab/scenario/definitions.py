@@ -25,7 +25,7 @@ from lab.scenario.env import Env
 from lab.scenario.checks import (MiB, RoundView, Stop, Verdict, check_both_ways, check_bypass,
                                 check_connections_redirected, check_counters, check_entries,
                                 check_kprobe, check_no_entries, check_payload_path, check_transfer,
-                                handshake_race, rate, rounds_of)
+                                handshake_race, over_tcp, rate, rounds_of)
 from lab.scenario.runner import entry_tuples, socket_tuple
 from lab.vm.target import Target
 
@@ -339,9 +339,9 @@ def fullmap_check(env: Env, v: Verdict) -> None:
     direct = {"client": [both_ends[id(c)] for c in red.sockets["client"]["sockets"]],
               "server": [server_both.get(id(s), False) for s in red.sockets["server"]["sockets"]]}
     check_connections_redirected(v, base, red, conns, redirected=direct)
-    over_tcp = sum(segs > 0 for segs in red.results["client"]["data_segs_out"])
+    took_tcp = over_tcp(red.results["client"])
     lost = conns - red.results["client"]["intact_conns"]
-    v.figure("conns", f"{both} redirected, {over_tcp} over TCP, {lost} lost")
+    v.figure("conns", f"{both} redirected, {took_tcp} over TCP, {lost} lost")
 
 
 def detach_check(env: Env, v: Verdict) -> None:
