@@ -133,8 +133,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "cached after) and run the smoke and redirect tests on it "
                          "(tests/integration/test_kernel_from_source.py)")
     group.addoption("--bench-all", action="store_true",
-                    help="run the redirect bench's sanity test on every kernel, not only the host "
-                         "and the default guest (tests/integration/test_bench.py)")
+                    help="run the redirect bench's sanity test (tests/integration/test_bench.py) "
+                         "and the real peers (test_bench_peers.py) on every kernel, not only the "
+                         "host and the default guest (the peers: the host)")
     group.addoption("--splats-allowed", default=None, metavar="FILE",
                     help="kernel splats accepted per kernel (TOML; ini: sockredir_splats_allowed; "
                          "default: the lab's images/splats-allowed.toml)")
