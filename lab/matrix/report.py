@@ -31,6 +31,7 @@ class Report:
     outcomes: dict[tuple[str, str, str], Outcome] = field(default_factory=dict)  # (module, test, kernel)
     runs: list[str] = field(default_factory=list)
     search_dirs: list[Path] = field(default_factory=list)  # where moved artifact trees may be found
+    _dir_index: dict[tuple[str, str], Path] | None = field(default=None, repr=False)
 
     def add(self, outcome: Outcome) -> None:
         key = (outcome.module, outcome.test, outcome.kernel)
@@ -65,11 +66,18 @@ class Report:
         recorded = Path(outcome.artifacts)
         if recorded.is_dir():
             return recorded
-        for directory in self.search_dirs:  # names hold brackets: walk, not glob
-            for root, dirs, _ in os.walk(directory):
-                if recorded.name in dirs and Path(root).name == recorded.parent.name:
-                    return Path(root) / recorded.name
-        return None
+        return self._moved_dirs().get((recorded.parent.name, recorded.name))
+
+    def _moved_dirs(self) -> dict[tuple[str, str], Path]:
+        """(parent name, name) -> path of every directory under the directories given, walked once
+        (names hold brackets: walk, not glob; one walk per missing cell took seconds)."""
+        if self._dir_index is None:
+            self._dir_index = {}
+            for directory in self.search_dirs:
+                for root, dirs, _ in os.walk(directory):
+                    for name in dirs:
+                        self._dir_index.setdefault((Path(root).name, name), Path(root) / name)
+        return self._dir_index
 
 
 def _kernel_order(kernel: str):
