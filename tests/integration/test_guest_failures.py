@@ -41,10 +41,10 @@ def test_kernel_panic_is_reported(guest_kernel, guest_image, tmp_path):
 
 def test_guest_that_never_gets_ready_times_out(guest_kernel, guest_image, tmp_path):
     # The initramfs shell waits on the console forever: no ready line ever comes.
-    guest = Guest(guest_kernel, guest_image, tmp_path, boot_timeout=5, append="rdinit=/bin/sh")
+    guest = Guest(guest_kernel, guest_image, tmp_path, boot_timeout=2, append="rdinit=/bin/sh")
     with pytest.raises(LabError) as failure:
         with guest:
             pass
     message = str(failure.value)
-    assert f"kernel {guest_kernel.id}" in message and "no ready line within 5s" in message
+    assert f"kernel {guest_kernel.id}" in message and "no ready line within 2s" in message
     assert _processes_with(guest._marker) == []
