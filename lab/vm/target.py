@@ -227,9 +227,8 @@ class SSHTarget(Target):
             channel.exec_command(cmd)
             channel.sendall(input.encode())
             channel.shutdown_write()
-            stdout, stderr = _drain(channel, lambda out, err: channel.closed or (
-                channel.eof_received and channel.exit_status_ready()),
-                self._deadline_error(cmd, timeout))
+            stdout, stderr = _drain(channel, lambda out, err: _session_over(channel),
+                                    self._deadline_error(cmd, timeout))
             rc = channel.recv_exit_status()  # -1 when the session closed without one
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(f"while running `{cmd[:200]}`", exc) from exc
@@ -314,11 +313,15 @@ class _KeptShell:
         end_out = re.compile(re.escape(token) + rb" (\d+)\n\Z")
         end_err = token + b"\n"
         owner = self._owner
+
+        def status_line(out: bytes):
+            # Only the tail can hold it: a large output is not searched again at every poll.
+            return end_out.search(out, max(0, len(out) - len(token) - 16))
+
         try:
             self._channel.sendall(b"lab_run " + token + b" " + shlex.quote(cmd).encode() + b"\n")
             stdout, stderr = _drain(self._channel, lambda out, err: (
-                out.endswith(b"\n") and end_out.search(out) and err.endswith(end_err)),
-                owner._deadline_error(cmd, timeout))
+                status_line(out) and err.endswith(end_err)), owner._deadline_error(cmd, timeout))
         except (owner._paramiko.SSHException, EOFError, OSError) as exc:
             raise owner._lost(f"while running `{cmd[:200]}`", exc) from exc
         except _ChannelEnded:
@@ -326,7 +329,7 @@ class _KeptShell:
             owner._transport()
             raise LabError(f"the shell running `{cmd[:200]}` on {owner.name} ended before the "
                            "command did (something killed it)") from None
-        status = end_out.search(stdout)
+        status = status_line(stdout)
         return Result(cmd, int(status[1]), stdout[:status.start()].decode(errors="replace"),
                       stderr[:-len(end_err)].decode(errors="replace"))
 
@@ -338,11 +341,17 @@ class _ChannelEnded(Exception):
     pass
 
 
+def _session_over(channel) -> bool:
+    """The server is done with the session: closed, or EOF and the exit status both arrived (sshd
+    may send the status before the last output; EOF comes after all of it)."""
+    return channel.closed or (channel.eof_received and channel.exit_status_ready())
+
+
 def _drain(channel, finished, deadline: tuple[float, CommandTimeout]) -> tuple[bytes, bytes]:
     """Read a channel's stdout and stderr until ``finished(stdout, stderr)`` holds.
 
-    For a session of its own that is the server's EOF *and* exit status (sshd may send the status
-    before the last output, and EOF comes after all of it); for a kept shell, both end tokens.
+    For a session of its own that is ``_session_over``; for a kept shell, both end tokens (then a
+    session that is over first raises ``_ChannelEnded``).
     """
     stdout, stderr = bytearray(), bytearray()
     when, timeout_error = deadline
@@ -358,7 +367,7 @@ def _drain(channel, finished, deadline: tuple[float, CommandTimeout]) -> tuple[b
             continue
         if finished(stdout, stderr):
             return bytes(stdout), bytes(stderr)
-        if channel.closed or (channel.eof_received and channel.exit_status_ready()):
+        if _session_over(channel):
             raise _ChannelEnded()
         if time.monotonic() > when:
             raise timeout_error
