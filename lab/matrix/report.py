@@ -16,6 +16,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from lab.cache import atomic_write
@@ -31,7 +32,6 @@ class Report:
     outcomes: dict[tuple[str, str, str], Outcome] = field(default_factory=dict)  # (module, test, kernel)
     runs: list[str] = field(default_factory=list)
     search_dirs: list[Path] = field(default_factory=list)  # where moved artifact trees may be found
-    _dir_index: dict[tuple[str, str], Path] | None = field(default=None, repr=False)
 
     def add(self, outcome: Outcome) -> None:
         key = (outcome.module, outcome.test, outcome.kernel)
@@ -66,18 +66,18 @@ class Report:
         recorded = Path(outcome.artifacts)
         if recorded.is_dir():
             return recorded
-        return self._moved_dirs().get((recorded.parent.name, recorded.name))
+        return self._moved_dirs.get((recorded.parent.name, recorded.name))
 
+    @cached_property
     def _moved_dirs(self) -> dict[tuple[str, str], Path]:
         """(parent name, name) -> path of every directory under the directories given, walked once
         (names hold brackets: walk, not glob; one walk per missing cell took seconds)."""
-        if self._dir_index is None:
-            self._dir_index = {}
-            for directory in self.search_dirs:
-                for root, dirs, _ in os.walk(directory):
-                    for name in dirs:
-                        self._dir_index.setdefault((Path(root).name, name), Path(root) / name)
-        return self._dir_index
+        found: dict[tuple[str, str], Path] = {}
+        for directory in self.search_dirs:
+            for root, dirs, _ in os.walk(directory):
+                for name in dirs:
+                    found.setdefault((Path(root).name, name), Path(root) / name)
+        return found
 
 
 def _kernel_order(kernel: str):

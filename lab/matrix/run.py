@@ -133,8 +133,7 @@ def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> 
     last_progress = time.monotonic()
     try:
         while waiting or running:
-            while (startable := _next_startable(waiting, running, jobs)) is not None:
-                run = startable
+            while (run := _next_startable(waiting, running, jobs)) is not None:
                 waiting.remove(run)
                 run.out.mkdir(parents=True, exist_ok=True)
                 run.started = time.monotonic()
