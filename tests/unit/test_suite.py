@@ -275,7 +275,7 @@ def test_a_handshake_race_is_bounded_and_the_server_side_stays_exact():
     one = checks.Verdict("churn")
     red = results_view("redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 0}})
     assert checks.handshake_race(one, red, 1000) == 1
-    checks.check_connections_redirected(one, base, red, 1000, raced_clients=1)
+    checks.check_connections_redirected(one, base, red, 1000, redirect_roles=("server",))
     assert one.status == "pass" and "handshake race" in one.notes[0]
     many = checks.Verdict("churn")
     assert checks.handshake_race(many, results_view("redirect", {"client": {"conns_over_tcp": 11}}), 1000) == 11
@@ -283,6 +283,7 @@ def test_a_handshake_race_is_bounded_and_the_server_side_stays_exact():
                              "(1%) a handshake race explains"]
     server_side = checks.Verdict("churn")
     checks.check_connections_redirected(server_side, base, results_view(
-        "redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 1}}), 1000, raced_clients=1)
+        "redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 1}}), 1000,
+        redirect_roles=("server",))
     assert server_side.failures == ["redirect: server sockets whose payload took TCP (not redirected): "
                                     "got 1, expected 0"]
