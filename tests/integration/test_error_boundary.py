@@ -56,15 +56,21 @@ def needs_root():
         pytest.skip("the host column of the inner run needs root")
 
 
-def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root, monkeypatch):
+def inner_run(pytester, monkeypatch, source: str, *args: str):
+    """A pytest run of ``source`` as test_inner.py against the 6.1 guest: (result, its output)."""
     # pytester gives the inner run a HOME of its own: keep the lab's cache (kernels, image) shared.
     monkeypatch.setenv("SOCKREDIR_CACHE", str(cache_root()))
     monkeypatch.setenv("COLUMNS", "400")  # whole first lines of the reasons in the summary
-    pytester.makepyfile(test_inner=KILLED_MID_RUN)
+    pytester.makepyfile(test_inner=source)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,
-                                           "--kernel", "host", "-rA", timeout=600)
+                                           *args, "-rA", timeout=600)
     output = result.stdout.str() + result.stderr.str()
     print(output[-6000:])
+    return result, output
+
+
+def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root, monkeypatch):
+    result, output = inner_run(pytester, monkeypatch, KILLED_MID_RUN, "--kernel", "host")
     kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
     # The test that killed the guest fails at teardown (the guest died during it); the guest's
     # later tests fail at once with the reason and the console; the host's tests run and pass.
@@ -83,13 +89,7 @@ def test_guest_that_stops_answering_is_given_up_at_once(pytester, needs_root, mo
     # A guest that hangs (here: QEMU frozen by SIGSTOP) makes a command time out; the lab finds
     # that the guest no longer runs `true`, stops its QEMU (no process left behind) and fails the
     # kernel's later tests at once instead of letting each wait out its own timeout.
-    monkeypatch.setenv("SOCKREDIR_CACHE", str(cache_root()))
-    monkeypatch.setenv("COLUMNS", "400")
-    pytester.makepyfile(test_inner=FROZEN_MID_RUN)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,
-                                           "--no-host", "-rA", timeout=600)
-    output = result.stdout.str() + result.stderr.str()
-    print(output[-6000:])
+    result, output = inner_run(pytester, monkeypatch, FROZEN_MID_RUN, "--no-host")
     kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
     result.assert_outcomes(failed=1, errors=2)
     assert f"FAILED test_inner.py::test_1_freeze_the_guest[{kernel_id}] - CommandTimeout: command " \
