@@ -52,7 +52,7 @@ def ensure_on_target(target: Target) -> str:
     """Copy the binary to ``target`` unless this session already did; its path there."""
     binary = build()
     if _copied.get(target) != binary.name:
-        target.run(["mkdir", "-p", ON_TARGET.rsplit("/", 1)[0]], check=True)
+        target.make_dirs(ON_TARGET.rsplit("/", 1)[0])
         target.put(binary, ON_TARGET)
         target.run(["chmod", "755", ON_TARGET], check=True)
         _copied[target] = binary.name

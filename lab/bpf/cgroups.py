@@ -90,13 +90,13 @@ def create(target: Target, name: str | None = None) -> str:
     if "/" in name or name in ("", ".", ".."):
         raise LabError(f"bad cgroup name {name!r}: use one path component")
     path = posixpath.join(cgroup2_mount(target), LAB_PARENT, name)
-    target.run(["mkdir", "-p", path], check=True)
+    target.make_dirs(path)
     return path
 
 
 def pids(target: Target, path: str) -> list[int]:
-    result = target.run(["cat", posixpath.join(path, "cgroup.procs")])
-    return [int(p) for p in result.stdout.split()] if result.ok else []
+    text = target.read_text(posixpath.join(path, "cgroup.procs"))
+    return [int(p) for p in text.split()] if text is not None else []
 
 
 def move(target: Target, pid: int, path: str) -> None:
@@ -117,9 +117,10 @@ def remove(target: Target, path: str) -> None:
     if left:
         raise LabError(f"cgroup {path} still has processes {left}; stop them (or move them to "
                        f"{mount}/cgroup.procs) before removing it")
-    target.run(["rmdir", path], check=True)
+    if not target.remove_dir(path):
+        raise LabError(f"cannot remove cgroup {path} (rmdir failed although it has no processes)")
     # Another user of the lab may have a cgroup there: failing to remove the parent is fine.
-    target.run(["rmdir", lab_parent])
+    target.remove_dir(lab_parent)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from lab import LabError
 from lab.bpf import keys
-from lab.bpf.redirect import RUN_DIR, bpftool_json, find
+from lab.bpf.redirect import RUN_DIR, bpftool_batch, find
 from lab.vm.target import Target
 
 MODES = {"all": 0, "only": 1, "except": 2}  # enum sockredir_policy_mode in bpf/sockredir.h
@@ -110,14 +110,19 @@ def pin_dir_of(target: Target, cgroup: str) -> str:
 
 def read(target: Target, pin_dir: str) -> PortPolicy:
     policy_map, ports_map = _maps(pin_dir)
-    mode_entries = bpftool_json(target, ["map", "dump", "pinned", policy_map])
+    mode_entries, port_entries = bpftool_batch(target, [["map", "dump", "pinned", policy_map],
+                                                        ["map", "dump", "pinned", ports_map]])
+    return decode(mode_entries, port_entries, pin_dir)
+
+
+def decode(mode_entries: list[dict], port_entries: list[dict], pin_dir: str) -> PortPolicy:
+    """The policy from ``bpftool -j map dump`` of its two maps."""
     number = _u32(keys.hex_bytes(mode_entries[0]["value"])) if mode_entries else 0
     mode = next((name for name, value in MODES.items() if value == number), None)
     if mode is None:
-        raise LabError(f"{policy_map} holds mode {number}, which this lab does not know; set the "
-                       "policy again with `sockredir-lab redirect policy`")
-    ports = frozenset(_u32(keys.hex_bytes(e["key"])) for e in bpftool_json(target, ["map", "dump", "pinned", ports_map]))
-    return PortPolicy(mode, ports)
+        raise LabError(f"{_maps(pin_dir)[0]} holds mode {number}, which this lab does not know; set "
+                       "the policy again with `sockredir-lab redirect policy`")
+    return PortPolicy(mode, frozenset(_u32(keys.hex_bytes(e["key"])) for e in port_entries))
 
 
 def apply(target: Target, pin_dir: str, policy: PortPolicy) -> PortPolicy:
@@ -131,7 +136,7 @@ def apply(target: Target, pin_dir: str, policy: PortPolicy) -> PortPolicy:
               for p in sorted(policy.ports - current.ports)]
     lines.append(f"map update pinned {policy_map} key {_u32_bytes(0)} value {_u32_bytes(MODES[policy.mode])}")
     batch = f"{RUN_DIR}/policy-{secrets.token_hex(4)}.batch"
-    target.run(["mkdir", "-p", RUN_DIR], check=True)
+    target.make_dirs(RUN_DIR)
     target.put_text("\n".join(lines) + "\n", batch)
     try:
         result = target.run(["bpftool", "batch", "file", batch], timeout=300)

@@ -219,7 +219,8 @@ class _Session:
         self.loads = 0
         self.solo_outputs: dict[str, str] = {}
         self._local = tempfile.TemporaryDirectory(prefix="sockredir-verify-")
-        target.run(["mkdir", "-p", self.workdir, self.pin_root], check=True)
+        target.make_dirs(self.workdir)
+        target.make_dirs(self.pin_root)
 
     def load(self, obj: Path) -> RawLoad:
         self.loads += 1
@@ -293,7 +294,7 @@ class _Session:
         # Unpinning frees the programs and maps: nothing else holds them. The parent directory
         # goes only when empty (an installed redirect may pin there too).
         self.target.run(["rm", "-rf", self.pin_root, self.workdir])
-        self.target.run(["rmdir", posixpath.dirname(self.pin_root)])
+        self.target.remove_dir(posixpath.dirname(self.pin_root))
         self._local.cleanup()
 
 

@@ -311,7 +311,7 @@ def serve_file(target: Target) -> str:
     """nginx's file (random bytes, so any lost, repeated or reordered piece changes the digest);
     its SHA-256."""
     path = f"{SERVED_DIR}/{NGINX_FILE}"
-    target.run(["mkdir", "-p", SERVED_DIR], check=True)
+    target.make_dirs(SERVED_DIR)
     target.run(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={NGINX_FILE_MIB}", "status=none"],
                timeout=120, check=True)
     return target.run(["sha256sum", path], timeout=120, check=True).stdout.split()[0]

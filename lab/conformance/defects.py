@@ -115,7 +115,7 @@ def upstream_version(target) -> str:
     says the real patch level ("... SMP PREEMPT_DYNAMIC Debian 6.1.176-1") only at the end of
     /proc/version (after the compiler's own "Debian 12.2.0"); defects fixed in a stable series
     are judged by that patch level."""
-    return version_from(target.run(["cat", "/proc/version"], check=True).stdout, target.kernel_release)
+    return version_from(target.read_text("/proc/version") or "", target.kernel_release)
 
 
 def version_from(proc_version: str, release: str) -> str:

@@ -34,7 +34,7 @@ def test_no_kvm_device_means_tcg_without_probing():
     probe = Probe(True)
     accel = choose(None, kvm_device_usable=False, probe=probe)
     assert accel.name == "tcg" and probe.calls == 0
-    assert accel.qemu_args() == ["-accel", "tcg", "-cpu", "max"]
+    assert accel.qemu_args() == ["-accel", "tcg", "-cpu", "max,-erms,-fsrm"]
 
 
 def test_failed_probe_falls_back_to_tcg():
