@@ -60,12 +60,14 @@ class Settings:
     ``kernel_sources``: kernel id -> .deb / vmlinuz path or URL, replacing or adding catalog entries.
     ``image_packages``: Debian packages added to the lab's guest image (a separate cached image).
     ``accel``: ``kvm`` or ``tcg`` to force QEMU's accelerator (default: prove KVM by booting).
+    ``cold_boot``: boot every guest from scratch instead of restoring a saved one (lab.vm.snapshot).
     """
 
     kernels_toml: Path | None = None
     kernel_sources: dict[str, str] = field(default_factory=dict)
     image_packages: tuple[str, ...] = ()
     accel: str | None = None
+    cold_boot: bool = False
     progress: Progress = _stderr_progress
     _catalog: Catalog | None = field(default=None, repr=False, compare=False)
 
@@ -132,7 +134,8 @@ def guest(kernel, settings: Settings | None = None, workdir: Path | None = None,
                 prefix=f"guest-{files.id}-", dir=cache_dir("run"))))
         settings.progress(f"booting kernel {files.id} ({files.release})")
         booted = stack.enter_context(Guest(files, image, Path(workdir), accel=accel,
-                                           extra_disks=list(extra_disks), progress=settings.progress))
+                                           extra_disks=list(extra_disks), progress=settings.progress,
+                                           snapshot="off" if settings.cold_boot else "auto"))
         yield booted
 
 

@@ -102,6 +102,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "sockredir_image_packages)")
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default=None,
                     help="force QEMU's accelerator (default: probe KVM by booting, else TCG)")
+    group.addoption("--cold-boot", action="store_true",
+                    help="boot every guest from scratch instead of restoring the snapshot saved at "
+                         "a kernel's first boot (lab/vm/snapshot.py)")
     group.addoption("--artifacts", default=None, metavar="DIR",
                     help="where per-test artifacts go (default: artifacts/<run name>)")
     group.addoption("--no-host", action="store_true",
@@ -159,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
     lab = Lab(config, api.Settings(), artifacts)
     lab.settings.progress = lab.progress
     lab.settings.accel = config.option.accel
+    lab.settings.cold_boot = config.option.cold_boot
     lab.settings.image_packages = tuple(config.option.image_package
                                         or config.getini("sockredir_image_packages"))
     ini_catalog = config.getini("sockredir_kernels")

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a Debian package to add to the guest image (repeatable)")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=None,
                         help="force QEMU's accelerator (default: prove KVM by booting, else TCG)")
+    parser.add_argument("--cold-boot", action="store_true",
+                        help="boot every guest from scratch instead of restoring the snapshot saved "
+                             "at a kernel's first boot")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in GROUP_MODULES:
         importlib.import_module(f"lab.cli.{name}").register(sub)
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> api.Settings:
     return api.Settings(kernels_toml=args.kernels_toml, image_packages=tuple(args.image_package),
-                        accel=args.accel)
+                        accel=args.accel, cold_boot=args.cold_boot)
 
 
 def main(argv: list[str] | None = None) -> int:

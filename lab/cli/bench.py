@@ -1,6 +1,7 @@
 """``sockredir-lab bench``: measurements, printed as figures (never pass/fail thresholds).
 
-    sockredir-lab bench boot [--kernel ID ...] [--runs N]     boot-to-ready and first-command times
+    sockredir-lab bench boot [--kernel ID ...] [--runs N]     cold boot and snapshot restore to the
+                                                              first command, side by side
     sockredir-lab bench redirect [--kernel ID|host ...] [--sizes 1,64,...] [--modes rr,stream]
                                  [--seconds S] [--repeats N] [--json FILE] [--plot DIR]
         plain TCP vs the redirect vs AF_UNIX per message size, mode and CPU placement, plus real
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 import statistics
@@ -30,8 +32,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measurements: guest boot times, the redirect against TCP")
     sub = parser.add_subparsers(dest="bench_command", required=True)
 
-    boot = sub.add_parser("boot", help="seconds from QEMU start to the ready line and to the "
-                                       "first command's result, per kernel")
+    boot = sub.add_parser("boot", help="cold boot and restore from a snapshot, seconds to the "
+                                       "first command's result, per kernel (--cold-boot: cold only)")
     boot.add_argument("--kernel", dest="kernels", action="append", metavar="ID",
                       help="kernel id (repeatable; default: every available catalog kernel)")
     boot.add_argument("--runs", type=int, default=3, help="boots per kernel (default 3)")
@@ -162,34 +164,63 @@ def write_plots(doc: dict, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- bench boot
 
 def cmd_bench_boot(args) -> int:
+    """Per kernel: cold boots, then restores from the kernel's snapshot (saved by a cold boot
+    first if there is none), each timed from entering the guest to the first command's answer."""
     if args.runs < 1:
         raise LabError("--runs must be at least 1")
     settings = args.settings
+    cold_settings = dataclasses.replace(settings, cold_boot=True)
     ids = args.kernels or available_kernel_ids(settings)
     image = api.guest_image(settings)
-    rows = []
+    rows: list[BootRow] = []
     for kernel_id in ids:
         kernel = api.prepare_kernel(kernel_id, settings)
-        for run in range(1, args.runs + 1):
-            with tempfile.TemporaryDirectory(prefix=f"bench-{kernel_id}-", dir=cache_dir("run")) as tmp:
-                started = time.monotonic()
-                with api.guest(kernel, settings, Path(tmp), image=image) as guest:
-                    guest.target.run(["true"], timeout=60, check=True)
-                    first_command = time.monotonic() - started
-                    rows.append((kernel_id, run, guest.accel.name, guest.boot_seconds,
-                                 guest.guest_uptime, guest.ssh_seconds, first_command))
-            print(f"{kernel_id} run {run}: ready {guest.boot_seconds:.2f}s (guest uptime "
-                  f"{guest.guest_uptime:.2f}s), first command {first_command:.2f}s", flush=True)
+        ways = [("cold", cold_settings)] if settings.cold_boot else [("cold", cold_settings),
+                                                                      ("restore", settings)]
+        for way, way_settings in ways:
+            if way == "restore":
+                _boot_once(kernel, way_settings, image)  # saves the snapshot if there is none yet
+            for run in range(1, args.runs + 1):
+                row = _boot_once(kernel, way_settings, image, kernel_id, way)
+                rows.append(row)
+                print(f"{kernel_id} {way} run {run}: {'restored' if row.restored else 'ready'} "
+                      f"{row.ready:.2f}s, first command {row.first_command:.2f}s", flush=True)
     _print_summary(rows)
     return 0
 
 
-def _print_summary(rows: list[tuple]) -> None:
-    print(f"\n{'kernel':8} {'accel':5} {'runs':>4} {'ready s (median)':>17} {'first command s':>16} "
+@dataclasses.dataclass(frozen=True)
+class BootRow:
+    kernel: str
+    way: str            # what was asked: cold or restore
+    restored: bool      # what happened (a restore that found its snapshot unusable boots cold)
+    accel: str
+    ready: float        # QEMU start -> ready line (cold) or -> running again (restored)
+    first_command: float
+
+
+def _boot_once(kernel, settings, image, kernel_id: str = "", way: str = "") -> BootRow:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kernel.id}-", dir=cache_dir("run")) as tmp:
+        started = time.monotonic()
+        with api.guest(kernel, settings, Path(tmp), image=image) as guest:
+            guest.target.run(["true"], timeout=60, check=True)
+            first_command = time.monotonic() - started
+            return BootRow(kernel_id, way, guest.restored, guest.accel.name, guest.boot_seconds,
+                           first_command)
+
+
+def _print_summary(rows: list[BootRow]) -> None:
+    print("\nseconds from entering the guest to its first command's answer (median, min, max), "
+          "ready = QEMU start to the ready line, or to running again for a restore")
+    print(f"{'kernel':8} {'accel':5} {'way':8} {'runs':>4} {'ready':>6} {'first command':>14} "
           f"{'min':>6} {'max':>6}")
-    for kernel_id in dict.fromkeys(row[0] for row in rows):
-        mine = [row for row in rows if row[0] == kernel_id]
-        ready = [row[3] for row in mine]
-        first = [row[6] for row in mine]
-        print(f"{kernel_id:8} {mine[0][2]:5} {len(mine):>4} {statistics.median(ready):>17.2f} "
-              f"{statistics.median(first):>16.2f} {min(first):>6.2f} {max(first):>6.2f}")
+    for kernel_id in dict.fromkeys(row.kernel for row in rows):
+        for way in dict.fromkeys(row.way for row in rows if row.kernel == kernel_id):
+            mine = [row for row in rows if row.kernel == kernel_id and row.way == way]
+            first = [row.first_command for row in mine]
+            label = way if all(row.restored == (way == "restore") for row in mine) else f"{way}*"
+            print(f"{kernel_id:8} {mine[0].accel:5} {label:8} {len(mine):>4} "
+                  f"{statistics.median(row.ready for row in mine):>6.2f} "
+                  f"{statistics.median(first):>14.2f} {min(first):>6.2f} {max(first):>6.2f}")
+    if any(row.restored != (row.way == "restore") for row in rows):
+        print("* some restores booted cold: their snapshot could not be used (see the messages above)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import functools
 import subprocess
 import tempfile
 import time
@@ -82,6 +83,7 @@ def probe_cache_key() -> str:
     return digest_of([boot_id, qemu_version()])
 
 
+@functools.cache  # a guest start asks twice (probe cache, snapshot key); QEMU is not upgraded mid-run
 def qemu_version() -> str:
     try:
         out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True)

@@ -4,7 +4,10 @@
         guest.target.run(["uname", "-r"])
 
 The kernel boots directly (``-kernel``/``-initrd``) with the per-kernel initramfs; the root image is
-attached with ``snapshot=on`` (writes vanish) and the modules disk read-only. The network is QEMU's
+never written: the guest writes to a qcow2 overlay in ``workdir`` backed by it (writes vanish with the
+guest), and the modules disk is read-only. With ``snapshot="auto"`` (the default) the first cold boot
+of a kernel is saved after its ready line and later guests are restored from it (lab.vm.snapshot):
+fresh randomness and the host's clock are given to each restored guest before anything else runs. The network is QEMU's
 user mode with ``restrict=on``: the guest reaches nothing, the host reaches its sshd through one
 forwarded loopback port. Readiness is the guest init's ready line on the serial console (a log file
 in ``workdir``), never a sleep; an early exit, a panic or the timeout raise a LabError that names the
@@ -16,9 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab import LabError
@@ -26,7 +33,8 @@ from lab.kernel import config as kconfig
 from lab.vm import accel as accel_mod
 from lab.vm import initramfs
 from lab.vm import reaper
-from lab.vm.image import GUEST_INIT_PATH, GuestImage
+from lab.vm import snapshot as snapshots
+from lab.vm.image import GUEST_INIT_PATH, GUEST_RESTORED_PATH, GuestImage
 from lab.vm.target import SSHTarget
 
 QEMU = accel_mod.QEMU
@@ -37,12 +45,31 @@ CRASH_RE = re.compile(r"Kernel panic|Oops: |BUG: ")
 # A fault inside the kernel (not a panic for want of a root or an init, which would recur).
 OOPS_RE = re.compile(r"Oops: |BUG: ")
 BOOT_TRIES = 2  # a crash during boot is retried once (see Guest.start)
+SNAPSHOT_MODES = ("auto", "off")
+RESTORE_SECONDS = 30  # load + SSH of a restored guest; it takes about a second here under TCG
 
 
 class BootFailed(LabError):
     def __init__(self, message: str, crashed: bool):
         super().__init__(message)
         self.crashed = crashed
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The parts of QEMU's command line that differ between two runs of the same guest; a
+    snapshot's key sees placeholders in their place."""
+    marker: str
+    port: int | str
+    console: Path | str
+    overlay: Path | str
+    qmp: Path | str
+
+    @classmethod
+    def placeholders(cls) -> "RunParts":
+        return cls("<marker>", "<port>", "<console>", "<overlay>", "<qmp>")
+
+
 PORT_ATTEMPTS = 5
 ANSWER_SECONDS = 15  # a live guest runs `true` in well under a second, even under TCG on a busy host
 POLL_SECONDS = 0.02
@@ -52,7 +79,9 @@ class Guest:
     def __init__(self, kernel, image: GuestImage, workdir: Path, accel: accel_mod.Accel | None = None,
                  memory_mb: int = 1024, cpus: int = 2, boot_timeout: float = 120,
                  machine: str = "q35", append: str = "", progress=lambda msg: None,
-                 extra_disks: tuple[Path, ...] | list[Path] = ()):
+                 extra_disks: tuple[Path, ...] | list[Path] = (), snapshot: str = "auto"):
+        if snapshot not in SNAPSHOT_MODES:
+            raise LabError(f"snapshot={snapshot!r}: choose {' or '.join(SNAPSHOT_MODES)}")
         self.kernel = kernel
         self.image = image
         self.workdir = Path(workdir)
@@ -64,18 +93,23 @@ class Guest:
         self.append = append
         self.progress = progress
         self.extra_disks = [Path(d) for d in extra_disks]  # read-only virtio-blk disks, mounted by the caller
+        self.snapshot = snapshot
+        self.restored = False                    # restored from a snapshot rather than booted
+        self.snapshot_key: snapshots.Key | None = None  # what a snapshot of this guest is saved under
         self.console_log = self.workdir / "console.log"
+        self.overlay = self.workdir / "root.qcow2"  # the guest's writes; the image is never written
         self.qemu_log = self.workdir / "qemu.log"
         self.port: int | None = None
-        self.boot_seconds: float | None = None   # QEMU start -> ready line
+        self.boot_seconds: float | None = None   # QEMU start -> ready line (restored: -> running)
         self.guest_uptime: float | None = None   # guest's own uptime at the ready line
-        self.ssh_seconds: float | None = None    # ready line -> SSH session up
+        self.ssh_seconds: float | None = None    # ready line -> SSH session up (restored: and reseeded)
         self._started = 0.0                      # monotonic time of the last QEMU start
         self._target: SSHTarget | None = None
         self._proc: subprocess.Popen | None = None
         self._record: reaper.Record | None = None
         self._qemu_log_handle = None
         self._marker = reaper.new_marker()  # on QEMU's command line: how the reaper knows it
+        self._qmp_dir: Path | None = None   # QEMU's QMP socket lives here (a short path, as sockets need)
         self._abandoned: str | None = None  # why the lab gave up on a guest whose QEMU still ran
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -97,6 +131,17 @@ class Guest:
         boot = initramfs.ensure_boot_files(self.kernel, progress=self.progress)
         if self.accel is None:
             self.accel = accel_mod.detect(self.kernel, boot.initramfs)
+        self._qmp_dir = Path(tempfile.mkdtemp(prefix="sockredir-qmp-"))
+        key = self.snapshot_key = self._snapshot_key(boot) if self.snapshot == "auto" else None
+        saved = snapshots.find(key) if key is not None else None
+        if saved is not None and self._restore(boot, key, saved):
+            return
+        self._cold_boot(boot, key)
+        connected = time.monotonic()
+        self._target = self._connect(deadline=max(self._started + self.boot_timeout, connected + 30))
+        self.ssh_seconds = time.monotonic() - connected
+
+    def _cold_boot(self, boot: initramfs.BootFiles, key: "snapshots.Key | None") -> None:
         for boot_try in range(1, BOOT_TRIES + 1):
             try:
                 self._boot(boot)
@@ -113,19 +158,149 @@ class Guest:
                 self.console_log.replace(kept)
                 self.progress(f"guest {self.kernel.id}: the kernel crashed during boot (console kept in "
                               f"{kept}); booting it once more")
-        connected = time.monotonic()
-        self._target = self._connect(deadline=max(self._started + self.boot_timeout, connected + 30))
-        self.ssh_seconds = time.monotonic() - connected
+        if key is not None:
+            self._save(key)
 
     def _boot(self, boot: initramfs.BootFiles) -> None:
         """Start QEMU and wait for the ready line, on another port if the forwarded one was taken."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.port = _free_port()
             self._started = time.monotonic()
-            self._launch(self._argv(boot))
+            snapshots.new_overlay(self.overlay, self.image.rootfs, "raw")
+            self._launch(self._argv(boot, self._run_parts()))
             if self._wait_ready(self._started, last_attempt=attempt == PORT_ATTEMPTS):
                 return
             self._stop_qemu()  # the forwarded port was taken between our check and QEMU's bind
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def _snapshot_key(self, boot: initramfs.BootFiles) -> "snapshots.Key":
+        files = [boot.kernel_image, boot.initramfs, boot.modules_disk, self.image.rootfs,
+                 *self.extra_disks]
+        return snapshots.key(self.kernel.id, accel_mod.qemu_version(),
+                             self._argv(boot, RunParts.placeholders()), files)
+
+    def _save(self, key: "snapshots.Key") -> None:
+        """Save the guest just booted for the next ones; a failed save costs only a message."""
+        started = time.monotonic()
+        monitor = None
+        try:
+            monitor = snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
+            saved = snapshots.save(monitor, key, self.overlay, {
+                "guest_uptime": self.guest_uptime, "boot_seconds": self.boot_seconds})
+            self.progress(f"guest {self.kernel.id}: saved as snapshot {saved.directory} in "
+                          f"{time.monotonic() - started:.2f}s; later guests restore from it")
+        except Exception as exc:  # QMP, the disk, QEMU: each raises its own types
+            self.progress(f"guest {self.kernel.id}: could not save a snapshot ({exc}); the next "
+                          "guest boots cold again")
+        finally:
+            if monitor is not None:
+                with contextlib.suppress(Exception):
+                    monitor.cmd("cont")  # after a completed migration too: the source runs on
+                monitor.close()
+
+    def _restore(self, boot: initramfs.BootFiles, key: "snapshots.Key",
+                 saved: "snapshots.Snapshot") -> bool:
+        """Start from ``saved``. False (and the snapshot removed, with a message) when it cannot be
+        used: the caller then boots cold, which saves a new one."""
+        verdict = snapshots.verify_in_background(saved, key)
+        why = None
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            why = self._try_restore(boot, saved, verdict)
+            if why != "port":
+                break
+            self._stop_qemu()
+        if why is None:
+            return True
+        self._stop_qemu()
+        snapshots.discard(saved)
+        self.progress(f"guest {self.kernel.id}: snapshot {saved.directory} could not be used "
+                      f"({why}); removed it, booting cold")
+        return False
+
+    def _try_restore(self, boot, saved, verdict) -> str | None:
+        """One restore attempt: None when the guest answers, "port" when the forwarded port was
+        taken, else why the snapshot is unusable."""
+        self.port = _free_port()
+        self._started = time.monotonic()
+        snapshots.new_overlay(self.overlay, saved.disk, "qcow2")
+        self._launch(self._argv(boot, self._run_parts()) + snapshots.incoming_args(saved))
+        deadline = self._started + RESTORE_SECONDS
+        why = self._load(deadline, verdict)
+        if why is not None:
+            return why
+        self.boot_seconds = time.monotonic() - self._started
+        # SSH only once the guest runs: a connection made while QEMU loads can lose its first
+        # packets to the guest and wait out TCP's retransmission (seen: 6-7 s).
+        try:
+            self._target = self._connect(deadline)
+            self._reseed(self._target, deadline)
+        except LabError as exc:
+            if self._target is not None:
+                self._target.close()
+                self._target = None
+            return f"the restored guest did not answer: {exc}"
+        self.ssh_seconds = time.monotonic() - self._started - self.boot_seconds
+        self.restored = True
+        self.guest_uptime = saved.meta.get("guest_uptime")
+        self.progress(f"guest {self.kernel.id}: restored in {self.boot_seconds:.2f}s, answering "
+                      f"after {self.boot_seconds + self.ssh_seconds:.2f}s ({self.accel.name}, "
+                      f"snapshot {saved.directory.name})")
+        return None
+
+    def _load(self, deadline: float, verdict) -> str | None:
+        """Wait for QEMU to load the snapshot (paused, as it was saved), check the snapshot's
+        files, then let the guest run. None, "port", or why the snapshot is unusable."""
+        try:
+            monitor = snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
+        except LabError as exc:
+            return self._restore_failed("QEMU did not start", exc)
+        try:
+            status = monitor.wait_status("inmigrate", deadline)
+            if status != "paused":
+                return f"QEMU could not load it (status {status!r}): {self._qemu_output()}"
+            bad = verdict()
+            if bad:
+                return bad
+            monitor.cmd("cont")
+        except Exception as exc:  # QMP errors, or QEMU gone while loading
+            return self._restore_failed("QEMU could not load it", exc)
+        finally:
+            monitor.close()
+        return None
+
+    @staticmethod
+    def _reseed(target: SSHTarget, deadline: float) -> None:
+        """Give a restored guest the host's clock and fresh randomness (images/guest-restored.c)
+        in a session of its own, while the first kept shell starts in another (each costs ~0.2 s
+        just after a restore, under TCG); both are done before any caller's command runs."""
+        failed: list[LabError] = []
+
+        def reseed() -> None:
+            try:
+                seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+                target.run([GUEST_RESTORED_PATH, str(seconds), str(nanoseconds),
+                            snapshots.fresh_entropy()], timeout=deadline - time.monotonic(),
+                           check=True, input="")
+            except LabError as exc:
+                failed.append(exc)
+
+        worker = threading.Thread(target=reseed, name="guest-reseed")
+        worker.start()
+        try:
+            target.run(["true"], timeout=deadline - time.monotonic(), check=True)
+        finally:
+            worker.join()
+        if failed:
+            raise failed[0]
+
+    def _restore_failed(self, what: str, exc: Exception) -> str:
+        """"port" when QEMU ended because the forwarded port was taken (try another), else why."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=1)
+        if self._proc.poll() is not None and _port_taken(self.qemu_log):
+            return "port"
+        return f"{what}: {self._qemu_output() or exc}"
 
     def stop(self) -> None:
         if self._target is not None:
@@ -134,6 +309,10 @@ class Guest:
                 self._target.close()
             self._target = None
         self._stop_qemu()
+        self.overlay.unlink(missing_ok=True)  # the guest's writes die with it (and stay out of artifacts)
+        if self._qmp_dir is not None:
+            shutil.rmtree(self._qmp_dir, ignore_errors=True)
+            self._qmp_dir = None
 
     # ---- what callers use ----------------------------------------------------------------------
 
@@ -196,25 +375,33 @@ class Guest:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _argv(self, boot: initramfs.BootFiles) -> list[str]:
+    @property
+    def _qmp_socket(self) -> Path:
+        return self._qmp_dir / "qmp.sock"
+
+    def _run_parts(self) -> RunParts:
+        return RunParts(self._marker, self.port, self.console_log, self.overlay, self._qmp_socket)
+
+    def _argv(self, boot: initramfs.BootFiles, run: RunParts) -> list[str]:
         append = " ".join(filter(None, [
             "console=ttyS0", "panic=-1", "quiet",
             f"lab.root=LABEL={self.image.label}", f"lab.modules=LABEL={boot.modules_label}",
             f"lab.init={GUEST_INIT_PATH}", self.append]))
         return [
-            QEMU, "-name", self._marker, "-machine", self.machine, *self.accel.qemu_args(),
+            QEMU, "-name", run.marker, "-machine", self.machine, *self.accel.qemu_args(),
             "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(boot.kernel_image), "-initrd", str(boot.initramfs), "-append", append,
-            "-serial", f"file:{self.console_log}",
-            "-drive", f"file={self.image.rootfs},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+            "-serial", f"file:{run.console}",
+            "-qmp", f"unix:{run.qmp},server=on,wait=off",
+            "-drive", f"file={run.overlay},format=qcow2,if=none,id=root,cache=unsafe",
             "-device", "virtio-blk-pci,drive=root",
             "-drive", f"file={boot.modules_disk},format=raw,if=none,id=modules,readonly=on",
             "-device", "virtio-blk-pci,drive=modules",
             *[arg for index, disk in enumerate(self.extra_disks) for arg in (
                 "-drive", f"file={disk},format=raw,if=none,id=extra{index},readonly=on",
                 "-device", f"virtio-blk-pci,drive=extra{index}")],
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{run.port}-:22",
             "-device", "virtio-net-pci,netdev=n0",
         ]
 
@@ -255,10 +442,12 @@ class Guest:
                     raise self._boot_error(f"no ready line within {self.boot_timeout:.0f}s")
                 time.sleep(POLL_SECONDS)
 
+    def _qemu_output(self) -> str:
+        return self.qemu_log.read_text(errors="replace").strip()[-1500:] if self.qemu_log.exists() else ""
+
     def _boot_error(self, what: str) -> LabError:
         console = self.console_tail(60)
-        qemu_out = self.qemu_log.read_text(errors="replace").strip()[-1500:] if \
-            self.qemu_log.exists() else ""
+        qemu_out = self._qemu_output()
         cause = ""
         crashed = bool(OOPS_RE.search(console))
         if "Kernel panic" in console:
@@ -276,12 +465,14 @@ class Guest:
             f"--- console tail ---\n{console}\n"
             + (f"--- qemu output ---\n{qemu_out}\n" if qemu_out else ""), crashed)
 
-    def _connect(self, deadline: float) -> SSHTarget:
+    def _connect(self, deadline: float, proc: subprocess.Popen | None = None) -> SSHTarget:
         """sshd listens before the ready line, so this normally succeeds at once; a few retries
-        absorb a slow first handshake on a loaded host."""
+        absorb a slow first handshake on a loaded host. ``proc``: the QEMU to watch (from another
+        thread, while this one may be stopping it)."""
+        proc = proc or self._proc
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 raise self._boot_error("QEMU exited while we connected over SSH")
             try:
                 return SSHTarget("127.0.0.1", self.port, self.image.client_key,

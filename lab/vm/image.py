@@ -1,9 +1,9 @@
 """The guest's root filesystem: mmdebstrap tree -> SSH keys + init -> ext4 file, cached.
 
-The recipe is ``images/rootfs.toml``; the guest's PID 1 is ``images/guest-init.sh``. An image is
-built once per recipe (the cache key hashes the recipe, the init script and this module's build
-steps), in a temporary directory renamed into place, and never modified afterwards: guests attach it
-with ``snapshot=on``. Each build makes a fresh SSH host key (its public line is stored beside the
+The recipe is ``images/rootfs.toml``; the guest's PID 1 is ``images/guest-init.sh``; a restored guest
+first runs ``images/guest-restored.c`` (built statically here). An image is built once per recipe (the
+cache key hashes the recipe, those two files and this module's build steps), in a temporary directory
+renamed into place, and never modified afterwards: guests write to overlays of their own. Each build makes a fresh SSH host key (its public line is stored beside the
 image so the host can pin it) and a fresh client key pair (the private key stays beside the image).
 ``mkfs.ext4 -d`` turns the tree into an image without loop devices or mounts.
 """
@@ -28,6 +28,8 @@ from lab.cache import atomic_dir, cache_dir, digest_of, file_lock
 RECIPE = IMAGES_DIR / "rootfs.toml"
 GUEST_INIT = IMAGES_DIR / "guest-init.sh"
 GUEST_INIT_PATH = "/sbin/lab-init"  # where the initramfs switch_root's to
+GUEST_RESTORED = IMAGES_DIR / "guest-restored.c"
+GUEST_RESTORED_PATH = "/usr/local/sbin/lab-restored"  # run first in a guest restored from a snapshot
 ROOTFS_NAME = "rootfs.ext4"
 CLIENT_KEY_NAME = "client_ed25519"
 HOST_KEY_NAME = "host_ed25519.pub"
@@ -37,7 +39,7 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class GuestImage:
-    rootfs: Path          # ext4 image; attach read-only (snapshot=on)
+    rootfs: Path          # ext4 image; never written (guests write to overlays of their own)
     client_key: Path      # private key whose public half is in the guest's authorized_keys
     host_key_line: str    # "ssh-ed25519 AAAA..." of the guest's sshd, for pinning
     key: str              # content hash of the recipe
@@ -59,9 +61,9 @@ def load_recipe(path: Path = RECIPE) -> dict:
 
 
 def image_key(recipe_path: Path = RECIPE, init_path: Path = GUEST_INIT) -> str:
-    """Hash of everything that shapes the image: recipe, guest init and the build steps below."""
+    """Hash of everything that shapes the image: recipe, guest programs and the build steps below."""
     steps = [inspect.getsource(fn) for fn in (_mmdebstrap_argv, _customise_tree, _make_ext4)]
-    return digest_of([recipe_path, init_path, *steps])
+    return digest_of([recipe_path, init_path, GUEST_RESTORED, *steps])
 
 
 def ensure_image(progress: Progress = print, force: bool = False,
@@ -124,7 +126,8 @@ def _build(entry: Path, recipe: dict, progress: Progress) -> None:
 
 
 def _require_tools() -> None:
-    missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen") if not shutil.which(tool)]
+    missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen", "gcc")
+               if not shutil.which(tool)]
     if missing:
         raise LabError(f"building the guest image needs {', '.join(missing)}; "
                        "run scripts/install-deps as root")
@@ -179,6 +182,9 @@ def _customise_tree(tree: Path, out: Path, recipe: dict) -> None:
     init = tree / GUEST_INIT_PATH.lstrip("/")
     shutil.copyfile(GUEST_INIT, init)
     init.chmod(0o755)
+    # Static: no dynamic loading, so it runs in milliseconds even in a TCG guest just restored.
+    subprocess.run(["gcc", "-static", "-Os", "-Wall", "-o", str(tree / GUEST_RESTORED_PATH.lstrip("/")),
+                    str(GUEST_RESTORED)], check=True, capture_output=True, text=True)
     (tree / "lib/modules").mkdir(parents=True, exist_ok=True)  # the modules disk mounts below it
 
 
