@@ -228,7 +228,8 @@ class Guest:
         deadline = self._started + RESTORE_SECONDS
         why = self._load(deadline, verdict)
         if why is not None:
-            return why
+            # A snapshot whose files fail their check explains a failed load best.
+            return why if why == "port" else (verdict() or why)
         self.boot_seconds = time.monotonic() - self._started
         # SSH only once the guest runs: a connection made while QEMU loads can lose its first
         # packets to the guest and wait out TCP's retransmission (seen: 6-7 s).

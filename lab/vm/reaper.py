@@ -14,7 +14,9 @@ Three layers, because each covers a way the others can fail:
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
+import functools
 import ctypes
 import json
 import os
@@ -197,9 +199,17 @@ def spawn(argv: list[str], marker: str, reaper: "Reaper | None" = None,
         raise ValueError(f"the command line must carry the marker {marker}")
     reaper = reaper or default_reaper()
     parent = os.getpid()
-    proc = subprocess.Popen(argv, preexec_fn=lambda: _die_with_parent(parent),
-                            start_new_session=True, **popen_kwargs)
+    proc = _forker().submit(subprocess.Popen, argv, preexec_fn=lambda: _die_with_parent(parent),
+                            start_new_session=True, **popen_kwargs).result()
     return proc, reaper.register(proc.pid, marker)
+
+
+@functools.cache
+def _forker() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that starts our processes. PR_SET_PDEATHSIG fires when the *thread* that
+    forked the child ends, not the process: a guest started from a short-lived thread (two guests
+    started at once) would be killed as that thread returned. This thread lives as long as we do."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reaper-spawn")
 
 
 def stop(proc: subprocess.Popen, record: Record, reaper: "Reaper | None" = None,

@@ -21,6 +21,7 @@ rename wins, the other copy is dropped).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -39,6 +40,7 @@ from lab.cache import cache_dir, digest_of, sha256_file
 FORMAT = 1  # bump when the layout or the restore procedure changes: every older snapshot is stale
 STATE, DISK, META = "state", "root.qcow2", "meta.json"
 SAVE_SECONDS = 60  # a save of a ~100 MiB state takes well under a second here
+DEBRIS_SECONDS = 3600  # a temporary save directory older than this was left by an interrupted run
 MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: no throttle (QEMU's default is 128 MiB/s)
 QEMU_IMG = "qemu-img"
 
@@ -120,10 +122,12 @@ def discard(snapshot: Snapshot) -> None:
 
 def prune(k: Key) -> list[str]:
     """Remove this kernel's snapshots of other keys (stale: their key can no longer match), and
-    debris of interrupted saves. Returns the digests removed."""
+    debris of saves interrupted long ago (a recent one may be another guest's save in progress).
+    Returns the names removed."""
     removed = []
     for entry in kernel_dir(k.kernel_id).iterdir():
-        if entry.name != k.digest:
+        in_progress = entry.name.startswith(".") and time.time() - entry.stat().st_mtime < DEBRIS_SECONDS
+        if entry.name != k.digest and not in_progress:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     return removed
@@ -147,6 +151,9 @@ class Monitor:
     def __init__(self, path: Path, alive: Callable[[], bool], timeout: float = 10):
         from qemu.qmp import ConnectError
         from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        # QEMU ending (a failed load, a guest stopped) is reported by the caller, with QEMU's words.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
         deadline = time.monotonic() + timeout
         while True:

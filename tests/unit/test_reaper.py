@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -154,3 +155,14 @@ def test_child_dies_with_a_killed_parent(tmp_path):
             parent.wait()
         if child is not None and not reaper.gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_child_outlives_the_thread_that_spawned_it(registry, children):
+    """PR_SET_PDEATHSIG fires when the forking *thread* ends: two guests started at once from
+    threads were killed as their threads returned, until spawn() forked from a thread of its own."""
+    spawned: list[subprocess.Popen] = []
+    starter = threading.Thread(target=lambda: spawned.append(marked_sleep(registry, children)[0]))
+    starter.start()
+    starter.join()
+    time.sleep(0.3)  # SIGKILL from the kernel is immediate; give it time to show anyway
+    assert spawned[0].poll() is None, "the child died with the thread that started it"
