@@ -5,9 +5,12 @@
 
 The kernel boots directly (``-kernel``/``-initrd``) with the per-kernel initramfs; the root image is
 never written: the guest writes to a qcow2 overlay in ``workdir`` backed by it (writes vanish with the
-guest), and the modules disk is read-only. With ``snapshot="auto"`` (the default) the first cold boot
-of a kernel is saved after its ready line and later guests are restored from it (lab.vm.snapshot):
-fresh randomness and the host's clock are given to each restored guest before anything else runs. The network is QEMU's
+guest), and the modules disk is read-only. A booting guest's RAM is a shared file in a run directory
+(on /dev/shm when it has room), so that it can be saved by copying it. With ``snapshot="auto"`` (the
+default) the first cold boot of a kernel is saved after its ready line and later guests are restored
+from it (lab.vm.snapshot): they map the saved RAM privately (pages are read as the guest touches them,
+and shared between guests restored at once), and get the host's clock and fresh randomness before
+anything else runs. The network is QEMU's
 user mode with ``restrict=on``: the guest reaches nothing, the host reaches its sshd through one
 forwarded loopback port. Readiness is the guest init's ready line on the serial console (a log file
 in ``workdir``), never a sleep; an early exit, a panic or the timeout raise a LabError that names the
@@ -64,10 +67,12 @@ class RunParts:
     console: Path | str
     overlay: Path | str
     qmp: Path | str
+    ram: Path | str       # the file that is the guest's RAM
+    ram_shared: bool = True  # a booting guest writes its RAM file; a restored one maps it privately
 
     @classmethod
     def placeholders(cls) -> "RunParts":
-        return cls("<marker>", "<port>", "<console>", "<overlay>", "<qmp>")
+        return cls("<marker>", "<port>", "<console>", "<overlay>", "<qmp>", "<ram>")
 
 
 PORT_ATTEMPTS = 5
@@ -109,7 +114,7 @@ class Guest:
         self._record: reaper.Record | None = None
         self._qemu_log_handle = None
         self._marker = reaper.new_marker()  # on QEMU's command line: how the reaper knows it
-        self._qmp_dir: Path | None = None   # QEMU's QMP socket lives here (a short path, as sockets need)
+        self._run_dir: Path | None = None   # QMP socket (a short path, as sockets need) and RAM file
         self._abandoned: str | None = None  # why the lab gave up on a guest whose QEMU still ran
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -131,7 +136,7 @@ class Guest:
         boot = initramfs.ensure_boot_files(self.kernel, progress=self.progress)
         if self.accel is None:
             self.accel = accel_mod.detect(self.kernel, boot.initramfs)
-        self._qmp_dir = Path(tempfile.mkdtemp(prefix="sockredir-qmp-"))
+        self._run_dir = _new_run_dir(self.memory_mb)
         key = self.snapshot_key = self._snapshot_key(boot) if self.snapshot == "auto" else None
         saved = snapshots.find(key) if key is not None else None
         if saved is not None and self._restore(boot, key, saved):
@@ -160,6 +165,7 @@ class Guest:
                               f"{kept}); booting it once more")
         if key is not None:
             self._save(key)
+        self._ram_file.unlink(missing_ok=True)  # QEMU keeps it open; its memory goes when QEMU ends
 
     def _boot(self, boot: initramfs.BootFiles) -> None:
         """Start QEMU and wait for the ready line, on another port if the forwarded one was taken."""
@@ -186,7 +192,7 @@ class Guest:
         monitor = None
         try:
             monitor = snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
-            saved = snapshots.save(monitor, key, self.overlay, {
+            saved = snapshots.save(monitor, key, self.overlay, self._ram_file, {
                 "guest_uptime": self.guest_uptime, "boot_seconds": self.boot_seconds})
             self.progress(f"guest {self.kernel.id}: saved as snapshot {saved.directory} in "
                           f"{time.monotonic() - started:.2f}s; later guests restore from it")
@@ -224,9 +230,9 @@ class Guest:
         self.port = _free_port()
         self._started = time.monotonic()
         snapshots.new_overlay(self.overlay, saved.disk, "qcow2")
-        self._launch(self._argv(boot, self._run_parts()) + snapshots.incoming_args(saved))
+        self._launch(self._argv(boot, self._run_parts(ram=saved.memory)) + ["-incoming", "defer"])
         deadline = self._started + RESTORE_SECONDS
-        why = self._load(deadline, verdict)
+        why = self._load(deadline, saved, verdict)
         if why is not None:
             # A snapshot whose files fail their check explains a failed load best.
             return why if why == "port" else (verdict() or why)
@@ -249,7 +255,7 @@ class Guest:
                       f"snapshot {saved.directory.name})")
         return None
 
-    def _load(self, deadline: float, verdict) -> str | None:
+    def _load(self, deadline: float, saved: "snapshots.Snapshot", verdict) -> str | None:
         """Wait for QEMU to load the snapshot (paused, as it was saved), check the snapshot's
         files, then let the guest run. None, "port", or why the snapshot is unusable."""
         try:
@@ -257,6 +263,7 @@ class Guest:
         except LabError as exc:
             return self._restore_failed("QEMU did not start", exc)
         try:
+            snapshots.load(monitor, saved)
             status = monitor.wait_status("inmigrate", deadline)
             if status != "paused":
                 return f"QEMU could not load it (status {status!r}): {self._qemu_output()}"
@@ -311,9 +318,9 @@ class Guest:
             self._target = None
         self._stop_qemu()
         self.overlay.unlink(missing_ok=True)  # the guest's writes die with it (and stay out of artifacts)
-        if self._qmp_dir is not None:
-            shutil.rmtree(self._qmp_dir, ignore_errors=True)
-            self._qmp_dir = None
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
 
     # ---- what callers use ----------------------------------------------------------------------
 
@@ -378,10 +385,16 @@ class Guest:
 
     @property
     def _qmp_socket(self) -> Path:
-        return self._qmp_dir / "qmp.sock"
+        return self._run_dir / "qmp.sock"
 
-    def _run_parts(self) -> RunParts:
-        return RunParts(self._marker, self.port, self.console_log, self.overlay, self._qmp_socket)
+    @property
+    def _ram_file(self) -> Path:
+        return self._run_dir / "ram"
+
+    def _run_parts(self, ram: Path | None = None) -> RunParts:
+        """This run's parts; ``ram``: a saved RAM file to map privately (a restore)."""
+        return RunParts(self._marker, self.port, self.console_log, self.overlay, self._qmp_socket,
+                        ram or self._ram_file, ram_shared=ram is None)
 
     def _argv(self, boot: initramfs.BootFiles, run: RunParts) -> list[str]:
         append = " ".join(filter(None, [
@@ -389,8 +402,10 @@ class Guest:
             f"lab.root=LABEL={self.image.label}", f"lab.modules=LABEL={boot.modules_label}",
             f"lab.init={GUEST_INIT_PATH}", self.append]))
         return [
-            QEMU, "-name", run.marker, "-machine", self.machine, *self.accel.qemu_args(),
-            "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            QEMU, "-name", run.marker, "-machine", f"{self.machine},memory-backend=ram",
+            *self.accel.qemu_args(), "-m", f"{self.memory_mb}M", "-smp", str(self.cpus),
+            "-object", f"memory-backend-file,id=ram,size={self.memory_mb}M,mem-path={run.ram},"
+                       f"share={'on' if run.ram_shared else 'off'}",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(boot.kernel_image), "-initrd", str(boot.initramfs), "-append", append,
             "-serial", f"file:{run.console}",
@@ -520,6 +535,31 @@ def _cpu_seconds(pid: int) -> str:
     except OSError as exc:
         return f"an unknown amount ({exc.strerror})"
     return f"{(int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK'):.1f} s"
+
+
+RUN_DIR_PREFIX = "sockredir-guest-"
+
+
+def _new_run_dir(memory_mb: int) -> Path:
+    """A directory for a guest's QMP socket and RAM file: on /dev/shm when it has room for the RAM
+    (a RAM file on disk would be written back as the guest runs), else in the temporary directory.
+    Named after our PID, so that the directories of runs that were killed are found and removed."""
+    _remove_dead_run_dirs()
+    shm = Path("/dev/shm")
+    room = 0
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(shm)
+        room = stat.f_bavail * stat.f_frsize
+    parent = shm if room > 2 * memory_mb * 2**20 else None
+    return Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def _remove_dead_run_dirs() -> None:
+    for parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+        for entry in parent.glob(f"{RUN_DIR_PREFIX}*-*"):
+            pid = entry.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and reaper.gone(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _free_port() -> int:

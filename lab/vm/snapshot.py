@@ -1,10 +1,13 @@
 """Saved guests: a booted guest's RAM and device state plus its disk, restored instead of booted.
 
 A cold boot under TCG takes 3-5 s to the ready line; restoring a guest saved just after its ready
-line takes a fraction of that. The first cold boot of a kernel saves the guest (QEMU migration to a
-file, through QMP) with a copy of its root overlay; later guests with the same key start QEMU with
-``-incoming`` from that file, on a fresh overlay backed by the saved one, so the disk a restored
-guest sees is exactly the disk it was saved with.
+line takes a fraction of that. The first cold boot of a kernel saves the guest: its device state
+(QEMU migration to a file, through QMP, with ``x-ignore-shared`` so that RAM stays out of it), a
+sparse copy of its RAM file (a booting guest's RAM is a shared file: lab/vm/guest.py) and a copy of
+its root overlay. Later guests with the same key start QEMU with the saved RAM file mapped privately
+(copy on write: nothing is loaded up front, and guests restored at once share the unchanged pages)
+and ``-incoming`` from the device state, on a fresh overlay backed by the saved one, so the disk a
+restored guest sees is exactly the disk it was saved with.
 
 The key is everything that determines the saved state: the QEMU version, QEMU's command line with
 the per-run parts (marker, port, console, overlay, QMP socket) replaced by placeholders, and the size
@@ -13,13 +16,14 @@ disks). A snapshot whose key no longer matches (QEMU upgraded, a kernel or the i
 never found, and is removed when its successor is saved; a snapshot whose stored key material or
 checksum disagrees with what is on disk is removed and the guest boots cold, with a message.
 
-Layout: ``<cache>/snapshots/<kernel id>/<key>/{state,root.qcow2,meta.json}``, written in a
+Layout: ``<cache>/snapshots/<kernel id>/<key>/{state,memory,root.qcow2,meta.json}``, written in a
 temporary directory and renamed into place (two guests saving the same key at once: the first
 rename wins, the other copy is dropped).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,13 +39,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lab import LabError
-from lab.cache import cache_dir, digest_of, sha256_file
+from lab.cache import cache_dir, digest_of
 
 FORMAT = 1  # bump when the layout or the restore procedure changes: every older snapshot is stale
-STATE, DISK, META = "state", "root.qcow2", "meta.json"
+STATE, MEMORY, DISK, META = "state", "memory", "root.qcow2", "meta.json"
 SAVE_SECONDS = 60  # a save of a ~100 MiB state takes well under a second here
 DEBRIS_SECONDS = 3600  # a temporary save directory older than this was left by an interrupted run
-MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: no throttle (QEMU's default is 128 MiB/s)
 QEMU_IMG = "qemu-img"
 
 
@@ -59,6 +62,10 @@ class Snapshot:
     @property
     def state(self) -> Path:
         return self.directory / STATE
+
+    @property
+    def memory(self) -> Path:
+        return self.directory / MEMORY
 
     @property
     def disk(self) -> Path:
@@ -100,20 +107,45 @@ def find(k: Key) -> Snapshot | None:
 
 def check(snapshot: Snapshot, k: Key) -> str | None:
     """Why ``snapshot`` must not be used for ``k`` (its files or stored key disagree), or None.
-    Reads the whole state file (about 100 MiB: ~0.1 s with SHA extensions)."""
+    Reads every file (about 100 MiB of RAM that is not holes: ~0.1 s with SHA extensions)."""
     try:
         meta = snapshot.meta
     except (OSError, ValueError) as exc:
         return f"its {META} is unreadable ({exc})"
     if meta.get("material") != k.material:
         return "it was saved under other key material (a digest collision or a hand-copied snapshot)"
-    for name, field in ((STATE, "state_sha256"), (DISK, "disk_sha256")):
+    for name, field in ((STATE, "state_sha256"), (MEMORY, "memory_sha256"), (DISK, "disk_sha256")):
         path = snapshot.directory / name
         if not path.is_file():
             return f"its {name} is missing"
-        if sha256_file(path) != meta.get(field):
+        if sparse_sha256(path) != meta.get(field):
             return f"its {name} does not match its checksum (truncated or corrupt)"
     return None
+
+
+def sparse_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's data and where it lies, skipping its holes: the RAM file is 1 GiB of
+    which about 100 MiB is data, and a restore checks it every time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        end = os.fstat(fd).st_size
+        offset = 0
+        while offset < end:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            digest.update(f"{start}:{stop};".encode())
+            handle.seek(start)
+            while start < stop:
+                block = handle.read(min(chunk, stop - start))
+                digest.update(block)
+                start += len(block)
+            offset = stop
+        digest.update(f"size:{end}".encode())
+    return digest.hexdigest()
 
 
 def discard(snapshot: Snapshot) -> None:
@@ -193,21 +225,30 @@ class Monitor:
             pass
 
 
-def save(monitor: Monitor, k: Key, overlay: Path, extra_meta: dict) -> Snapshot:
-    """Save the running guest behind ``monitor`` under ``k`` and leave it paused; the caller
-    continues it (``cont``) whatever happens. LabError if QEMU reports a failed migration."""
+# The guest's RAM is a shared file (lab/vm/guest.py): migration leaves it out and the file is copied.
+IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+
+
+def save(monitor: Monitor, k: Key, overlay: Path, ram: Path, extra_meta: dict) -> Snapshot:
+    """Save the running guest behind ``monitor`` under ``k``: its device state (QEMU migration),
+    its RAM file and its root overlay. Leaves the guest paused; the caller continues it (``cont``)
+    whatever happens. LabError if QEMU reports a failed migration."""
     home = kernel_dir(k.kernel_id)
     tmp = Path(tempfile.mkdtemp(dir=home, prefix=f".{k.digest}."))
     try:
         monitor.cmd("stop")
-        monitor.cmd("migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
+        monitor.cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
         monitor.cmd("migrate", uri=f"exec:cat > {_shell_quote(tmp / STATE)}")
         _wait_migrated(monitor, time.monotonic() + SAVE_SECONDS)
-        # Migration flushed and released the overlay: copy it while the guest is still stopped.
+        # Migration flushed and released the overlay, and the guest is stopped: copy both files.
+        # --sparse=always: of a 1 GiB RAM file about 100 MiB is not zeros.
+        subprocess.run(["cp", "--sparse=always", str(ram), str(tmp / MEMORY)], check=True,
+                       capture_output=True)
         shutil.copyfile(overlay, tmp / DISK)
         meta = {"material": k.material, "saved": time.time(),
-                "state_sha256": sha256_file(tmp / STATE), "disk_sha256": sha256_file(tmp / DISK),
-                "state_bytes": (tmp / STATE).stat().st_size, **extra_meta}
+                **{f"{name}_sha256": sparse_sha256(tmp / file) for name, file in
+                   (("state", STATE), ("memory", MEMORY), ("disk", DISK))},
+                "memory_bytes_used": (tmp / MEMORY).stat().st_blocks * 512, **extra_meta}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         final = home / k.digest
         try:
@@ -219,6 +260,13 @@ def save(monitor: Monitor, k: Key, overlay: Path, extra_meta: dict) -> Snapshot:
         return Snapshot(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(monitor: Monitor, snapshot: Snapshot) -> None:
+    """Start loading ``snapshot`` into a QEMU started with ``-incoming defer`` and the snapshot's
+    RAM file mapped privately (QEMU 7.2 has no ``file:`` URI, hence ``exec:cat``)."""
+    monitor.cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+    monitor.cmd("migrate-incoming", uri=f"exec:cat {_shell_quote(snapshot.state)}")
 
 
 def _wait_migrated(monitor: Monitor, deadline: float) -> None:
@@ -237,11 +285,6 @@ def _wait_migrated(monitor: Monitor, deadline: float) -> None:
 
 def _shell_quote(path: Path) -> str:
     return shlex.quote(str(path))
-
-
-def incoming_args(snapshot: Snapshot) -> list[str]:
-    """QEMU arguments that load ``snapshot`` instead of booting (QEMU 7.2 has no ``file:`` URI)."""
-    return ["-incoming", f"exec:cat {_shell_quote(snapshot.state)}"]
 
 
 def verify_in_background(snapshot: Snapshot, k: Key):

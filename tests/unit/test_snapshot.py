@@ -39,10 +39,12 @@ def _guest(tmp_path: Path, **kwargs) -> tuple[Guest, SimpleNamespace]:
 def test_key_ignores_per_run_parts_and_sees_everything_else(tmp_path):
     guest, boot = _guest(tmp_path)
     placeholders = guest._argv(boot, RunParts.placeholders())
-    one = guest._argv(boot, RunParts("m1", 40001, "/a/console.log", "/a/root.qcow2", "/t1/qmp.sock"))
-    two = guest._argv(boot, RunParts("m2", 40002, "/b/console.log", "/b/root.qcow2", "/t2/qmp.sock"))
+    one = guest._argv(boot, RunParts("m1", 40001, "/a/console.log", "/a/root.qcow2", "/t1/qmp.sock",
+                                     "/t1/ram"))
+    two = guest._argv(boot, RunParts("m2", 40002, "/b/console.log", "/b/root.qcow2", "/t2/qmp.sock",
+                                     "/t2/ram"))
     assert one != two and not any("<" in arg for arg in one)
-    assert sum("<" in arg for arg in placeholders) == 5  # marker, console, QMP, overlay, port
+    assert sum("<" in arg for arg in placeholders) == 6  # marker, console, QMP, RAM, overlay, port
     files = _files(tmp_path)
     base = snapshot.key("6.12", "QEMU 7.2", placeholders, files)
     assert snapshot.key("6.12", "QEMU 7.2", list(placeholders), files) == base
@@ -64,11 +66,15 @@ def _stored(key: snapshot.Key, state: bytes = b"state" * 1000) -> snapshot.Snaps
     directory = snapshot.kernel_dir(key.kernel_id) / key.digest
     directory.mkdir(parents=True)
     (directory / snapshot.STATE).write_bytes(state)
+    with open(directory / snapshot.MEMORY, "wb") as memory:  # sparse, as a saved RAM file is
+        memory.seek(1 << 20)
+        memory.write(b"kernel")
+        memory.truncate(4 << 20)
     (directory / snapshot.DISK).write_bytes(b"qcow2")
     (directory / snapshot.META).write_text(json.dumps({
         "material": key.material,
-        "state_sha256": snapshot.sha256_file(directory / snapshot.STATE),
-        "disk_sha256": snapshot.sha256_file(directory / snapshot.DISK)}))
+        **{f"{name}_sha256": snapshot.sparse_sha256(directory / file) for name, file in
+           (("state", snapshot.STATE), ("memory", snapshot.MEMORY), ("disk", snapshot.DISK))}}))
     return snapshot.Snapshot(directory)
 
 
@@ -86,6 +92,28 @@ def test_truncated_state_is_refused(tmp_path):
     with open(saved.state, "r+b") as state:
         state.truncate(100)
     assert "does not match its checksum" in snapshot.check(saved, key)
+
+
+def test_changed_ram_is_refused(tmp_path):
+    key = snapshot.key("6.12", "QEMU 7.2", ["qemu"], _files(tmp_path))
+    saved = _stored(key)
+    with open(saved.memory, "r+b") as memory:
+        memory.seek(3 << 20)
+        memory.write(b"x")  # in what was a hole
+    assert "its memory does not match its checksum" in snapshot.check(saved, key)
+
+
+def test_sparse_hash_reads_data_and_where_it_lies(tmp_path):
+    def sparse(offset: int) -> str:
+        path = tmp_path / f"at-{offset}"
+        with open(path, "wb") as handle:
+            handle.seek(offset)
+            handle.write(b"data")
+            handle.truncate(1 << 20)
+        return snapshot.sparse_sha256(path)
+
+    assert sparse(0) == sparse(0)
+    assert sparse(0) != sparse(8192)
 
 
 def test_other_key_material_is_refused(tmp_path):
