@@ -102,6 +102,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "sockredir_image_packages)")
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default=None,
                     help="force QEMU's accelerator (default: probe KVM by booting, else TCG)")
+    group.addoption("--fresh-guest", choices=("session", "module"), default="session",
+                    help="how long a guest serves a kernel's tests: the whole session (default) "
+                         "or one test module; a test marked fresh_guest always gets its own")
     group.addoption("--cold-boot", action="store_true",
                     help="boot every guest from scratch instead of restoring the snapshot saved at "
                          "a kernel's first boot (lab/vm/snapshot.py)")
@@ -155,7 +158,9 @@ def pytest_configure(config: pytest.Config) -> None:
                  "for that program type (from bpftool feature probe)",
                  "requires_map_type(name): skip unless the kernel has that BPF map type",
                  "requires_kernel_config(*capabilities): skip, before booting, unless the kernel's "
-                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)"):
+                 "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)",
+                 "fresh_guest: the test gets a guest of its own (restored from the kernel's snapshot "
+                 "in about a second), not the one its kernel's other tests share"):
         config.addinivalue_line("markers", line)
     run_name = _run_name(config)
     artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
@@ -347,12 +352,32 @@ def guest_image(lab: Lab):
         pytest.fail(f"guest image: {exc}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def guest(kernel, guest_image, lab: Lab):
-    """A booted guest of this kernel, shared by the kernel's tests for the session."""
+def _guest_scope(fixture_name: str, config: pytest.Config) -> str:
+    return config.getoption("fresh_guest")
+
+
+@pytest.fixture(scope=_guest_scope)
+def guest(kernel, guest_image, lab: Lab, request: pytest.FixtureRequest):
+    """A booted guest of this kernel, shared by the kernel's tests for the session (or for each
+    module, with --fresh-guest=module)."""
     if isinstance(kernel, HostKernel):
         pytest.fail("the guest fixture has no host variant", pytrace=False)
     workdir = lab.artifacts / "guests" / kernel.id
+    if request.scope == "module":
+        workdir = workdir / request.module.__name__.rpartition(".")[2]
+    yield from _booted_guest(kernel, guest_image, lab, workdir)
+
+
+@pytest.fixture
+def own_guest(kernel, guest_image, lab: Lab, request: pytest.FixtureRequest):
+    """A guest of this test's own (tests marked ``fresh_guest``), in its artifact directory."""
+    yield from _booted_guest(kernel, guest_image, lab, artifact_dir(lab, request.node) / "guest")
+
+
+def _booted_guest(kernel, guest_image, lab: Lab, workdir: Path):
+    """Boot (or restore) a guest and register it as the kernel's current guest meanwhile (for the
+    console tails in failure reports, and for giving up on a guest that stops answering)."""
+    before = lab.guests.get(kernel.id)
     try:
         with api.guest(kernel, lab.settings, workdir, image=guest_image) as booted:
             lab.guests[kernel.id] = booted
@@ -360,7 +385,10 @@ def guest(kernel, guest_image, lab: Lab):
     except LabError as exc:
         pytest.fail(f"kernel {kernel.id}: {exc}", pytrace=False)
     finally:
-        lab.guests.pop(kernel.id, None)
+        if before is None:
+            lab.guests.pop(kernel.id, None)
+        else:
+            lab.guests[kernel.id] = before
 
 
 @pytest.fixture(scope="session")
@@ -390,7 +418,8 @@ def target(kernel, request: pytest.FixtureRequest, lab: Lab):
         _apply_feature_gates(request, host)
         yield host
         return
-    guest = request.getfixturevalue("guest")
+    own = request.node.get_closest_marker("fresh_guest") is not None
+    guest = request.getfixturevalue("own_guest" if own else "guest")
     if not guest.alive:
         pytest.fail(f"the guest of kernel {kernel.id} died earlier in this run ({guest.death()}); "
                     f"its remaining tests cannot run", pytrace=False)
