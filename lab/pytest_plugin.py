@@ -128,7 +128,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--checks-all", action="store_true",
                     help="test the checks themselves on every kernel, not only on the host: every "
                          "mutant of the redirect, and the example programs judged with --program "
-                         "(tests/integration/test_mutants.py, test_judge_program.py)")
+                         "(tests/integration/test_mutants.py, test_judge_program.py); and restored "
+                         "guests' randomness (test_snapshots.py; default: 5.10 and 6.1)")
     group.addoption("--foreign-kernels", action="store_true",
                     help="boot Debian kernels of other flavours and versions than the catalog's "
                          "(generic 5.10, 6.12, 7.2 from split packages) through the smoke and "

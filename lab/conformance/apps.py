@@ -1,6 +1,6 @@
 """Does an application survive the redirect? Real programs through it and without it, judged by bytes.
 
-    nginx          serves a 64 MiB file with sendfile(2) to curl, twice over one keep-alive connection
+    nginx          serves a 16 MiB file with sendfile(2) to curl, twice over one keep-alive connection
     redis          redis-server under redis-benchmark's pipelined SET/GET, then known values written
                    with ``redis-cli --pipe`` and read back with one MGET
     splice_proxy   scenarios/splice_proxy.py copies between two TCP sockets with splice(2) (like Go's
@@ -48,14 +48,16 @@ APPS_ON_TARGET = f"{SCENARIOS_ON_TARGET}/apps"
 PROXY_ON_TARGET = f"{SCENARIOS_ON_TARGET}/splice_proxy.py"
 SERVED_DIR = f"{RUN_DIR}/www"   # nginx's root: made once per run_apps, removed after
 
-# nginx: a file large enough that sendfile(2) moves it in many pieces; in a TCG guest one run
-# (two transfers and two SHA-256 sums) takes about 5 s.
-NGINX_FILE_MIB = 64
+# nginx: a file large enough that sendfile(2) moves it in many pieces (and 3-4 times the socket
+# buffers TCP grows to here); in a TCG guest one run (two transfers and two SHA-256 sums) takes
+# about 2 s.
+NGINX_FILE_MIB = 16
 NGINX_FILE = f"{NGINX_FILE_MIB}MiB.bin"
 CURL_MAX_TIME = 60
-# redis: 100000 pipelined SETs and GETs of 256 bytes (about 5 s in a TCG guest); 10000 known values
+# redis: 24000 pipelined SETs and GETs of 256 bytes (thousands of pipelined batches of 16, a few
+# seconds in a TCG guest); 10000 known values
 # (redis-check.sh makes each of 32 random bytes, written as 64 hex digits: 640 kB in one MGET reply).
-REDIS_REQUESTS = 100_000
+REDIS_REQUESTS = 24_000  # a multiple of 50 clients x 16 pipelined: redis-benchmark rounds up
 REDIS_VALUE_BYTES = 256
 REDIS_KEYS = 10_000
 REDIS_KNOWN_VALUE_BYTES = 64

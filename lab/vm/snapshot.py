@@ -153,16 +153,34 @@ def discard(snapshot: Snapshot) -> None:
 
 
 def prune(k: Key) -> list[str]:
-    """Remove this kernel's snapshots of other keys (stale: their key can no longer match), and
-    debris of saves interrupted long ago (a recent one may be another guest's save in progress).
-    Returns the names removed."""
+    """Remove this kernel's stale snapshots (saved by another QEMU, or from files that have changed
+    or gone since: their key can never match again), unreadable ones, and debris of saves
+    interrupted long ago (a recent one may be another guest's save in progress). Snapshots of the
+    same files under another command line (another memory size, an extra disk) stay: guests of
+    both kinds keep restoring. Returns the names removed."""
     removed = []
     for entry in kernel_dir(k.kernel_id).iterdir():
-        in_progress = entry.name.startswith(".") and time.time() - entry.stat().st_mtime < DEBRIS_SECONDS
-        if entry.name != k.digest and not in_progress:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
+        if entry.name == k.digest:
+            continue
+        if entry.name.startswith("."):
+            if time.time() - entry.stat().st_mtime < DEBRIS_SECONDS:
+                continue
+        elif not _stale(entry, k.material["qemu"]):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
     return removed
+
+
+def _stale(directory: Path, qemu_version: str) -> bool:
+    try:
+        material = json.loads((directory / META).read_text())["material"]
+        if material["format"] != FORMAT or material["qemu"] != qemu_version:
+            return True
+        return any(not Path(path).exists() or _stamp(Path(path)) != stamp
+                   for path, stamp in material["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
 
 
 def new_overlay(path: Path, backing: Path, backing_format: str) -> None:

@@ -123,14 +123,27 @@ def test_other_key_material_is_refused(tmp_path):
     assert "other key material" in snapshot.check(saved, moved)
 
 
-def test_prune_removes_other_keys_of_the_kernel_only(tmp_path):
-    old = _stored(snapshot.key("6.12", "QEMU 7.1", ["qemu"], _files(tmp_path)))
-    new_key = snapshot.key("6.12", "QEMU 7.2", ["qemu"], _files(tmp_path))
+def test_prune_removes_stale_snapshots_of_the_kernel_only(tmp_path):
+    files = _files(tmp_path)
+    older_qemu = _stored(snapshot.key("6.12", "QEMU 7.1", ["qemu"], files))
+    other_argv = _stored(snapshot.key("6.12", "QEMU 7.2", ["qemu", "-m", "2048"], files))
+    extra = tmp_path / "headers.ext4"
+    extra.write_bytes(b"headers")
+    rebuilt = _stored(snapshot.key("6.12", "QEMU 7.2", ["qemu", "disk"], [*files, extra]))
+    extra.write_bytes(b"headers, rebuilt")
+    unreadable = snapshot.kernel_dir("6.12") / "00000000000000aa"
+    unreadable.mkdir()
+    saving_now = snapshot.kernel_dir("6.12") / ".0123456789abcdef.xyz"
+    saving_now.mkdir()
+    new_key = snapshot.key("6.12", "QEMU 7.2", ["qemu"], files)
     new = _stored(new_key)
-    other_kernel = _stored(snapshot.key("6.1", "QEMU 7.1", ["qemu"], _files(tmp_path)))
-    assert snapshot.prune(new_key) == [old.directory.name]
-    assert new.directory.exists() and other_kernel.directory.exists()
-    assert not old.directory.exists()
+    other_kernel = _stored(snapshot.key("6.1", "QEMU 7.1", ["qemu"], files))
+    assert sorted(snapshot.prune(new_key)) == sorted(
+        [older_qemu.directory.name, rebuilt.directory.name, unreadable.name])
+    # Another command line of the same files (a guest with a headers disk, another memory size)
+    # keeps its snapshot: both kinds of guest keep restoring.
+    assert other_argv.directory.exists() and new.directory.exists() and saving_now.exists()
+    assert other_kernel.directory.exists()
 
 
 def test_snapshot_mode_is_checked(tmp_path):
