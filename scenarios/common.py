@@ -111,6 +111,7 @@ def stack_counters(device: str, pid: int | str = "self") -> dict[str, int]:
     counters = {}
     fields = dict(zip(tcp[0][1:], (int(v) for v in tcp[1][1:])))
     counters["tcp_out_segs"], counters["tcp_in_segs"] = fields["OutSegs"], fields["InSegs"]
+    counters["tcp_retrans_segs"] = fields["RetransSegs"]
     fields = dict(zip(udp[0][1:], (int(v) for v in udp[1][1:])))
     counters["udp_out_datagrams"] = fields["OutDatagrams"]
     with open(f"/proc/{pid}/net/dev") as dev:

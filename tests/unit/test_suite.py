@@ -30,8 +30,9 @@ class FakeEnv:
                                    missing={} if kprobe else {trace.KPROBE_EVENT: "no kprobes"})
 
 
-def view(name, lo, segs, events=None):
-    phase = {"seconds": 1.0, "counters": {"lo_tx_packets": lo, "tcp_out_segs": segs},
+def view(name, lo, segs, events=None, retrans=0):
+    phase = {"seconds": 1.0, "counters": {"lo_tx_packets": lo, "tcp_out_segs": segs,
+                                          "tcp_retrans_segs": retrans},
              "trace": events or {}}
     return checks.RoundView(name, {"phases": {"data": phase}, "results": {}})
 
@@ -59,6 +60,28 @@ def test_bypass_allows_protocol_packets_only_for_packet_counts():
                        view("redirect", 700, 700, {"tcp/tcp_sendmsg_locked": 3}),
                        protocol_packets=700)
     assert [f.split(":")[0] for f in verdict.failures] == ["tcp/tcp_sendmsg_locked in the data phase"]
+
+
+def test_bypass_allows_retransmitted_control_packets_in_packet_counts_only():
+    # halfclose on 6.12, once: a FIN sent again (5 loopback packets for 4 FIN/ACKs, OutSegs 4).
+    env = FakeEnv(events=("net/net_dev_xmit",))
+    baseline = view("baseline", 66, 66, {"net/net_dev_xmit": 66})
+    again = checks.Verdict("x")
+    checks.check_bypass(again, env, baseline, view("redirect", 5, 4, {"net/net_dev_xmit": 5}, retrans=1),
+                        protocol_packets=4)
+    assert again.status == "pass", again.failures
+    assert again.figures["retransmitted"] == 1
+    unexplained = checks.Verdict("x")
+    checks.check_bypass(unexplained, env, baseline, view("redirect", 5, 4, {"net/net_dev_xmit": 5}),
+                        protocol_packets=4)
+    assert [f.split(":")[0] for f in unexplained.failures] == [
+        "lo packets in the data phase", "net/net_dev_xmit in the data phase"]
+    # OutSegs counts no retransmission, so retransmissions buy it nothing.
+    segments = checks.Verdict("x")
+    checks.check_bypass(segments, env, baseline, view("redirect", 5, 6, {"net/net_dev_xmit": 5}, retrans=2),
+                        protocol_packets=4)
+    assert [f.split(":")[0] for f in segments.failures] == ["Tcp OutSegs in the data phase"]
+    assert "+ 4 handshake/FIN packets)" in segments.failures[0]
 
 
 def test_bypass_refuses_a_meaningless_baseline():
