@@ -179,9 +179,9 @@ def cmd_bench_boot(args) -> int:
                                                                       ("restore", settings)]
         for way, way_settings in ways:
             if way == "restore":
-                _boot_once(kernel, way_settings, image)  # saves the snapshot if there is none yet
+                _boot_once(kernel, way_settings, image, way)  # saves the snapshot if there is none yet
             for run in range(1, args.runs + 1):
-                row = _boot_once(kernel, way_settings, image, kernel_id, way)
+                row = _boot_once(kernel, way_settings, image, way)
                 rows.append(row)
                 print(f"{kernel_id} {way} run {run}: {'restored' if row.restored else 'ready'} "
                       f"{row.ready:.2f}s, first command {row.first_command:.2f}s", flush=True)
@@ -199,13 +199,13 @@ class BootRow:
     first_command: float
 
 
-def _boot_once(kernel, settings, image, kernel_id: str = "", way: str = "") -> BootRow:
+def _boot_once(kernel, settings, image, way: str) -> BootRow:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kernel.id}-", dir=cache_dir("run")) as tmp:
         started = time.monotonic()
         with api.guest(kernel, settings, Path(tmp), image=image) as guest:
             guest.target.run(["true"], timeout=60, check=True)
             first_command = time.monotonic() - started
-            return BootRow(kernel_id, way, guest.restored, guest.accel.name, guest.boot_seconds,
+            return BootRow(kernel.id, way, guest.restored, guest.accel.name, guest.boot_seconds,
                            first_command)
 
 

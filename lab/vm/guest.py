@@ -191,7 +191,7 @@ class Guest:
         started = time.monotonic()
         monitor = None
         try:
-            monitor = snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
+            monitor = self._monitor()
             saved = snapshots.save(monitor, key, self.overlay, self._ram_file, {
                 "guest_uptime": self.guest_uptime, "boot_seconds": self.boot_seconds})
             self.progress(f"guest {self.kernel.id}: saved as snapshot {saved.directory} in "
@@ -259,7 +259,7 @@ class Guest:
         """Wait for QEMU to load the snapshot (paused, as it was saved), check the snapshot's
         files, then let the guest run. None, "port", or why the snapshot is unusable."""
         try:
-            monitor = snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
+            monitor = self._monitor()
         except LabError as exc:
             return self._restore_failed("QEMU did not start", exc)
         try:
@@ -387,6 +387,10 @@ class Guest:
     def _qmp_socket(self) -> Path:
         return self._run_dir / "qmp.sock"
 
+    def _monitor(self) -> "snapshots.Monitor":
+        """QMP of the QEMU just started (LabError if it ends before answering)."""
+        return snapshots.Monitor(self._qmp_socket, lambda: self._proc.poll() is None)
+
     @property
     def _ram_file(self) -> Path:
         return self._run_dir / "ram"
@@ -481,14 +485,12 @@ class Guest:
             f"--- console tail ---\n{console}\n"
             + (f"--- qemu output ---\n{qemu_out}\n" if qemu_out else ""), crashed)
 
-    def _connect(self, deadline: float, proc: subprocess.Popen | None = None) -> SSHTarget:
+    def _connect(self, deadline: float) -> SSHTarget:
         """sshd listens before the ready line, so this normally succeeds at once; a few retries
-        absorb a slow first handshake on a loaded host. ``proc``: the QEMU to watch (from another
-        thread, while this one may be stopping it)."""
-        proc = proc or self._proc
+        absorb a slow first handshake on a loaded host."""
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if self._proc.poll() is not None:
                 raise self._boot_error("QEMU exited while we connected over SSH")
             try:
                 return SSHTarget("127.0.0.1", self.port, self.image.client_key,

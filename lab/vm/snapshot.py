@@ -23,6 +23,7 @@ rename wins, the other copy is dropped).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -32,7 +33,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +256,7 @@ def save(monitor: Monitor, k: Key, overlay: Path, ram: Path, extra_meta: dict) -
     try:
         monitor.cmd("stop")
         monitor.cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
-        monitor.cmd("migrate", uri=f"exec:cat > {_shell_quote(tmp / STATE)}")
+        monitor.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(tmp / STATE))}")
         _wait_migrated(monitor, time.monotonic() + SAVE_SECONDS)
         # Migration flushed and released the overlay, and the guest is stopped: copy both files.
         # --sparse=always: of a 1 GiB RAM file about 100 MiB is not zeros.
@@ -284,7 +284,7 @@ def load(monitor: Monitor, snapshot: Snapshot) -> None:
     """Start loading ``snapshot`` into a QEMU started with ``-incoming defer`` and the snapshot's
     RAM file mapped privately (QEMU 7.2 has no ``file:`` URI, hence ``exec:cat``)."""
     monitor.cmd("migrate-set-capabilities", capabilities=IGNORE_SHARED)
-    monitor.cmd("migrate-incoming", uri=f"exec:cat {_shell_quote(snapshot.state)}")
+    monitor.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapshot.state))}")
 
 
 def _wait_migrated(monitor: Monitor, deadline: float) -> None:
@@ -301,21 +301,13 @@ def _wait_migrated(monitor: Monitor, deadline: float) -> None:
         time.sleep(0.01)
 
 
-def _shell_quote(path: Path) -> str:
-    return shlex.quote(str(path))
-
-
-def verify_in_background(snapshot: Snapshot, k: Key):
+def verify_in_background(snapshot: Snapshot, k: Key) -> Callable[[], str | None]:
     """Start check() in a thread (hashing overlaps QEMU's load); returns a function that waits
     for it and gives its verdict."""
-    verdict: list[str | None] = []
-    worker = threading.Thread(target=lambda: verdict.append(check(snapshot, k)), daemon=True)
-    worker.start()
-
-    def result() -> str | None:
-        worker.join()
-        return verdict[0] if verdict else "its check failed unexpectedly"
-    return result
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="snapshot-check")
+    verdict = pool.submit(check, snapshot, k)
+    pool.shutdown(wait=False)  # the thread ends with the check
+    return verdict.result
 
 
 def fresh_entropy(nbytes: int = 64) -> str:
