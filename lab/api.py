@@ -36,6 +36,7 @@ from lab.bpf import cgroups, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
 from lab.cache import cache_dir
 from lab.kernel.catalog import Catalog, KernelEntry
+from lab.vm import capacity
 from lab.vm.target import Command, LocalTarget, Result, Target, as_shell
 
 HOST = "host"
@@ -61,6 +62,8 @@ class Settings:
     ``image_packages``: Debian packages added to the lab's guest image (a separate cached image).
     ``accel``: ``kvm`` or ``tcg`` to force QEMU's accelerator (default: prove KVM by booting).
     ``cold_boot``: boot every guest from scratch instead of restoring a saved one (lab.vm.snapshot).
+    ``guest_cpus``: each guest's vCPUs (lab.vm.capacity: when several guests share the cores, their
+    share of them; the pytest plugin and ``sockredir-lab matrix`` choose it so).
     """
 
     kernels_toml: Path | None = None
@@ -68,6 +71,7 @@ class Settings:
     image_packages: tuple[str, ...] = ()
     accel: str | None = None
     cold_boot: bool = False
+    guest_cpus: int = capacity.GUEST_CPUS
     progress: Progress = _stderr_progress
     _catalog: Catalog | None = field(default=None, repr=False, compare=False)
 
@@ -135,6 +139,7 @@ def guest(kernel, settings: Settings | None = None, workdir: Path | None = None,
         settings.progress(f"booting kernel {files.id} ({files.release})")
         booted = stack.enter_context(Guest(files, image, Path(workdir), accel=accel,
                                            extra_disks=list(extra_disks), progress=settings.progress,
+                                           cpus=settings.guest_cpus,
                                            snapshot="off" if settings.cold_boot else "auto"))
         yield booted
 

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -108,6 +108,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cold-boot", action="store_true",
                     help="boot every guest from scratch instead of restoring the snapshot saved at "
                          "a kernel's first boot (lab/vm/snapshot.py)")
+    group.addoption("--guest-cpus", type=int, default=None, metavar="N",
+                    help="vCPUs of each guest (default: 2, or this machine's CPUs shared among "
+                         "the run's pytest-xdist workers when that is fewer; lab/vm/capacity.py)")
     group.addoption("--artifacts", default=None, metavar="DIR",
                     help="where per-test artifacts go (default: artifacts/<run name>)")
     group.addoption("--no-host", action="store_true",
@@ -160,8 +163,9 @@ def pytest_configure(config: pytest.Config) -> None:
                  "requires_map_type(name): skip unless the kernel has that BPF map type",
                  "requires_kernel_config(*capabilities): skip, before booting, unless the kernel's "
                  "configuration has these capabilities (lab.kernel.config: sockmap, btf, kprobes...)",
-                 "fresh_guest: the test gets a guest of its own (restored from the kernel's snapshot "
-                 "in about a second), not the one its kernel's other tests share"):
+                 "fresh_guest(cpus=N): the test gets a guest of its own (restored from the kernel's "
+                 "snapshot in about a second), not the one its kernel's other tests share; cpus: its "
+                 "vCPUs (default: the run's, --guest-cpus)"):
         config.addinivalue_line("markers", line)
     run_name = _run_name(config)
     artifacts = Path(config.option.artifacts or config.rootpath / "artifacts" / run_name)
@@ -169,6 +173,7 @@ def pytest_configure(config: pytest.Config) -> None:
     lab.settings.progress = lab.progress
     lab.settings.accel = config.option.accel
     lab.settings.cold_boot = config.option.cold_boot
+    lab.settings.guest_cpus = _guest_cpus(config)
     lab.settings.image_packages = tuple(config.option.image_package
                                         or config.getini("sockredir_image_packages"))
     ini_catalog = config.getini("sockredir_kernels")
@@ -192,6 +197,18 @@ def _run_name(config: pytest.Config) -> str:
     if workerinput and RUN_NAME_KEY in workerinput:
         return workerinput[RUN_NAME_KEY]
     return config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+
+
+def _guest_cpus(config: pytest.Config) -> int:
+    """--guest-cpus, else the share of this machine's CPUs of each pytest-xdist worker's guest."""
+    from lab.vm import capacity
+
+    if config.option.guest_cpus is not None:
+        if config.option.guest_cpus < 1:
+            raise pytest.UsageError(f"--guest-cpus {config.option.guest_cpus}: a guest needs at least one vCPU")
+        return config.option.guest_cpus
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    return capacity.this_machine().guest_cpus(workers)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -372,15 +389,17 @@ def guest(kernel, guest_image, lab: Lab, request: pytest.FixtureRequest):
 @pytest.fixture
 def own_guest(kernel, guest_image, lab: Lab, request: pytest.FixtureRequest):
     """A guest of this test's own (tests marked ``fresh_guest``), in its artifact directory."""
-    yield from _booted_guest(kernel, guest_image, lab, artifact_dir(lab, request.node) / "guest")
+    cpus = request.node.get_closest_marker("fresh_guest").kwargs.get("cpus")
+    settings = replace(lab.settings, guest_cpus=cpus) if cpus else lab.settings
+    yield from _booted_guest(kernel, guest_image, lab, artifact_dir(lab, request.node) / "guest", settings)
 
 
-def _booted_guest(kernel, guest_image, lab: Lab, workdir: Path):
+def _booted_guest(kernel, guest_image, lab: Lab, workdir: Path, settings: api.Settings | None = None):
     """Boot (or restore) a guest and register it as the kernel's current guest meanwhile (for the
     console tails in failure reports, and for giving up on a guest that stops answering)."""
     before = lab.guests.get(kernel.id)
     try:
-        with api.guest(kernel, lab.settings, workdir, image=guest_image) as booted:
+        with api.guest(kernel, settings or lab.settings, workdir, image=guest_image) as booted:
             lab.guests[kernel.id] = booted
             yield booted
     except LabError as exc:

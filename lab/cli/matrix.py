@@ -77,10 +77,12 @@ def cmd_matrix(args) -> int:
     def say(message: str) -> None:
         print(f"[matrix {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    guest_cpus = fits.guest_cpus(jobs)
     say(f"{len(kernels)} kernel(s): {', '.join(kernels)}; {jobs} at once "
-        f"({fits.explain() if not args.jobs else 'as asked'}); runs in {out}")
+        f"({fits.explain() if not args.jobs else 'as asked'}), {guest_cpus} vCPU(s) each "
+        f"(-- --guest-cpus N to choose); runs in {out}")
     started = time.monotonic()
-    runs = matrix_run.run_matrix(matrix_run.plan(kernels, out, args.pytest_args), jobs, say)
+    runs = matrix_run.run_matrix(matrix_run.plan(kernels, out, args.pytest_args, guest_cpus), jobs, say)
     say(f"all runs ended in {time.monotonic() - started:.0f}s")
     for run in runs:
         print(f"{run.kernel:>8}: {run.state()}")

@@ -79,7 +79,9 @@ def keyword(kernel: str, pytest_args: list[str]) -> tuple[str, list[str]]:
     return (f"{mine} and ({user})" if user else mine), rest
 
 
-def plan(kernels: list[str], out: Path, pytest_args: list[str]) -> list[KernelRun]:
+def plan(kernels: list[str], out: Path, pytest_args: list[str], guest_cpus: int) -> list[KernelRun]:
+    """One pytest run per kernel; each guest gets ``guest_cpus`` vCPUs (a --guest-cpus among
+    ``pytest_args`` wins: it comes later)."""
     runs = []
     for kernel in kernels:
         directory = out / kernel
@@ -87,7 +89,7 @@ def plan(kernels: list[str], out: Path, pytest_args: list[str]) -> list[KernelRu
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--no-header",
                 "-o", "console_output_style=classic", "--kernel", kernel, "-k", expression,
                 f"--junitxml={directory / 'junit.xml'}", f"--artifacts={directory / 'artifacts'}",
-                *rest]
+                f"--guest-cpus={guest_cpus}", *rest]
         runs.append(KernelRun(kernel, directory, argv))
     return runs
 

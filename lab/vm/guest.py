@@ -34,6 +34,7 @@ from pathlib import Path
 from lab import LabError
 from lab.kernel import config as kconfig
 from lab.vm import accel as accel_mod
+from lab.vm import capacity
 from lab.vm import initramfs
 from lab.vm import reaper
 from lab.vm import snapshot as snapshots
@@ -82,7 +83,7 @@ POLL_SECONDS = 0.02
 
 class Guest:
     def __init__(self, kernel, image: GuestImage, workdir: Path, accel: accel_mod.Accel | None = None,
-                 memory_mb: int = 1024, cpus: int = 2, boot_timeout: float = 120,
+                 memory_mb: int = 1024, cpus: int = capacity.GUEST_CPUS, boot_timeout: float = 120,
                  machine: str = "q35", append: str = "", progress=lambda msg: None,
                  extra_disks: tuple[Path, ...] | list[Path] = (), snapshot: str = "auto"):
         if snapshot not in SNAPSHOT_MODES:
@@ -251,7 +252,7 @@ class Guest:
         self.restored = True
         self.guest_uptime = saved.meta.get("guest_uptime")
         self.progress(f"guest {self.kernel.id}: restored in {self.boot_seconds:.2f}s, answering "
-                      f"after {self.boot_seconds + self.ssh_seconds:.2f}s ({self.accel.name}, "
+                      f"after {self.boot_seconds + self.ssh_seconds:.2f}s ({self.accel.name}, {self.cpus} vCPU(s), "
                       f"snapshot {saved.directory.name})")
         return None
 
@@ -447,7 +448,8 @@ class Guest:
                     self.boot_seconds = time.monotonic() - started
                     self.guest_uptime = float(match["uptime"])
                     self.progress(f"guest {self.kernel.id}: ready in {self.boot_seconds:.2f}s "
-                                  f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name})")
+                                  f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name}, "
+                                  f"{self.cpus} vCPU(s))")
                     return True
                 if CRASH_RE.search(pending):
                     time.sleep(1)  # let the oops/panic text reach the console log

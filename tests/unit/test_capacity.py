@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lab.vm.capacity import GUEST_BUDGET_MB, Capacity, available_mb
+from lab.vm.capacity import GUEST_BUDGET_MB, GUEST_CPUS, Capacity, available_mb
 
 
 def test_one_guest_per_cpu_when_memory_allows():
@@ -19,6 +19,14 @@ def test_memory_bounds_the_guests():
 
 def test_at_least_one_guest():
     assert Capacity(cpus=4, available_mb=100).guests == 1
+
+
+def test_guests_side_by_side_share_the_cpus_without_overcommitting():
+    two_cores = Capacity(cpus=2, available_mb=24_000)
+    assert two_cores.guest_cpus(1) == GUEST_CPUS == 2
+    assert two_cores.guest_cpus(2) == 1
+    assert two_cores.guest_cpus(3) == 1  # never none
+    assert Capacity(cpus=16, available_mb=64_000).guest_cpus(4) == GUEST_CPUS  # no more than a guest's own
 
 
 def test_available_memory_is_read_from_meminfo(tmp_path):

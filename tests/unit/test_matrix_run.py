@@ -37,11 +37,19 @@ def test_the_kernels_keyword_is_combined_with_the_users():
 
 
 def test_each_run_has_its_own_report_and_artifacts(tmp_path):
-    (run,) = matrix_run.plan(["6.12"], tmp_path, ["tests/integration/test_smoke.py"])
+    (run,) = matrix_run.plan(["6.12"], tmp_path, ["tests/integration/test_smoke.py"], 1)
     assert run.argv[run.argv.index("--kernel") + 1] == "6.12"
     assert f"--junitxml={tmp_path / '6.12' / 'junit.xml'}" in run.argv
     assert f"--artifacts={tmp_path / '6.12' / 'artifacts'}" in run.argv
     assert run.argv[-1] == "tests/integration/test_smoke.py"
+
+
+def test_guests_get_their_share_of_the_cpus_unless_the_user_says():
+    (run,) = matrix_run.plan(["6.12"], Path("/nonexistent"), [], 1)
+    assert "--guest-cpus=1" in run.argv
+    (run,) = matrix_run.plan(["6.12"], Path("/nonexistent"), ["--guest-cpus", "2"], 1)
+    # pytest keeps an option's last value: the user's, which comes after the matrix's
+    assert run.argv.index("--guest-cpus=1") < run.argv.index("--guest-cpus")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the host column needs root (the plugin's kernel_host)")
@@ -72,7 +80,7 @@ def test_an_unknown_kernel_is_refused_before_any_run(tmp_path):
 def test_the_host_runs_beside_the_guests():
     # -j counts guests: the host's run boots none, so it starts at once instead of waiting for a
     # guest slot (at the end it would run alone on an idle machine).
-    runs = matrix_run.plan(["5.10", "6.1", "host"], Path("/nonexistent"), [])
+    runs = matrix_run.plan(["5.10", "6.1", "host"], Path("/nonexistent"), [], 1)
     guest_510, guest_61, host = runs
     assert matrix_run._next_startable(runs, [], 1) is guest_510
     assert matrix_run._next_startable([guest_61, host], [guest_510], 1) is host
