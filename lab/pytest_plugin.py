@@ -173,7 +173,8 @@ def pytest_configure(config: pytest.Config) -> None:
     lab.settings.progress = lab.progress
     lab.settings.accel = config.option.accel
     lab.settings.cold_boot = config.option.cold_boot
-    lab.settings.guest_cpus = _guest_cpus(config)
+    if config.option.guest_cpus is not None and config.option.guest_cpus < 1:
+        lab.problem = f"--guest-cpus {config.option.guest_cpus}: a guest needs at least one vCPU"
     lab.settings.image_packages = tuple(config.option.image_package
                                         or config.getini("sockredir_image_packages"))
     ini_catalog = config.getini("sockredir_kernels")
@@ -199,16 +200,17 @@ def _run_name(config: pytest.Config) -> str:
     return config.option.run_name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
 
 
-def _guest_cpus(config: pytest.Config) -> int:
-    """--guest-cpus, else the share of this machine's CPUs of each pytest-xdist worker's guest."""
+def _guest_cpus(config: pytest.Config, items: list[pytest.Item]) -> int:
+    """--guest-cpus, else each guest's share of this machine's CPUs: as many guests run at once as
+    there are pytest-xdist workers, or selected guest kernels if those are fewer."""
     from lab.vm import capacity
 
     if config.option.guest_cpus is not None:
-        if config.option.guest_cpus < 1:
-            raise pytest.UsageError(f"--guest-cpus {config.option.guest_cpus}: a guest needs at least one vCPU")
         return config.option.guest_cpus
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
-    return capacity.this_machine().guest_cpus(workers)
+    kernels = {param.id for param in map(_kernel_param, items)
+               if param is not _NO_KERNEL and param is not None and not isinstance(param, HostKernel)}
+    return capacity.this_machine().guest_cpus(min(workers, len(kernels)))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -260,9 +262,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """After every selection (-k, -m): if kernel tests remain and the settings are unusable, stop
     with a usage error; runs without kernel tests never hear of it."""
     lab = session.config.stash.get(LAB_KEY, None)
-    if lab is not None and lab.problem and any(_kernel_param(item) is not _NO_KERNEL
-                                               for item in session.items):
+    if lab is None:
+        return
+    if lab.problem and any(_kernel_param(item) is not _NO_KERNEL for item in session.items):
         raise pytest.UsageError(f"sockredir-lab: {lab.problem}")
+    lab.settings.guest_cpus = _guest_cpus(session.config, session.items)
 
 
 @pytest.hookimpl(optionalhook=True)

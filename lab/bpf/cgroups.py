@@ -78,7 +78,7 @@ def resolve(target: Target, path: str) -> str:
     if not absolute.startswith(mount.rstrip("/") + "/"):
         raise LabError(f"{path} is not inside the cgroup2 mount {mount} on {target.name}; give a path "
                        f"under it or relative to it")
-    if not target.run(["test", "-f", posixpath.join(absolute, "cgroup.procs")]).ok:
+    if not target.exists(posixpath.join(absolute, "cgroup.procs")):
         raise LabError(f"cgroup {absolute} does not exist on {target.name}; create it with "
                        f"`mkdir {absolute}` and move the processes to accelerate into it")
     return absolute
@@ -111,7 +111,7 @@ def remove(target: Target, path: str) -> None:
     lab_parent = posixpath.join(mount, LAB_PARENT)
     if posixpath.dirname(path) != lab_parent:
         raise LabError(f"refusing to remove {path}: the lab only removes cgroups it made under {lab_parent}")
-    if not target.run(["test", "-d", path]).ok:
+    if not target.is_dir(path):
         return
     left = pids(target, path)
     if left:

@@ -96,7 +96,7 @@ def _maps(pin_dir: str) -> tuple[str, str]:
 
 def require_policy_maps(target: Target, pin_dir: str, variant: str) -> None:
     policy_map, _ = _maps(pin_dir)
-    if not target.run(["test", "-e", policy_map]).ok:
+    if not target.exists(policy_map):
         raise LabError(f"the {variant} variant installed at {pin_dir} has no port policy (only the "
                        "production and netns variants have one); reinstall with --variant production")
 

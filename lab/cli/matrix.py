@@ -77,7 +77,7 @@ def cmd_matrix(args) -> int:
     def say(message: str) -> None:
         print(f"[matrix {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    guest_cpus = fits.guest_cpus(jobs)
+    guest_cpus = fits.guest_cpus(min(jobs, sum(1 for kernel in kernels if kernel != "host")))
     say(f"{len(kernels)} kernel(s): {', '.join(kernels)}; {jobs} at once "
         f"({fits.explain() if not args.jobs else 'as asked'}), {guest_cpus} vCPU(s) each "
         f"(-- --guest-cpus N to choose); runs in {out}")

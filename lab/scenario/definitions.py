@@ -64,7 +64,7 @@ def program_gate(env: Env, scenario: Scenario) -> str | None:
 
 
 def ipv6_gate(env: Env) -> str | None:
-    if not env.target.run(["test", "-e", "/proc/net/if_inet6"]).ok:
+    if not env.target.exists("/proc/net/if_inet6"):
         return f"kernel {env.target.kernel_release} has no IPv6 (/proc/net/if_inet6 is missing)"
     return None
 

@@ -15,6 +15,7 @@ import re
 import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -109,6 +110,14 @@ class Target:
         """``rmdir``: False when the directory could not go (not empty, busy, missing)."""
         return self.run(["rmdir", remote]).ok
 
+    def exists(self, remote: str) -> bool:
+        """``test -e``."""
+        return self.run(["test", "-e", remote]).ok
+
+    def is_dir(self, remote: str) -> bool:
+        """``test -d``."""
+        return self.run(["test", "-d", remote]).ok
+
     @property
     def kernel_release(self) -> str:
         if self._release is None:
@@ -188,6 +197,12 @@ class LocalTarget(Target):
         except OSError:
             return False
         return True
+
+    def exists(self, remote: str) -> bool:
+        return os.path.exists(remote)
+
+    def is_dir(self, remote: str) -> bool:
+        return os.path.isdir(remote)
 
 
 class SSHTarget(Target):
@@ -307,7 +322,7 @@ class SSHTarget(Target):
 
     def make_dirs(self, remote: str) -> None:
         missing = []
-        while remote not in ("", "/") and not self._sftp_exists(remote):
+        while remote not in ("", "/") and not self.exists(remote):
             missing.append(remote)
             remote = posixpath.dirname(remote)
         for directory in reversed(missing):
@@ -316,7 +331,7 @@ class SSHTarget(Target):
             except (self._paramiko.SSHException, EOFError) as exc:
                 raise self._lost(f"while making {directory}", exc) from exc
             except OSError as exc:
-                if not self._sftp_exists(directory):  # not made by someone else meanwhile
+                if not self.exists(directory):  # not made by someone else meanwhile
                     raise LabError(f"cannot make directory {self.name}:{directory}: {exc}") from exc
 
     def remove_dir(self, remote: str) -> bool:
@@ -328,14 +343,21 @@ class SSHTarget(Target):
             return False
         return True
 
-    def _sftp_exists(self, remote: str) -> bool:
+    def exists(self, remote: str) -> bool:
+        return self._sftp_stat(remote) is not None
+
+    def is_dir(self, remote: str) -> bool:
+        found = self._sftp_stat(remote)
+        return found is not None and stat.S_ISDIR(found.st_mode)
+
+    def _sftp_stat(self, remote: str):
+        """The file's attributes (following symlinks), None when there is no such file."""
         try:
-            self._sftp_client().stat(remote)
+            return self._sftp_client().stat(remote)
         except FileNotFoundError:
-            return False
+            return None
         except (self._paramiko.SSHException, EOFError) as exc:
             raise self._lost(f"while looking for {remote}", exc) from exc
-        return True
 
     def put_text(self, text: str, remote: str) -> None:
         try:

@@ -110,3 +110,40 @@ def test_lab_error_is_reported_as_its_message_without_a_traceback(pytester):
     output = result.stdout.str()
     assert "LabError: guest 6.1 went away; see its console log" in output
     assert "raise LabError" not in output, textwrap.shorten(output, 2000)
+
+
+GUEST_CPUS_TEST = """
+def test_k(kernel):
+    pass
+
+def test_share(lab):
+    with open("guest_cpus.txt", "w") as out:  # from any xdist worker
+        out.write(str(lab.settings.guest_cpus))
+"""
+
+
+def _guest_cpus_chosen(pytester, *args: str) -> int:
+    _run(pytester, "--kernels-toml", "kernels.toml", *args)
+    return int((pytester.path / "guest_cpus.txt").read_text())
+
+
+@pytest.mark.parametrize("args, guests_at_once", [
+    ((), 1),                                      # one process: one guest at a time
+    (("-n", "2"), 2),                             # two workers, two kernels: two guests at once
+    (("-n", "2", "-k", "kernel_9_9 or share"), 1),  # two workers but one kernel: one guest
+])
+def test_guests_get_their_share_of_the_cpus(pytester, args, guests_at_once):
+    from lab.vm import capacity
+
+    pytester.makefile(".toml", kernels=OWN_CATALOG)
+    pytester.makepyfile(test_project=GUEST_CPUS_TEST)
+    assert _guest_cpus_chosen(pytester, *args) == capacity.this_machine().guest_cpus(guests_at_once)
+
+
+def test_guest_cpus_as_asked_and_never_zero(pytester):
+    pytester.makefile(".toml", kernels=OWN_CATALOG)
+    pytester.makepyfile(test_project=GUEST_CPUS_TEST)
+    assert _guest_cpus_chosen(pytester, "--guest-cpus", "3") == 3
+    result = _run(pytester, "--kernels-toml", "kernels.toml", "--guest-cpus", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("--guest-cpus 0: a guest needs at least one vCPU" in line for line in result.errlines)
