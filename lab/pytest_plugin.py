@@ -109,8 +109,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="boot every guest from scratch instead of restoring the snapshot saved at "
                          "a kernel's first boot (lab/vm/snapshot.py)")
     group.addoption("--guest-cpus", type=int, default=None, metavar="N",
-                    help="vCPUs of each guest (default: 2, or this machine's CPUs shared among "
-                         "the run's pytest-xdist workers when that is fewer; lab/vm/capacity.py)")
+                    help="vCPUs of each guest (default: 2, or each guest's share of this machine's "
+                         "CPUs when pytest-xdist workers run guests side by side; lab/vm/capacity.py)")
     group.addoption("--artifacts", default=None, metavar="DIR",
                     help="where per-test artifacts go (default: artifacts/<run name>)")
     group.addoption("--no-host", action="store_true",
