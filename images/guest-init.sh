@@ -72,11 +72,11 @@ while [ $i -lt 1000 ]; do
 done
 [ -n "$listening" ] || { echo "lab-init: sshd is not listening:" >&2; cat /run/sshd.log >&2; }
 
-# Read what the host's first SSH login runs (sshd's key exchange, bash, perl for a restored guest's
-# reseed: images/guest-restored.sh) into the page cache: a guest restored from a snapshot of this
-# moment then pages none of it in from disk (lab/vm/snapshot.py).
-cat /usr/sbin/sshd /usr/lib/x86_64-linux-gnu/libcrypto.so.3 /usr/bin/bash /usr/bin/perl \
-    /usr/lib/x86_64-linux-gnu/libperl.so.5.36 /usr/lib/openssh/sftp-server >/dev/null 2>&1
+# Read what the host's first SSH login runs (sshd's key exchange, bash, the file server) into the
+# page cache: a guest restored from a snapshot of this moment then pages none of it in from disk
+# (lab/vm/snapshot.py). The restored guest's reseed (images/guest-restored.c) is static and small.
+cat /usr/sbin/sshd /usr/lib/x86_64-linux-gnu/libcrypto.so.3 /usr/bin/bash \
+    /usr/lib/openssh/sftp-server >/dev/null 2>&1
 
 read -r uptime _ < /proc/uptime
 echo "SOCKREDIR-READY uptime=$uptime release=$(uname -r)"
