@@ -9,9 +9,9 @@ fails, guests use TCG. The probe runs once per host boot and QEMU version (cache
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import functools
 import subprocess
 import tempfile
 import time

@@ -19,6 +19,7 @@ kernel and quotes the console. Every QEMU is started through ``lab.reaper`` and 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -26,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,25 +283,13 @@ class Guest:
         """Give a restored guest the host's clock and fresh randomness (images/guest-restored.c)
         in a session of its own, while the first kept shell starts in another (each costs ~0.2 s
         just after a restore, under TCG); both are done before any caller's command runs."""
-        failed: list[LabError] = []
-
-        def reseed() -> None:
-            try:
-                seconds, nanoseconds = divmod(time.time_ns(), 10**9)
-                target.run([GUEST_RESTORED_PATH, str(seconds), str(nanoseconds),
-                            snapshots.fresh_entropy()], timeout=deadline - time.monotonic(),
-                           check=True, input="")
-            except LabError as exc:
-                failed.append(exc)
-
-        worker = threading.Thread(target=reseed, name="guest-reseed")
-        worker.start()
-        try:
+        seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="guest-reseed") as pool:
+            reseeded = pool.submit(target.run, [GUEST_RESTORED_PATH, str(seconds), str(nanoseconds),
+                                                snapshots.fresh_entropy()],
+                                   timeout=deadline - time.monotonic(), check=True, input="")
             target.run(["true"], timeout=deadline - time.monotonic(), check=True)
-        finally:
-            worker.join()
-        if failed:
-            raise failed[0]
+            reseeded.result()  # its error, if any, as the reseed raised it
 
     def _restore_failed(self, what: str, exc: Exception) -> str:
         """"port" when QEMU ended because the forwarded port was taken (try another), else why."""

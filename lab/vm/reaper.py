@@ -16,8 +16,8 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import functools
 import ctypes
+import functools
 import json
 import os
 import signal
