@@ -1,5 +1,6 @@
-"""The repository's own tests run as a user runs them, in a pytest subprocess of their own (another
-kernel source, another catalog), with the outcomes read back from its JUnit XML."""
+"""Inner pytest runs: the repository's own tests run as a user runs them, in a pytest subprocess of
+their own (another kernel source, another catalog), with the outcomes read back from its JUnit XML;
+and pytester runs of a user's project, which share the lab's cache (share_lab_cache)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from lab.cache import cache_root
+
 REPO = Path(__file__).resolve().parents[2]
 INNER_TIMEOUT = 1800
+# Read at import, before pytester gives a test a HOME of its own: cache_root() read there would be
+# an empty cache, where the inner run fetches the kernel and builds the image again (about a minute).
+LAB_CACHE = cache_root()
+
+
+def share_lab_cache(monkeypatch) -> None:
+    """Let this test's pytester runs use the lab's cache (kernels, image, snapshots)."""
+    monkeypatch.setenv("SOCKREDIR_CACHE", str(LAB_CACHE))
 
 
 def run_inner(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> tuple[dict, str]:

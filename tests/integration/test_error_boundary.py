@@ -11,12 +11,9 @@ import sys
 
 import pytest
 
-from lab.cache import cache_root
+from inner_run import share_lab_cache
 
 GUEST_KERNEL = "6.1"
-# Read before pytester gives the test a HOME of its own (where an inner run would fetch and build
-# everything again, about a minute).
-LAB_CACHE = cache_root()
 KILLED_MID_RUN = """
 import os
 import signal
@@ -61,8 +58,7 @@ def needs_root():
 
 def inner_run(pytester, monkeypatch, source: str, *args: str):
     """A pytest run of ``source`` as test_inner.py against the 6.1 guest: (result, its output)."""
-    # pytester gives the inner run a HOME of its own: keep the lab's cache (kernels, image) shared.
-    monkeypatch.setenv("SOCKREDIR_CACHE", str(LAB_CACHE))
+    share_lab_cache(monkeypatch)
     monkeypatch.setenv("COLUMNS", "400")  # whole first lines of the reasons in the summary
     pytester.makepyfile(test_inner=source)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kernel", GUEST_KERNEL,

@@ -5,12 +5,9 @@ restored guest is reseeded, so each has its own)."""
 
 import re
 
-from lab.cache import cache_root
+from inner_run import share_lab_cache
 
 GUEST_KERNEL = "6.1"
-# Read before pytester gives the test a HOME of its own (where an inner run would fetch and build
-# everything again, about a minute).
-LAB_CACHE = cache_root()
 MODULE_A = """
 import pytest
 
@@ -30,7 +27,7 @@ def test_shared(target):
 
 
 def _boot_ids(pytester, monkeypatch, *args: str) -> dict[str, str]:
-    monkeypatch.setenv("SOCKREDIR_CACHE", str(LAB_CACHE))  # pytester's HOME is its own
+    share_lab_cache(monkeypatch)
     pytester.makepyfile(test_a=MODULE_A, test_b=MODULE_B)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--no-host",
                                            "--kernel", GUEST_KERNEL, *args, timeout=600)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.cache import cache_root
+from inner_run import share_lab_cache
 
 GUEST_KERNEL = "6.1"
 INNER = """
@@ -39,7 +39,7 @@ def test_splats_fail_their_test_unless_accepted(pytester, monkeypatch):
     # One run with an allow-list that accepts the known splat on 6.1: the test with only that
     # splat passes, the test that also has a new one fails. (Without an entry every splat fails:
     # tests/unit/test_splats.py.)
-    monkeypatch.setenv("SOCKREDIR_CACHE", str(cache_root()))  # pytester's own HOME: share the cache
+    share_lab_cache(monkeypatch)
     monkeypatch.setenv("COLUMNS", "400")
     pytester.makepyfile(test_inner=INNER)
     pytester.path.joinpath("allowed.toml").write_text(ALLOWED)
