@@ -13,7 +13,9 @@ cgroup. With the redirect installed on a cgroup, that decides which ends are in 
     peer_outside   the app socket in the map, its peer outside (plain TCP data reaching a
                    map-held socket, and its own sends falling back to TCP)
 
-Each probe prints one JSON line: {"behaviour", "observed", "error", "seconds"}. ``observed`` holds
+Each probe prints one JSON line: {"behaviour", "observed", "error", "seconds", "path"}. ``path`` is
+the kernel's word on where the payload went: the TCP data segments each end sent
+(``tcpi_data_segs_out``, 0 when the redirect carried that end's payload). ``observed`` holds
 only what an application would see and can compare (values, errno names, readiness masks), never
 timings beyond a coarse class, so the plain-TCP run of the same kernel is the expected value.
 Nothing is retried: an EAGAIN, a hang (the probe's alarm), a short read is the observation.
@@ -38,7 +40,7 @@ import threading
 import time
 import traceback
 
-from common import SIOCINQ, SIOCOUTQ, join_cgroup, new_netns, setup_loopback
+from common import SIOCINQ, SIOCOUTQ, data_segs_out, join_cgroup, new_netns, setup_loopback
 
 PROBE_SECONDS = 5           # a probe still blocked after this is reported as hung
 SETTLE = 0.2                # time for loopback delivery / ACKs before an observation
@@ -71,12 +73,39 @@ class Pair:
         self.app, _ = listener.accept()
         listener.close()
 
+        self.segs: dict[str, int] | None = None
+
+    def mark_path(self) -> None:
+        """Take the path evidence now: the probe's payload has moved, and what follows (a send
+        after the peer closed, a reset) is the observation, not the payload."""
+        self.segs = {"app": _segs(self.app), "peer": _segs(self.peer)}
+
+    def close_peer(self) -> None:
+        if self.segs is None:
+            self.mark_path()
+        self.peer.close()
+
+    def path(self) -> dict[str, int]:
+        """The TCP data segments each end sent (tcpi_data_segs_out): 0 for an end whose payload
+        the redirect carried, whatever program did it; taken at mark_path() or now."""
+        if self.segs is None:
+            self.mark_path()
+        return self.segs
+
     def close(self) -> None:
         for sock in (self.app, self.peer):
             try:
                 sock.close()
             except OSError:
                 pass
+
+
+def _segs(sock: socket.socket) -> int | None:
+    """tcpi_data_segs_out, or None for a socket the probe closed without close_peer()."""
+    try:
+        return data_segs_out(sock)
+    except OSError:
+        return None
 
 
 def errno_name(exc: OSError) -> str:
@@ -358,7 +387,7 @@ def close_with_unread_data(pair: Pair, broken: set[str]) -> dict:
     """We send 1024 bytes, the peer closes without reading them: TCP answers with a reset."""
     pair.app.sendall(PAYLOAD)
     time.sleep(SETTLE)
-    pair.peer.close()
+    pair.close_peer()
     time.sleep(SETTLE)
     return {"recv": _recv_outcome(pair.app), "send": _send_outcome(pair.app)}
 
@@ -367,7 +396,7 @@ def close_with_unread_data(pair: Pair, broken: set[str]) -> dict:
 def linger_zero(pair: Pair, broken: set[str]) -> dict:
     """The peer closes with SO_LINGER {on, 0}: a reset, seen by our next recv."""
     pair.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    pair.peer.close()
+    pair.close_peer()
     time.sleep(SETTLE)
     return {"recv": _recv_outcome(pair.app)}
 
@@ -535,6 +564,7 @@ def run_probe(name: str, args) -> dict:
     finally:
         signal.alarm(0)
         if pair is not None:
+            record["path"] = pair.path()
             pair.close()
     record["seconds"] = round(time.monotonic() - started, 3)
     return record

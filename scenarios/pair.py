@@ -8,7 +8,8 @@ creates belong to that cgroup, then:
 
   server: listen, accept          client: connect
   both:   send --bytes random bytes in --chunk writes while receiving the peer's --bytes
-  both:   report byte counts and SHA-256 of what was sent and received, keep the socket open
+  both:   report byte counts and SHA-256 of what was sent and received and the TCP data segments
+          its socket sent (0 when the redirect carried its payload), keep the socket open
 
 The parent reads the namespace's TCP and loopback counters (/proc/net/snmp, /proc/net/dev) just
 before and just after the data phase, so their difference is what the transfer cost the stack.
@@ -30,6 +31,8 @@ import struct
 import sys
 import threading
 import time
+
+from common import data_segs_out
 
 FAMILIES = {
     # name: (server family, server bind address, client family, client connect address)
@@ -142,7 +145,8 @@ def transfer(sock: socket.socket, size: int, chunk: int) -> dict:
     if errors:
         error = errors[0] + "".join(f" (then {later})" for later in errors[1:])
     return {"sent": sent["bytes"], "sent_sha256": hashlib.sha256(payload).hexdigest(),
-            "received": received, "received_sha256": digest.hexdigest(), "error": error}
+            "received": received, "received_sha256": digest.hexdigest(), "error": error,
+            "data_segs_out": data_segs_out(sock)}
 
 
 SO_COOKIE = 57  # <asm-generic/socket.h>

@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 
-from common import connect, describe, listen, memory_figures, queue_sizes, recv_exactly, run
+from common import connect, data_segs_out, describe, listen, memory_figures, queue_sizes, recv_exactly, run
 
 CHUNK = 64 << 10
 
@@ -64,7 +64,7 @@ def client(port: int, family: str, cap: int):
     queues = queue_sizes(conn)
     conn.setblocking(True)
     yield {"queued": queued, "stopped_by": stopped_by, "cap": cap, "sent_sha256": digest.hexdigest(),
-           "seconds": round(seconds, 6), "queues": queues,
+           "seconds": round(seconds, 6), "queues": queues, "data_segs_out": data_segs_out(conn),
            "mem_available_drop_kib": memory_before["mem_available_kib"] - memory_after["mem_available_kib"],
            "tcp_mem_pages_rise": memory_after["tcp_mem_pages"] - memory_before["tcp_mem_pages"]}
     yield {"drained": True}

@@ -7,9 +7,16 @@ situations, compared with plain TCP of the same kernel in the same run.
     redirected     both ends in the redirect's cgroup (both sockets in the sockhash)
     peer_outside   the observed socket in the sockhash, its peer outside
 
-A cell is ``pass`` when the situation's observation equals plain TCP's; otherwise it is ``xfail``
-if the difference is a known kernel defect (``lab.conformance.defects``, which names it and the
-versions it affects), else ``fail``. Nothing is retried and nothing is a warning.
+Every cell first proves its situation from the kernel's own count of the TCP data segments each
+end sent (``path``, tcpi_data_segs_out: program-independent): ``redirected`` -> no end's payload
+took a segment; ``peer_outside`` -> every end that sent payload in plain TCP sent it over TCP
+again. A cell whose situation was not what it claims fails ("not redirected"), whatever it observed.
+
+Then a cell is ``pass`` when the situation's observation equals plain TCP's; otherwise it is
+``xfail`` if the difference is a known kernel defect's exact symptom (``lab.conformance.defects``,
+which names it and the versions it affects), else ``fail``. A cell that equals plain TCP where the
+defect table lists a defect for this kernel is an ``xpass``: strict (a failure: the table is out of
+date) unless every listed defect is intermittent. Nothing is retried and nothing is a warning.
 """
 
 from __future__ import annotations
@@ -66,11 +73,13 @@ class Cell:
     kernel: str
     behaviour: str
     situation: str
-    status: str            # pass | fail | xfail
+    status: str            # pass | fail | xfail | xpass
     observed: object
     expected: object
     reason: str = ""
     seconds: float | None = None
+    path: dict | None = None   # TCP data segments per end (app, peer) in this situation
+    strict: bool = False       # an xpass that fails (the defect always shows where listed)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -144,24 +153,61 @@ def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (
 def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]]) -> list[Cell]:
     cells = []
     for behaviour in next(iter(observed.values())):
-        reference = observation(observed["plain"][behaviour])
+        reference = observed["plain"][behaviour]
         for situation in SITUATIONS:
             record = observed[situation][behaviour]
-            seen = observation(record)
-            cell = Cell(kernel, behaviour, situation, "pass", seen, None, seconds=record.get("seconds"))
+            cell = Cell(kernel, behaviour, situation, "pass", observation(record), None,
+                        seconds=record.get("seconds"), path=record.get("path"))
             if situation == "plain":
                 cell.expected = EXPECTED_PLAIN[behaviour]
-                if seen != cell.expected:
+                if cell.observed != cell.expected:
                     cell.status = "fail"
                     cell.reason = "plain TCP differs from what Linux TCP does: the probe or the kernel changed"
             else:
-                cell.expected = reference
-                if seen != reference:
-                    defect = defects.find(behaviour, situation, release, seen)
-                    cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
-                        "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
+                cell.expected = observation(reference)
+                compare(cell, release, reference.get("path"))
             cells.append(cell)
     return cells
+
+
+def compare(cell: Cell, release: str, plain_path: dict | None) -> None:
+    """Judge a redirected or peer_outside cell against plain TCP's observation (cell.expected)."""
+    wrong_path = path_error(cell.situation, cell.path, plain_path)
+    if wrong_path:
+        cell.status, cell.reason = "fail", wrong_path
+        return
+    if cell.observed != cell.expected:
+        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed)
+        cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
+            "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
+        return
+    listed = defects.listed(cell.behaviour, cell.situation, release)
+    if listed:
+        cell.status, cell.strict = "xpass", not all(d.intermittent for d in listed)
+        names = ", ".join(d.name for d in listed)
+        cell.reason = (f"behaves like plain TCP although the defect table lists {names} for kernel "
+                       f"{release} here: " + ("the table is out of date" if cell.strict else
+                                              "an intermittent defect that did not show in this run"))
+
+
+def path_error(situation: str, path: dict | None, plain_path: dict | None) -> str | None:
+    """Why the kernel's segment counts say the cell was not the situation it names, or None."""
+    if not path or not plain_path or None in path.values():
+        return (f"no evidence of the path ({path}, plain TCP {plain_path}): the probe did not "
+                "report each end's TCP data segments, so the situation is unproven")
+    sent = [end for end, segs in plain_path.items() if segs]
+    if situation == "redirected":
+        over_tcp = {end: segs for end, segs in path.items() if segs}
+        if over_tcp:
+            return (f"not redirected: TCP data segments {over_tcp} carried payload with both ends in "
+                    f"the map (plain TCP: {plain_path}); the sk_msg program did not redirect it")
+    elif situation == "peer_outside":
+        missing = [end for end in sent if not path[end]]
+        if missing:
+            return (f"not the peer_outside situation: the {' and '.join(missing)} end sent payload in "
+                    f"plain TCP ({plain_path}) but no TCP data segment here ({path}): it did not go "
+                    "over TCP, as it must with the peer outside the map")
+    return None
 
 
 def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),

@@ -19,7 +19,8 @@ from lab.kernel.catalog import split_test_name
 NO_KERNEL = "no kernel"  # the column of tests that take none (unit tests, whole-command tests)
 # The order in which a testcase's children decide its status (a call failure and a teardown error
 # on one test: it failed).
-STATUSES = ("fail", "error", "xfail", "skip", "pass")
+STATUSES = ("fail", "error", "xpass", "xfail", "skip", "pass")
+XPASS_PROPERTY = "sockredir_xpass"  # the plugin's record of a test that passed although marked xfail
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Outcome:
     test: str          # the test's name with its non-kernel parameters: test_x[seed]
     kernel: str        # the kernel's id (6.1, host) or NO_KERNEL
     status: str        # one of STATUSES
-    reason: str        # failure/skip/xfail message, "" for a pass
+    reason: str        # failure/skip/xfail/xpass message, "" for a pass
     seconds: float
     artifacts: str     # the test's artifact directory as the run wrote it, or ""
     run: str           # which file it came from
@@ -44,7 +45,13 @@ def kernel_id_of(test_id: str) -> str:
     return rest.replace("_", ".") if re.fullmatch(r"\d+(_\d+)*", rest) else rest
 
 
-def _status(case: ElementTree.Element) -> tuple[str, str]:
+def _status(case: ElementTree.Element, properties: dict[str, str]) -> tuple[str, str]:
+    """A testcase's status and message. An xpass is its own status: a strict one (pytest wrote a
+    failure, "[XPASS(strict)] ...") and a non-strict one (pytest wrote a pass) alike."""
+    if XPASS_PROPERTY in properties:
+        failure = case.find("failure")
+        message = (failure.get("message") or "") if failure is not None else ""
+        return "xpass", f"{properties[XPASS_PROPERTY]}: {message}".rstrip(": ")
     found = {}
     for child in case:
         message = child.get("message") or next(iter((child.text or "").strip().splitlines()), "")
@@ -81,7 +88,7 @@ def parse(path: Path) -> list[Outcome]:
                 test, kernel_part = case.get("name", ""), None
             kernel = properties.get("sockredir_kernel") or (kernel_id_of(kernel_part) if kernel_part
                                                             else NO_KERNEL)
-            status, reason = _status(case)
+            status, reason = _status(case, properties)
             outcomes.append(Outcome(module=case.get("classname", ""), test=test, kernel=kernel,
                                     status=status, reason=reason,
                                     seconds=float(case.get("time") or 0),

@@ -2,7 +2,8 @@
 (one self-contained file) and report.json.
 
 Rows are tests, grouped by module, a parametrised test once per non-kernel id; columns are kernels;
-a cell is pass / fail / error / xfail / skip with its reason (a numbered footnote in Markdown, a
+a cell is pass / fail / error / xpass / xfail / skip with its reason (an xpass: a test marked
+as a known kernel defect that behaved like plain TCP; a strict one fails the report) (a numbered footnote in Markdown, a
 tooltip and a footnote in HTML) and a link to the test's artifacts when they can be found. When
 several runs hold the same test on the same kernel, the newest run's outcome is the cell (runs of
 different kernels on different days merge into one table).
@@ -24,7 +25,12 @@ from lab.matrix import suite_json
 from lab.matrix.junit import NO_KERNEL, STATUSES, Outcome, find_files, parse
 
 FAILED = ("fail", "error")
-LABELS = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "xfail": "xfail", "skip": "skip"}
+LABELS = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "xpass": "XPASS", "xfail": "xfail", "skip": "skip"}
+
+
+def failing(outcome: Outcome) -> bool:
+    """A failure, an error, or a strict xpass (the defect table is out of date)."""
+    return outcome.status in FAILED or (outcome.status == "xpass" and outcome.reason.startswith("strict"))
 
 
 @dataclass
@@ -56,7 +62,7 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        return any(o.status in FAILED for o in self.outcomes.values())
+        return any(failing(o) for o in self.outcomes.values())
 
     def artifacts_of(self, outcome: Outcome) -> Path | None:
         """The test's artifact directory where it is now: as recorded, or the same ``tests/NAME``
@@ -179,6 +185,7 @@ th, td { border: 1px solid #bbb; padding: 2px 6px; font-size: 13px; }
 th.module { text-align: left; background: #eee; }
 td.pass { background: #d7f5d7; } td.fail, td.error { background: #f7c6c6; font-weight: bold; }
 td.xfail { background: #f5ecc8; } td.skip { background: #e8e8e8; color: #555; }
+td.xpass { background: #c8dcf5; font-weight: bold; }
 td.test { font-family: monospace; }
 """
 

@@ -43,24 +43,52 @@ class Stop(Exception):
     """Ends a check early (the scenario failed to run); the verdict already says why."""
 
 
+# What a failure is about: a kernel defect may explain some kinds in some rounds only
+# (lab.scenario.xfail): "error" (what a program saw: an exception, an errno), "data" (bytes,
+# checksums, EOFs and the program's byte counters: what a data run cut short changes), "check"
+# (everything else: map entries, the bypass, the path per socket, inserts, the kprobe).
+KINDS = ("error", "data", "check")
+
+
+class Failure(str):
+    """One failure of a verdict: its text (it is a ``str`` everywhere a failure is printed or
+    saved), the round it was seen in (``baseline``/``redirect``/None for the whole scenario),
+    the side it concerns (``client``/``server``) when one, its kind (KINDS), and the known kernel
+    defect whose exact symptom it is, when the check that saw it could tell (lab.scenario.xfail)."""
+
+    round: str | None
+    role: str | None
+    kind: str
+    defect: str | None
+
+    def __new__(cls, text: str, round: str | None = None, kind: str = "check", role: str | None = None,
+                defect: str | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"failure kind {kind!r}; the kinds are {KINDS}")
+        failure = super().__new__(cls, text)
+        failure.round, failure.kind, failure.role, failure.defect = round, kind, role, defect
+        return failure
+
+
 @dataclass
 class Verdict:
     scenario: str
     status: str = "pass"              # pass | fail | xfail (a named kernel defect) | gated
-    reason: str | None = None         # why gated
-    failures: list[str] = field(default_factory=list)
+    reason: str | None = None         # why gated, or the defect an xfail names
+    failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def expect(self, ok: bool, message: str) -> bool:
+    def expect(self, ok: bool, message: str, round: str | None = None, kind: str = "check",
+               role: str | None = None, defect: str | None = None) -> bool:
         if not ok:
-            self.failures.append(message)
+            self.failures.append(Failure(message, round, kind, role, defect))
             self.status = "fail"
         return ok
 
-    def equal(self, what: str, got, want) -> bool:
-        return self.expect(got == want, f"{what}: got {got}, expected {want}")
+    def equal(self, what: str, got, want, round: str | None = None, kind: str = "check") -> bool:
+        return self.expect(got == want, f"{what}: got {got}, expected {want}", round, kind)
 
     def figure(self, name: str, value) -> None:
         self.figures[name] = value
@@ -116,20 +144,25 @@ def rounds_of(verdict: Verdict, result: dict) -> dict[str, RoundView]:
     """The rounds of a result; a scenario error ends the check with that error as the failure."""
     views = {name: RoundView(name, data) for name, data in result["rounds"].items()}
     if result.get("error"):
-        verdict.expect(False, f"scenario error: {result['error'][:1000]}")
+        failed = [name for name, data in result["rounds"].items() if data.get("error")]
+        verdict.expect(False, f"scenario error: {result['error'][:1000]}",
+                       round=failed[0] if len(failed) == 1 else None, kind="error")
         raise Stop()
     return views
 
 
 # ----------------------------------------------------------------------------- reusable checks
 
-def check_transfer(v: Verdict, label: str, sender: str, a: dict, receiver: str, b: dict, nbytes: int) -> None:
-    """a's bytes arrived at b, all of them, unchanged."""
-    v.expect(a.get("error") is None, f"{label}: {sender} error {a.get('error')}")
-    v.equal(f"{label}: bytes {sender} sent", a["sent"], nbytes)
-    v.equal(f"{label}: bytes {receiver} received from {sender}", b["received"], nbytes)
+def check_transfer(v: Verdict, label: str, sender: str, a: dict, receiver: str, b: dict, nbytes: int,
+                   round: str | None = None) -> None:
+    """a's bytes arrived at b, all of them, unchanged (``label`` names the round unless ``round``
+    does)."""
+    round = round or label
+    v.expect(a.get("error") is None, f"{label}: {sender} error {a.get('error')}", round, "error", sender)
+    v.equal(f"{label}: bytes {sender} sent", a["sent"], nbytes, round, "data")
+    v.equal(f"{label}: bytes {receiver} received from {sender}", b["received"], nbytes, round, "data")
     v.expect(a["sent_sha256"] == b["received_sha256"],
-             f"{label}: what {receiver} received differs from what {sender} sent (SHA-256)")
+             f"{label}: what {receiver} received differs from what {sender} sent (SHA-256)", round, "data")
 
 
 def check_both_ways(v: Verdict, view: RoundView, nbytes: int, a: str = "client", b: str = "server") -> None:
@@ -249,14 +282,20 @@ def check_no_entries(v: Verdict, view: RoundView, label: str = "closed") -> None
     v.expect(not entries, f"{len(entries)} map entries left {label}: {entries[:4]}")
 
 
+# The program's counters that count bytes and messages: a data run cut short changes them.
+DATA_COUNTERS = ("bytes_redirected", "msgs_redirected", "bytes_missed", "msgs_missed")
+
+
 def check_counters(v: Verdict, delta: dict[str, int] | None, **expected: int) -> None:
+    """The lab's program counters of the redirect round grew by exactly ``expected``."""
     if delta is None:
         if not any("no lab counters" in note for note in v.notes):
             v.note("the program has no lab counters: judged by the map, TCP's own data segments, "
                    "packet and tracepoint counts, the kprobe and the bytes")
         return
     for name, want in expected.items():
-        v.equal(f"program counter {name}", delta[name], want)
+        v.equal(f"program counter {name}", delta[name], want, "redirect",
+                "data" if name in DATA_COUNTERS else "check")
 
 
 def bypass_pairs(env: Traced, base: dict, red: dict) -> list[tuple[str, int, int, bool]]:

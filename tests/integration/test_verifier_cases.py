@@ -149,7 +149,7 @@ def _run_holes(kernel, target, cgroup, defines, artifacts, label):
     (artifacts / f"{label}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"{label} on {target.kernel_release}: counters {counters}; key holes "
           f"{[k['holes'] for k in keys]}; Tcp OutSegs {pair['counters_delta']['tcp_out_segs']}")
-    assert_no_error(pair, target)
+    assert_no_error(pair, target, ("client", "server") if counters["inserted"] == 2 else ())
     # The visible fields are right: each socket is stored under its own 4-tuple.
     tuples = {(tuple(k["local"]), tuple(k["remote"])) for k in keys}
     assert tuples == socket_tuples(pair) and all(k["family"] == 1 for k in keys), keys

@@ -63,7 +63,7 @@ def test_two_runs_on_different_days_merge_into_one_table_the_newest_wins():
     assert tests["test_two_entries[seed]"]["7.2"].status == "pass"
     # run_7_2 (2026-12-03) ran production on 6.1 again and it passed: the newer outcome is the cell
     assert tests["test_two_entries[production]"]["6.1"].status == "pass"
-    assert merged.totals() == {"fail": 0, "error": 1, "xfail": 1, "skip": 2, "pass": 4}
+    assert merged.totals() == {"fail": 0, "error": 1, "xpass": 0, "xfail": 1, "skip": 2, "pass": 4}
     assert merged.failed
 
 

@@ -174,17 +174,6 @@ def test_write_sizes_cover_one_byte_to_four_kib():
     assert sum(common.bulk_sizes(1000, 64)) == 1000 and common.bulk_sizes(1000, 64)[-1] == 1000 % 64
 
 
-def test_a_data_run_cut_short_by_a_blocking_eagain_is_the_named_defect():
-    from lab.conformance import defects
-    failures = ["redirect: client error recv: [Errno 11] blocking recv() failed with EAGAIN: Resource "
-                "temporarily unavailable", "redirect: bytes client received from server: got -1, expected 33554432"]
-    defect = defects.explain_scenario_failures(failures, "6.18.44")
-    assert defect is not None and defect.name == "blocking-eagain"
-    assert defects.explain_scenario_failures(failures[1:], "6.18.44") is None
-    assert defects.explain_pair_error("recv: [Errno 11] Resource temporarily unavailable", "6.1.176").name == "blocking-eagain"
-    assert defects.explain_pair_error("recv: peer closed after 5 bytes", "6.1.176") is None
-
-
 def results_view(name, results):
     return checks.RoundView(name, {"results": results})
 
