@@ -50,8 +50,9 @@ def cmd_mutants(args) -> int:
         print(f"== {kernel}: {len(chosen)} mutants", file=sys.stderr, flush=True)
         try:
             with api.boot(kernel, args.settings) as target:
+                controls: dict = {}
                 for mutant in chosen:
-                    results.append(mutant_runs.run_mutant(target, kernel, mutant, progress))
+                    results.append(mutant_runs.run_mutant(target, kernel, mutant, progress, controls))
         except LabError as exc:
             doc["errors"][kernel] = str(exc)
             print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
@@ -60,9 +61,10 @@ def cmd_mutants(args) -> int:
             write_json(doc, args.json)
     table = mutant_runs.format_markdown if args.markdown else mutant_runs.format_table
     print(table(results, kernels))
-    bad = [r for r in results if not r.killed]
+    bad = [r for r in results if not r.killed and r.status != "n/a"]
     print(f"{len(results)} runs: {sum(r.killed for r in results)} killed, "
           f"{sum(r.status == 'survived' for r in results)} survived, "
+          f"{sum(r.status == 'n/a' for r in results)} n/a, "
           f"{sum(r.status == 'error' for r in results)} errors"
           + (f"; {len(doc['errors'])} target(s) not measured" if doc["errors"] else ""))
     for r in bad:

@@ -418,7 +418,7 @@ def untouched_check(env: Env, v: Verdict) -> None:
         v.equal(f"{view.name}: lo packets (UDP only)", view.phase()["counters"]["lo_tx_packets"], 2 * datagrams)
     v.equal("map entries while UDP and AF_UNIX sockets are open", len(red.entries("connected")), 0)
     delta = red.counters_delta()
-    v.expect(not any((delta or {}).values()), f"program counters moved: {delta}")
+    v.expect(not any((delta or {}).values()), f"program counters moved: {delta}", "redirect", by_program=True)
     v.figure("UDP lo pkts", f"{red.phase()['counters']['lo_tx_packets']}/{base.phase()['counters']['lo_tx_packets']}")
 
 
@@ -453,7 +453,9 @@ def slowreader_check(env: Env, v: Verdict) -> None:
     check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
     check_no_entries(v, red)
     check_payload_path(v, base, red, roles=("client",))
-    check_bypass(v, env, base, red, label="fill")
+    # Plain TCP sends only a few packets here (the window closes: the rest waits in the send
+    # buffer), too few for a ratio: the redirected fill phase must send none at all.
+    check_bypass(v, env, base, red, label="fill", min_baseline=1)
     delta = red.counters_delta()
     check_counters(v, delta, msgs_missed=0)
     if delta is not None:
@@ -463,7 +465,8 @@ def slowreader_check(env: Env, v: Verdict) -> None:
         failed_write = 2 * SLOW_CHUNK if sender["stopped_by"] not in ("cap", "EAGAIN") else 0
         v.expect(0 <= extra <= failed_write,
                  f"program counter bytes_redirected {delta['bytes_redirected']} vs {sender['queued']} queued "
-                 f"(at most the failed write and a retry, {failed_write} bytes, apart)", "redirect", "data")
+                 f"(at most the failed write and a retry, {failed_write} bytes, apart)", "redirect", "data",
+                 by_program=True)
     for view in (base, red):
         client = view.results["client"]
         v.figure(f"{view.name} queued", f"{client['queued'] / MiB:.1f} MiB ({client['stopped_by']}, "

@@ -1,11 +1,16 @@
 """Every mutant of the redirect (``lab.bpf.mutants``) against the suite's checks, per kernel.
 
-A mutant is **killed** when a scenario's checks fail on it (the first failing scenario and its
-first failure are reported: which check caught it), **survived** when every scenario passes (a
-hole in the checks), or **rejected** when the kernel's verifier refuses it: that counts as killed
-only when the mutant's header records that rejection for that kernel, else it is an error. A
-scenario that fails because the lab could not run it, or with an internal error, kills nothing:
-it is an error. A scenario that is an xfail (a named kernel defect) neither kills nor saves.
+A mutant is **killed** when a scenario fails on it by evidence a user could see or the kernel
+shows (data, errno, a hang, map dump by cookie, TCP segments, loopback packets, tracepoints), and
+the unmutated build passes the same scenario at the same settings (the **control** run, once per
+kernel, base and scenario): the first such failure is reported (which check caught it). A failure
+that rests on the program's own counters alone kills nothing (the next scenario is tried); a
+scenario that fails because the lab could not run it, or with an internal error, is an error; one
+that is an xfail (a named kernel defect) neither kills nor saves. **survived**: every scenario
+passed (a hole in the checks). **rejected**: the kernel's verifier refuses the mutant though it
+loads the unmutated build: killed only where the mutant's header records it, else an error.
+**n/a**: the variant the mutant breaks does not load on this kernel at all (the netns variant
+where bpf_get_netns_cookie is refused), so its mutated code cannot run there.
 
 Scenarios run in an order that kills fast (the variant the mutant breaks first, then the
 one-connection checks, then the peer-outside and namespace cases), and a mutant stops at its first
@@ -37,7 +42,7 @@ HANG_SECONDS = {"host": 15, "guest": 40}  # a scenario here takes 1-3 s on the h
 class MutantResult:
     mutant: str
     kernel: str
-    status: str               # killed | survived | rejected | error
+    status: str               # killed | survived | rejected | n/a | error
     scenario: str | None = None
     check: str | None = None  # the first failure (killed), the verifier's line (rejected), the error
     scenarios_run: int = 0
@@ -58,11 +63,21 @@ def order_for(mutant: Mutant) -> list[str]:
 
 
 def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
-               progress: Callable[[str], None] = lambda message: None) -> MutantResult:
+               progress: Callable[[str], None] = lambda message: None,
+               controls: dict | None = None) -> MutantResult:
+    """``controls``: the control verdicts of this target so far, (base, scenario) -> verdict, kept
+    by the caller across mutants so each control runs once."""
     started = time.monotonic()
     result = MutantResult(mutant.name, kernel_id, "survived")
+    controls = {} if controls is None else controls
+    if mutant.base == "netns" and not redirect.netns_supported(target):
+        result.status, result.check = "n/a", (
+            f"the netns variant it breaks does not load on {target.kernel_release} (bpf_get_netns_cookie "
+            "is not offered to sock_ops and sk_msg): its mutated code cannot run here")
+        return _done(result, started, progress)
     # A mutant that makes a transfer hang is killed by the hang; no need to wait the suite's
-    # generous timeout for it (a scenario here takes seconds, also in a TCG guest).
+    # generous timeout for it (a scenario here takes seconds, also in a TCG guest). The control
+    # runs at the same settings, so a hang that the shortened timeout causes kills nothing.
     host = target.name == "host"
     scale = replace(HOST_SCALE if host else GUEST_SCALE, timeout=HANG_SECONDS["host" if host else "guest"])
     with Env(target, scale=scale, mutant=mutant, progress=progress) as env:
@@ -76,25 +91,53 @@ def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
                 result.status = "error"
                 result.check = (f"the verifier refused it, which its header does not record for "
                                 f"kernel {kernel_id}: {exc.key_line}")
-            result.seconds = time.monotonic() - started
-            return result
+            return _done(result, started, progress)
         except LabError as exc:
             result.status, result.check = "error", f"could not install it: {exc}"
-            result.seconds = time.monotonic() - started
-            return result
+            return _done(result, started, progress)
         for scenario_id in order_for(mutant):
             verdict = run_check(env, scenario_id)
             result.scenarios_run += 1
-            if verdict.status != "fail":
-                continue
-            first = verdict.failures[0]
-            if first.startswith(NOT_A_KILL):
-                result.status, result.scenario, result.check = "error", scenario_id, first
-            else:
-                result.status, result.scenario, result.check = "killed", scenario_id, first
-            break
+            judged = kill(verdict)
+            if judged:
+                result.status, result.check = judged
+                result.scenario = scenario_id
+                break
+    if result.status == "killed":
+        _check_control(target, scale, mutant.base, result, controls, progress)
+    return _done(result, started, progress)
+
+
+def kill(verdict) -> tuple[str, str] | None:
+    """("killed", the first failure a user or the kernel shows), ("error", the lab's error), or
+    None: the verdict passed, is an xfail, or only the program's own counters differ."""
+    if verdict.status != "fail":
+        return None
+    lab_error = next((f for f in verdict.failures if f.startswith(NOT_A_KILL)), None)
+    if lab_error:
+        return "error", lab_error
+    evidence = next((f for f in verdict.failures if not f.by_program), None)
+    return ("killed", evidence) if evidence else None
+
+
+def _check_control(target: Target, scale, base: str, result: MutantResult, controls: dict,
+                   progress: Callable[[str], None]) -> None:
+    """A kill counts only if the unmutated build passes the killing scenario at the same settings."""
+    key = (base, result.scenario)
+    if key not in controls:
+        with Env(target, scale=scale, progress=progress) as env:
+            controls[key] = run_check(env, result.scenario)
+    control = controls[key]
+    if control.status != "pass":
+        result.status = "error"
+        result.check = (f"the unmutated {base} build does not pass {result.scenario} at these settings "
+                        f"either ({control.status}: {'; '.join(control.failures[:2]) or control.reason}), "
+                        f"so it proves nothing about the mutant; the mutant's failure: {result.check}")
+
+
+def _done(result: MutantResult, started: float, progress: Callable[[str], None]) -> MutantResult:
     result.seconds = time.monotonic() - started
-    progress(f"  {mutant.name:<18} {result.status:<8} {result.seconds:5.1f}s  "
+    progress(f"  {result.mutant:<18} {result.status:<8} {result.seconds:5.1f}s  "
              f"{result.scenario or ''}{': ' if result.check else ''}{(result.check or '')[:140]}")
     return result
 
