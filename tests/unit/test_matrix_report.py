@@ -158,3 +158,33 @@ def test_the_suites_own_json_merges_with_junit(tmp_path):
     (tmp_path / "bad" / "suite.json").write_text('{"not": "a list"}')
     with pytest.raises(LabError, match="not a suite.json of sockredir-lab"):
         report.collect([tmp_path / "bad"])
+
+
+XPASS_TESTS = '''
+import pytest
+
+def test_always(request):
+    request.node.add_marker(pytest.mark.xfail(reason="defect table says so", strict=True))
+
+def test_sometimes(request):
+    request.node.add_marker(pytest.mark.xfail(reason="intermittent defect", strict=False))
+
+@pytest.mark.xfail(reason="shows")
+def test_shows():
+    assert False
+'''
+
+
+def test_an_xpass_is_its_own_state_from_pytests_junit_and_a_strict_one_fails(pytester):
+    """JUnit has no XPASS: pytest writes a strict one as a failure and a non-strict one as a pass.
+    The plugin's property tells the report; a strict xpass fails it, a non-strict one does not."""
+    pytester.makepyfile(test_xpass=XPASS_TESTS)
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--junitxml=out.xml")
+    run.assert_outcomes(failed=1, xpassed=1, xfailed=1)
+    outcomes = {o.test: o for o in junit.parse(pytester.path / "out.xml")}
+    assert outcomes["test_always"].status == "xpass" and outcomes["test_always"].reason.startswith("strict")
+    assert outcomes["test_sometimes"].status == "xpass" and outcomes["test_sometimes"].reason.startswith("non-strict")
+    assert outcomes["test_shows"].status == "xfail"
+    merged = report.collect([pytester.path / "out.xml"])
+    assert merged.totals()["xpass"] == 2 and merged.failed
+    assert not report.failing(outcomes["test_sometimes"]) and report.failing(outcomes["test_always"])
