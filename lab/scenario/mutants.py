@@ -95,16 +95,24 @@ def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
         except LabError as exc:
             result.status, result.check = "error", f"could not install it: {exc}"
             return _done(result, started, progress)
+        unconfirmed = None
         for scenario_id in order_for(mutant):
             verdict = run_check(env, scenario_id)
             result.scenarios_run += 1
             judged = kill(verdict)
-            if judged:
-                result.status, result.check = judged
-                result.scenario = scenario_id
-                break
-    if result.status == "killed":
-        _check_control(target, scale, mutant.base, result, controls, progress)
+            if not judged:
+                continue
+            status, check = judged
+            if status == "killed":
+                doubt = _control_doubt(target, scale, mutant.base, scenario_id, controls, progress)
+                if doubt:  # this kill proves nothing here; another scenario may prove one
+                    unconfirmed = unconfirmed or (scenario_id, f"{doubt}; the mutant's failure: {check}")
+                    continue
+            result.status, result.scenario, result.check = status, scenario_id, check
+            break
+        if result.status == "survived" and unconfirmed:
+            result.status = "error"
+            result.scenario, result.check = unconfirmed
     return _done(result, started, progress)
 
 
@@ -120,19 +128,19 @@ def kill(verdict) -> tuple[str, str] | None:
     return ("killed", evidence) if evidence else None
 
 
-def _check_control(target: Target, scale, base: str, result: MutantResult, controls: dict,
-                   progress: Callable[[str], None]) -> None:
-    """A kill counts only if the unmutated build passes the killing scenario at the same settings."""
-    key = (base, result.scenario)
+def _control_doubt(target: Target, scale, base: str, scenario_id: str, controls: dict,
+                   progress: Callable[[str], None]) -> str | None:
+    """Why a kill by ``scenario_id`` proves nothing, or None: the unmutated build must pass the
+    same scenario at the same settings (run once per base and scenario, kept in ``controls``)."""
+    key = (base, scenario_id)
     if key not in controls:
         with Env(target, scale=scale, progress=progress) as env:
-            controls[key] = run_check(env, result.scenario)
+            controls[key] = run_check(env, scenario_id)
     control = controls[key]
-    if control.status != "pass":
-        result.status = "error"
-        result.check = (f"the unmutated {base} build does not pass {result.scenario} at these settings "
-                        f"either ({control.status}: {'; '.join(control.failures[:2]) or control.reason}), "
-                        f"so it proves nothing about the mutant; the mutant's failure: {result.check}")
+    if control.status == "pass":
+        return None
+    return (f"the unmutated {base} build did not pass {scenario_id} at these settings either "
+            f"({control.status}: {'; '.join(control.failures[:2]) or control.reason})")
 
 
 def _done(result: MutantResult, started: float, progress: Callable[[str], None]) -> MutantResult:
