@@ -34,6 +34,7 @@ from lab import IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
 from lab.bpf import cgroups, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
+from lab.bpf.program import UserProgram
 from lab.cache import cache_dir
 from lab.kernel.catalog import Catalog, KernelEntry
 from lab.vm import capacity
@@ -390,12 +391,14 @@ def set_redirect_policy(target: Target, cgroup_path: str, port_policy: PortPolic
 
 
 @contextlib.contextmanager
-def redirected_cgroup(target: Target, variant: str = "production",
-                      port_policy: PortPolicy | None = None) -> Iterator[redirect.Installation]:
-    """A fresh cgroup with the redirect installed, for the block (``installed.cgroup`` is its
-    path); uninstalled and removed afterwards, whatever happened."""
+def redirected_cgroup(target: Target, variant: str = "production", port_policy: PortPolicy | None = None,
+                      program: UserProgram | None = None) -> Iterator[redirect.Installation]:
+    """A fresh cgroup with the redirect installed (the lab's ``variant``, or ``program``, one the
+    lab did not write), for the block (``installed.cgroup`` is its path); uninstalled and removed
+    afterwards, whatever happened."""
     with cgroup(target) as path:
-        installed = redirect.install(target, path, variant, port_policy=port_policy)
+        installed = (program.install(target, path) if program is not None
+                     else redirect.install(target, path, variant, port_policy=port_policy))
         try:
             yield installed
         finally:

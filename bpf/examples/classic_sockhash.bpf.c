@@ -6,6 +6,10 @@
  * it writes its own, which is the point: `sockredir-lab suite --program bpf/examples/
  * classic_sockhash.bpf.c` judges it by kernel-side evidence alone (no lab counters, a key layout
  * the lab does not decode, values it cannot read back), and it passes.
+ *
+ * Built with -DLEAK_ONE_IN=N it leaves about one connection in N out of the map (both ends: the
+ * choice is made on the sum of the ports, which both ends share): a partial redirect, which the
+ * judge must fail (tests/integration/test_judge_program.py).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -46,6 +50,10 @@ int classic_sockops(struct bpf_sock_ops *skops)
 	key.remote_port = bpf_ntohl(CTX(skops->remote_port));
 	key.local_port = CTX(skops->local_port);
 	key.family = AF_INET;
+#ifdef LEAK_ONE_IN
+	if ((key.remote_port + key.local_port) % LEAK_ONE_IN == 0)
+		return 0;
+#endif
 	bpf_sock_hash_update(skops, &sock_hash, &key, BPF_NOEXIST);
 	return 0;
 }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lab import LabError, api
 from lab.bench.report import write_json
+from lab.cli import program_options
 from lab.cli.guest import target_ids
 from lab.conformance import apps, matrix
 
@@ -45,18 +46,22 @@ def register(subparsers) -> None:
     parser.add_argument("--apps", action="store_true",
                         help="also run nginx+curl, redis-benchmark and a splice proxy with and without the redirect")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the matrix here (after each target)")
+    program_options.add(parser, families=False)  # the probes are IPv4
     parser.set_defaults(func=cmd_conformance)
 
 
 def cmd_conformance(args) -> int:
     behaviours = args.behaviours or list(matrix.BEHAVIOURS)
+    program = program_options.program_of(args)
+    if program and args.apps:
+        raise LabError("--apps runs the lab's own redirect; judge a --program's behaviours without it")
     doc = {"results": [], "apps": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
     for kernel in target_ids(args):
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:
-            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps)
+            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps, program)
         except LabError as exc:
             doc["errors"][kernel] = str(exc)
             print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
@@ -84,12 +89,13 @@ def summary(records: list[dict]) -> str:
     return ", ".join(f"{sum(r['status'] == status for r in results)} {status}" for status in ("pass", "fail", "xfail"))
 
 
-def measure(kernel: str, settings, behaviours, with_apps: bool) -> tuple[str, list[matrix.Cell], list[dict]]:
+def measure(kernel: str, settings, behaviours, with_apps: bool,
+            program=None) -> tuple[str, list[matrix.Cell], list[dict]]:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
     with api.boot(kernel, settings) as target:
-        cells = matrix.run(target, kernel, behaviours, progress=progress)
+        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program)
         return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
 
 

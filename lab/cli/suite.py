@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lab import LabError
 from lab.bpf import mutants
-from lab.bpf.program import UserProgram
+from lab.cli import program_options
 from lab.scenario import definitions as scenario_checks
 from lab.scenario import suite
 
@@ -35,15 +35,7 @@ def add_options(parser, kernels_default: list[str]) -> None:
     parser.add_argument("--artifacts", type=Path, default=None,
                         help="where scenario JSON, verdicts and dmesg go "
                              "(default ./artifacts/suite-<time>, in the working directory)")
-    parser.add_argument("--program", type=Path, metavar="FILE.bpf.c|FILE.o",
-                        help="judge this redirect instead of the lab's (a sock_ops program, an sk_msg "
-                             "program and a SOCKHASH or SOCKMAP; see the README)")
-    parser.add_argument("--sockops", metavar="NAME", help="with --program: its sock_ops program, if several")
-    parser.add_argument("--skmsg", metavar="NAME", help="with --program: its sk_msg program, if several")
-    parser.add_argument("--map", metavar="NAME", help="with --program: its socket map, if several")
-    parser.add_argument("--families", default="ipv4", metavar="ipv4[,ipv6]",
-                        help="with --program: what it redirects (default ipv4; ipv6 adds the IPv6 "
-                             "and v4-mapped scenarios)")
+    program_options.add(parser)
     parser.add_argument("--mutant", metavar="NAME",
                         help="install a deliberately broken build of the redirect (bpf/mutants/NAME.patch, "
                              "e.g. wrong_port_order) instead of the real one: the checks must fail")
@@ -62,16 +54,10 @@ def run(args) -> int:
 
     args.settings.progress = progress
     mutant = mutants.find(args.mutant) if args.mutant else None
-    program = None
-    if args.program:
-        if mutant:
-            raise LabError("--program and --mutant exclude each other: a mutant is a broken build "
-                           "of the lab's own redirect")
-        program = UserProgram(args.program, args.sockops, args.skmsg, args.map,
-                              tuple(f.strip() for f in args.families.split(",") if f.strip()))
-        program.object()  # a build error or a bad option is reported before any guest boots
-    elif args.sockops or args.skmsg or args.map:
-        raise LabError("--sockops, --skmsg and --map name the parts of a --program")
+    if args.program and mutant:
+        raise LabError("--program and --mutant exclude each other: a mutant is a broken build "
+                       "of the lab's own redirect")
+    program = program_options.program_of(args)
     reports = suite.run_suite(kernels, scenario_ids, artifacts, mutant=mutant, program=program,
                               settings=args.settings)
     print(suite.format_table(reports, scenario_ids))

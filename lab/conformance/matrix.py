@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from lab import LabError, api
 from lab.bpf import keys, redirect
+from lab.bpf.program import UserProgram
 from lab.conformance import defects
 from lab.scenario.runner import SHARED_FILES, ensure_on_target
 from lab.vm.target import Target
@@ -130,20 +131,25 @@ def check_situation(situation: str, before: dict, after: dict, probes: int, wher
 
 
 def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (),
-            progress: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
-    """situation -> behaviour -> probe record, on ``target`` (redirect installed for the block)."""
+            progress: Callable[[str], None] = print,
+            program: UserProgram | None = None) -> dict[str, dict[str, dict]]:
+    """situation -> behaviour -> probe record, on ``target`` (the lab's redirect, or ``program``,
+    installed for the block). The lab's counters prove how many sockets each situation put in the
+    map; a program the lab did not write has none, and each cell's path evidence (``judge``) is
+    its proof."""
     observed: dict[str, dict[str, dict]] = {}
-    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
+    with api.cgroup(target) as plain, api.redirected_cgroup(target, program=program) as installed:
         accelerated = installed.cgroup
         places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
                   "peer_outside": (accelerated, plain)}
         for situation, (app, peer) in places.items():
-            before = redirect.status(target, accelerated)["counters"]
+            before = redirect.status(target, accelerated)["counters"] if program is None else None
             # The deliberate break applies where a difference is looked for, not to the reference.
             observed[situation] = run_probes(target, app, peer, behaviours,
                                              broken if situation != "plain" else ())
-            check_situation(situation, before, redirect.status(target, accelerated)["counters"],
-                            len(behaviours), target.name)
+            if before is not None:
+                check_situation(situation, before, redirect.status(target, accelerated)["counters"],
+                                len(behaviours), target.name)
             progress(f"{target.name}: {situation}: {len(behaviours)} behaviours probed")
     return observed
 
@@ -211,12 +217,12 @@ def path_error(situation: str, path: dict | None, plain_path: dict | None) -> st
 
 
 def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),
-        progress: Callable[[str], None] = print) -> list[Cell]:
+        progress: Callable[[str], None] = print, program: UserProgram | None = None) -> list[Cell]:
     unknown = [name for name in behaviours if name not in EXPECTED_PLAIN]
     if unknown:
         raise LabError(f"unknown behaviour(s) {unknown}; the behaviours are {', '.join(BEHAVIOURS)}")
     missing = redirect.sockmap_missing(target)
     if missing:
         raise LabError(f"the redirect cannot run here: {missing}")
-    return judge(kernel, defects.upstream_version(target), observe(target, behaviours, broken, progress))
+    return judge(kernel, defects.upstream_version(target), observe(target, behaviours, broken, progress, program))
 

@@ -247,15 +247,22 @@ def handshake_race(v: Verdict, red: RoundView, conns: int) -> int:
     is established (sockops PASSIVE_ESTABLISHED_CB, as the final ACK is processed). On SMP that
     ACK can wait in the listener's backlog while the server thread holds the listener in accept(),
     so a first message can find no peer and take TCP: intact, counted by the program as missed
-    (seen: 1 of 1000 connections in about 1 run of 20 under TCG). The caller checks the program's
-    counters against this count message for message; more than 1% of the connections is no race
-    but a broken redirect."""
-    raced = over_tcp(red.results["client"])
-    v.expect(raced <= conns // 100, f"redirect: {raced} of {conns} client connections sent over TCP, "
-                                    f"more than the {conns // 100} (1%) a handshake race explains")
+    (seen: 1 of 1000 connections in about 1 run of 20 under TCG). No share of the connections is
+    allowed for it: each such connection must show the race's exact shape, its one message in one
+    TCP data segment here, and its server's reply redirected (the caller checks that every server
+    socket sent none: a connection left out of the map answers over TCP too). The caller also
+    checks the program's counters against this count message for message."""
+    client = red.results["client"]
+    raced = over_tcp(client)
+    shapes = client.get("over_tcp", [])
+    v.expect(len(shapes) == min(raced, 100), f"redirect: the scenario listed {len(shapes)} of the {raced} "
+                                             "client connections that took TCP")
+    wrong = [(index, segs) for index, segs in shapes if segs != 1]
+    v.expect(not wrong, f"redirect: client connections {wrong[:8]} (index, TCP data segments) sent more "
+                        "than their first message over TCP: not the handshake race; they were not redirected")
     if raced:
         v.note(f"{raced} client connection(s) sent their message before the server's end was "
-               "established (handshake race): over TCP, intact")
+               "established (handshake race): one TCP data segment each, intact")
     return raced
 
 

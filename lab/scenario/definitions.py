@@ -208,7 +208,7 @@ def churn_check(env: Env, v: Verdict) -> None:
                    bytes_redirected=(2 * conns - raced) * size, msgs_missed=raced,
                    bytes_missed=raced * size)
     # every other connection redirected, counted per connection from TCP itself: the client side
-    # is handshake_race's (bound + counters above); the server answers after accept(), when both
+    # is handshake_race's (exact shape + counters above); the server answers after accept(), when both
     # ends are in the map, so none of its sockets may fall back
     check_connections_redirected(v, base, red, conns, redirect_roles=("server",))
     # The data phase holds every connection's handshake and teardown: those stay TCP (as do a

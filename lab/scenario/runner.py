@@ -97,6 +97,8 @@ def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
     dump the sockhash. ``port`` fixes the server's port (0: any free one). Returns (pair.py's
     result, while_open's result).
     """
+    for shared in SHARED_FILES:  # pair.py imports common.py
+        ensure_on_target(target, shared)
     target.put(SCENARIOS_DIR / "pair.py", PAIR_ON_TARGET)
     hold_dir = target.run(["mktemp", "-d", f"{RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
     cmd = ["unshare", "-n", "python3", PAIR_ON_TARGET, "--lo-up", "--family", family,

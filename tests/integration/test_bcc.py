@@ -25,7 +25,7 @@ pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 DEFAULT_KERNEL = "6.1"
 # Tracer + redirect compile measured on 6.1 under TCG (docs/scenarios.md, "bcc"): the skip reason.
 TCG_COMPILE_SECONDS = 12
-FILES = ("bcc_sockmap.py", "bcc_sockmap.bpf.c", "bcc_tracer.bpf.c", "pair.py")
+FILES = ("bcc_sockmap.py", "bcc_sockmap.bpf.c", "bcc_tracer.bpf.c", "pair.py", "common.py")
 REMOTE_DIR = "/root/bcc-scenario"
 # Loopback packets in the data phase with the redirect, as a share of the baseline's: the same
 # yardstick as the scenario suite. The tracer counts also cover connect (a handful of packets).

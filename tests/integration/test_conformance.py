@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from lab.bpf import mutants
+from lab.bpf.program import UserProgram
 from lab.conformance import matrix
 from lab.pytest_plugin import HostKernel
 from lab.kernel.config import REDIRECT
@@ -72,3 +74,26 @@ def test_a_deliberately_broken_probe_fails():
     assert by_situation["plain"].status == "pass"
     assert by_situation["redirected"].status == "fail", by_situation["redirected"]
     assert by_situation["redirected"].observed == {"fionread": 1025}
+
+
+def test_a_program_that_redirects_nothing_fails_every_redirected_cell(kernel, lab, request):
+    """`conformance --program`: a program the lab never saw whose sockets are in the map but whose
+    sk_msg misses every lookup (the wrong_port_order mutant's object, to the lab just someone's
+    .o) behaves like plain TCP in every cell, and fails each redirected cell that carried payload
+    as "not redirected", by TCP's own segment counts. The host and 6.1 by default."""
+    kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
+    if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
+        pytest.skip(f"on the host and {DEFAULT_GUEST} by default; run with --conformance-all")
+    target = request.getfixturevalue("target")
+    misses = UserProgram(mutants.build(mutants.find("wrong_port_order"), "production"))
+    behaviours = ["fionread", "msg_peek", "shutdown_eof", "dontwait_empty"]
+    cells = {(c.behaviour, c.situation): c
+             for c in matrix.run(target, kernel_id, behaviours, progress=print, program=misses)}
+    for behaviour in behaviours:
+        redirected = cells[(behaviour, "redirected")]
+        print(behaviour, redirected.status, redirected.path, redirected.reason)
+        if behaviour == "dontwait_empty":  # no payload moves: nothing to redirect, nothing to prove
+            assert redirected.status == "pass", redirected
+        else:
+            assert redirected.status == "fail" and redirected.reason.startswith("not redirected"), redirected
+        assert cells[(behaviour, "peer_outside")].status == "pass"

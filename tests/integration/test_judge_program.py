@@ -6,7 +6,9 @@ OutSegs, tracepoints, the kprobe, the bytes).
 - a correct program in the classic public style (bpf/examples/classic_sockhash.bpf.c) and the
   seed port pass every scenario that applies to a program of unknown design;
 - a broken object handed over as a bare ``.o`` (the wrong_port_order mutant's build: to the lab
-  just someone's object) fails, on the kernel-side evidence alone.
+  just someone's object) fails, on the kernel-side evidence alone;
+- a program that leaves about one connection in a hundred out of the map (the classic example
+  built with LEAK_ONE_IN=100) fails the many-connection scenarios: no percentage lets it through.
 
 On the host by default; ``--checks-all`` on every kernel."""
 
@@ -62,3 +64,14 @@ def test_a_broken_object_fails_on_kernel_side_evidence_alone(judged, artifacts):
     assert "program counter" not in failures  # it has none the lab knows of
     assert "redirect: TCP data segments carrying the client's payload (not redirected)" in failures
     assert "the payload went through the TCP/IP stack" in failures
+
+
+def test_a_program_that_leaves_one_connection_in_a_hundred_out_of_the_map_fails(judged, artifacts):
+    leaky = UserProgram(BPF_DIR / "examples" / "classic_sockhash.bpf.c", defines=("LEAK_ONE_IN=100",))
+    with Env(judged, artifacts=artifacts, program=leaky) as env:
+        verdicts = {sid: run_check(env, sid) for sid in ("concurrent", "churn")}
+    for sid, verdict in verdicts.items():
+        print(f"{sid}: {verdict.status}: " + "\n  ".join(verdict.failures))
+        assert verdict.status == "fail", sid
+        # caught by TCP's own count per socket (and the map), not by a counter of the program's
+        assert any("sockets whose payload took TCP" in f or "took the wrong path" in f for f in verdict.failures), sid

@@ -280,19 +280,28 @@ def test_unknown_key_layouts_are_judged_by_cookie():
                                 "expected the scenario's [5, 6]"]
 
 
-def test_a_handshake_race_is_bounded_and_the_server_side_stays_exact():
-    # A client message sent before the server's end was established takes TCP (rarely): allowed up
-    # to 1% of the connections, and never on the server's side, which answers after accept().
+def test_a_handshake_race_has_an_exact_shape_and_the_server_side_stays_exact():
+    # A client message sent before the server's end was established takes TCP (rarely): its one
+    # message in one data segment; never on the server's side, which answers after accept(). No
+    # share of the connections is allowed: a connection left out of the map has another shape.
     base = results_view("baseline", {"client": {"conns_over_tcp": 1000}, "server": {"conns_over_tcp": 1000}})
     one = checks.Verdict("churn")
-    red = results_view("redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 0}})
+    red = results_view("redirect", {"client": {"conns_over_tcp": 1, "over_tcp": [[7, 1]]},
+                                    "server": {"conns_over_tcp": 0}})
     assert checks.handshake_race(one, red, 1000) == 1
     checks.check_connections_redirected(one, base, red, 1000, redirect_roles=("server",))
     assert one.status == "pass" and "handshake race" in one.notes[0]
     many = checks.Verdict("churn")
-    assert checks.handshake_race(many, results_view("redirect", {"client": {"conns_over_tcp": 11}}), 1000) == 11
-    assert many.failures == ["redirect: 11 of 1000 client connections sent over TCP, more than the 10 "
-                             "(1%) a handshake race explains"]
+    raced = [[i, 1] for i in range(11)]
+    assert checks.handshake_race(many, results_view("redirect", {"client": {"conns_over_tcp": 11,
+                                                                            "over_tcp": raced}}), 1000) == 11
+    assert many.status == "pass"
+    left_out = checks.Verdict("churn")
+    checks.handshake_race(left_out, results_view("redirect", {"client": {"conns_over_tcp": 2,
+                                                                        "over_tcp": [[3, 1], [9, 2]]}}), 1000)
+    assert left_out.failures == ["redirect: client connections [(9, 2)] (index, TCP data segments) sent more "
+                                 "than their first message over TCP: not the handshake race; they were not "
+                                 "redirected"]
     server_side = checks.Verdict("churn")
     checks.check_connections_redirected(server_side, base, results_view(
         "redirect", {"client": {"conns_over_tcp": 1}, "server": {"conns_over_tcp": 1}}), 1000,
