@@ -96,4 +96,5 @@ def test_a_program_that_redirects_nothing_fails_every_redirected_cell(kernel, la
             assert redirected.status == "pass", redirected
         else:
             assert redirected.status == "fail" and redirected.reason.startswith("not redirected"), redirected
-        assert cells[(behaviour, "peer_outside")].status == "pass"
+        # the peer outside: TCP either way, proven; a named defect of this kernel may show there
+        assert cells[(behaviour, "peer_outside")].status in ("pass", "xfail"), cells[(behaviour, "peer_outside")]
