@@ -125,7 +125,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default guest (tests/integration/test_conformance.py)")
     group.addoption("--redirect-program", default=None, metavar="FILE.bpf.c|FILE.o",
                     help="judge this redirect (sock_ops + sk_msg + SOCKHASH/SOCKMAP) instead of the "
-                         "lab's in the scenario tests (tests/integration/test_scenarios.py)")
+                         "lab's in the scenario and conformance tests (tests/integration/"
+                         "test_scenarios.py, test_conformance.py)")
     group.addoption("--redirect-program-families", default="ipv4", metavar="ipv4[,ipv6]",
                     help="what --redirect-program redirects (default ipv4)")
     group.addoption("--checks-all", action="store_true",

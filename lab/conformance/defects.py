@@ -84,9 +84,12 @@ KNOWN: tuple[Defect, ...] = (
            "grafana/beyla#2941)",
            lambda seen: seen == {"fionread": 0},
            'regression of 929e30f93125; fixed by 04af4efde58a "bpf, sockmap: Account for receive '
-           'queue in FIONREAD without a verdict program" (bpf tree, 2026-07; 7.2 passes here)',
+           'queue in FIONREAD without a verdict program" (bpf tree, 2026-07; 7.2 passes here; '
+           "in 6.12 stable by 6.12.117, which passes here: a strict xpass found it on 2026-12-07, "
+           "the release of the backport is not known here, so 6.12.75-116 count as affected)",
            introduced=(7, 0, 0), fixed=(7, 2, 0),
-           stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4}),
+           stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4},
+           stable_fixed={(6, 12): 117}),
     Defect("splice-read", ("splice_from_socket",), ("redirected",),
            "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
            "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF, so a splicing "

@@ -6,10 +6,13 @@ failure, unless the defect is intermittent).
 
 The whole matrix of a kernel is measured once (about 30 s on the host, 40 s in a TCG guest) and
 shared by its tests. By default the host and the 6.1 guest run it; ``--conformance-all`` runs every
-kernel (``sockredir-lab conformance --kernel all`` does the same from the command line).
+kernel (``sockredir-lab conformance --kernel all`` does the same from the command line);
+``--redirect-program FILE`` judges that program instead of the lab's redirect.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +37,9 @@ def cells_of(kernel, request, lab) -> dict[tuple[str, str], matrix.Cell]:
                     "run with --conformance-all")
     target = request.getfixturevalue("target")  # after the skip: a skipped cell costs no guest command
     if kernel_id not in _measured:
-        cells = matrix.run(target, kernel_id, progress=print)
+        option = lab.config.option.redirect_program  # judge someone else's redirect instead of ours
+        program = UserProgram(Path(option)) if option else None
+        cells = matrix.run(target, kernel_id, progress=print, program=program)
         _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
     return _measured[kernel_id]
 
