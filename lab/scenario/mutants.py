@@ -171,14 +171,15 @@ def format_table(results: list[MutantResult], kernels: list[str]) -> str:
 
 
 def format_markdown(results: list[MutantResult], kernels: list[str]) -> str:
-    """The same table in Markdown, with the first failed check of each kill on the first kernel
-    that killed it (what docs/scenarios.md shows)."""
+    """The same table in Markdown, with the check of the first kernel that killed each mutant (or
+    of the first that said anything else: an error, n/a) (what docs/scenarios.md shows)."""
     names = list(dict.fromkeys(r.mutant for r in results))
     cell = {(r.mutant, r.kernel): r for r in results}
     lines = ["| mutant | " + " | ".join(kernels) + " | first failed check |",
              "|---|" + "---|" * (len(kernels) + 1)]
     for name in names:
-        first = next((cell[(name, k)] for k in kernels if (name, k) in cell and cell[(name, k)].check), None)
+        mine = [cell[(name, k)] for k in kernels if (name, k) in cell and cell[(name, k)].check]
+        first = next((r for r in mine if r.killed), mine[0] if mine else None)  # a kill's check first
         check = (first.check or "")[:160].replace("|", "/") if first else ""
         lines.append(f"| `{name}` | " + " | ".join(_cell_text(cell.get((name, k))) for k in kernels)
                      + f" | {check} |")
