@@ -7,9 +7,10 @@
  * classic_sockhash.bpf.c` judges it by kernel-side evidence alone (no lab counters, a key layout
  * the lab does not decode, values it cannot read back), and it passes.
  *
- * Built with -DLEAK_ONE_IN=N it leaves about one connection in N out of the map (both ends: the
- * choice is made on the sum of the ports, which both ends share): a partial redirect, which the
- * judge must fail (tests/integration/test_judge_program.py).
+ * Built with -DLEAK_ONE_IN=N (N odd) it leaves about one connection in N out of the map (both
+ * ends: the choice is made on the sum of the ports, which both ends share; N odd because Linux
+ * hands out a client's ports of one parity, so an even N would leave out all or none): a partial
+ * redirect, which the judge must fail (tests/integration/test_judge_program.py).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
