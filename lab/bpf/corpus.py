@@ -5,6 +5,8 @@ A sidecar looks like this (``docs/verifier.md`` has the full description)::
     summary = "2-byte load of sk_msg_md.remote_port"
     capabilities = ["bpf", "net_admin"]   # optional: load with only these (default: full root)
     defines = ["NAME=VALUE"]              # optional: -D for clang
+    not_on_host = "why"                   # optional: the host's outcome is the machine's, not its
+                                          # kernel's (a tracing program refused by policy)
 
     [log]                                 # per outcome the case can have: a regex its evidence
     rejected = 'invalid bpf_context access off=60 size=2'   # (log / libbpf output) must match
@@ -37,7 +39,7 @@ from lab.bpf.verify import OUTCOMES, ObjectVerdict
 CASES_DIR = BPF_DIR / "cases"
 SOURCE_SUFFIX = ".bpf.c"
 KERNELS_HEADER = "[kernels]"
-TOP_KEYS = {"summary", "capabilities", "defines", "log", "feature", "kernels"}
+TOP_KEYS = {"summary", "capabilities", "defines", "log", "feature", "kernels", "not_on_host"}
 FEATURE_KEYS = {"prog_type", "helper", "present", "absent"}
 RECORD_KEYS = {"outcome", "key_line", "release", "insns"}
 # What every accepted load prints: a [log] pattern that matches it cannot tell this case from any
@@ -91,6 +93,7 @@ class Case:
     feature: FeatureRule | None = None
     capabilities: tuple[str, ...] | None = None
     defines: tuple[str, ...] = ()
+    not_on_host: str | None = None   # why the host kernel is not judged by this case
 
     def expectation(self, kernel_id: str | None, release: str, target=None) -> Expectation | None:
         record = self.recorded.get(kernel_id or "") or self._same_version(release)
@@ -248,6 +251,7 @@ def _parse(source: Path, sidecar: Path, data: dict[str, Any]) -> Case:
         summary=data["summary"], log_patterns=dict(logs), recorded=recorded, feature=feature,
         capabilities=tuple(caps) if caps is not None else None,
         defines=tuple(data.get("defines", ())),
+        not_on_host=data.get("not_on_host"),
     )
 
 
