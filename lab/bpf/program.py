@@ -51,13 +51,5 @@ class UserProgram:
 
     def install(self, target: Target, cgroup: str) -> redirect.Installation:
         """Load, pin and attach on ``cgroup``; removed by ``redirect.uninstall`` like the lab's own."""
-        obj = self.object()
-        pin_dir = redirect.new_pin_dir(target, cgroup)
-        try:
-            programs = redirect.load(target, obj, pin_dir)
-            maps = redirect.attach(target, cgroup, pin_dir, programs, self.sockops, self.skmsg, self.map)
-        except BaseException:
-            redirect.uninstall(target, cgroup)
-            raise
-        return redirect.Installation(cgroup, f"program:{self.name}", str(self.path), pin_dir,
-                                     programs, maps)
+        return redirect.install_object(target, cgroup, self.object(), f"program:{self.name}",
+                                       requested=str(self.path), names=(self.sockops, self.skmsg, self.map))

@@ -23,9 +23,9 @@ import json
 import posixpath
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lab import BPF_DIR, LabError
 from lab.bpf import build as bpf_build
@@ -374,25 +374,42 @@ def install(target: Target, cgroup: str, variant: str = "production",
         raise LabError(f"the redirect is already installed on {cgroup} (or left over); run "
                        f"`sockredir-lab redirect uninstall --cgroup {cgroup}` first")
     chosen, reason = choose_variant(target, variant)
+
+    def set_policy(pin_dir: str, built: str) -> None:
+        if port_policy is not None:
+            policy.require_policy_maps(target, pin_dir, built)
+            policy.apply(target, pin_dir, port_policy)
+    try:
+        installed = install_object(target, cgroup, build_object(chosen, max_entries), chosen,
+                                   requested=variant, before_attach=lambda pins: set_policy(pins, chosen))
+    except VerifierRejected as exc:
+        if chosen != "netns":
+            raise
+        # An explicit netns request on a kernel without the helper: keep the verifier's word.
+        reason = f"netns variant rejected by the verifier: {exc.key_line}"
+        installed = install_object(target, cgroup, build_object("production", max_entries), "production",
+                                   requested=variant, before_attach=lambda pins: set_policy(pins, "production"))
+    return replace(installed, fallback_reason=reason, max_entries=max_entries)
+
+
+def install_object(target: Target, cgroup: str, obj: Path, variant: str, requested: str | None = None,
+                   names: tuple[str | None, str | None, str | None] = (None, None, None),
+                   before_attach: Callable[[str], None] | None = None) -> Installation:
+    """The one install path of every program the lab loads (its variants, a mutant's build, a
+    user's object): a fresh pin directory for ``cgroup``, load and pin ``obj``, ``before_attach``
+    (pin_dir) while nothing is attached yet, then attach; on any error everything of it is
+    detached and unpinned again. ``names``: the sock_ops program, the sk_msg program and the socket
+    map, where the object has several of a kind."""
     pin_dir = new_pin_dir(target, cgroup)
     try:
-        try:
-            programs = load(target, build_object(chosen, max_entries), pin_dir)
-        except VerifierRejected as exc:
-            if chosen != "netns":
-                raise
-            # An explicit netns request on a kernel without the helper: keep the verifier's word.
-            _remove_pins(target, pin_dir)
-            chosen, reason = "production", f"netns variant rejected by the verifier: {exc.key_line}"
-            programs = load(target, build_object(chosen, max_entries), pin_dir)
-        if port_policy is not None:
-            policy.require_policy_maps(target, pin_dir, chosen)
-            policy.apply(target, pin_dir, port_policy)
-        map_ids = attach(target, cgroup, pin_dir, programs)
+        programs = load(target, obj, pin_dir)
+        if before_attach is not None:
+            before_attach(pin_dir)
+        maps = attach(target, cgroup, pin_dir, programs, *names)
     except BaseException:
         uninstall(target, cgroup)
         raise
-    return Installation(cgroup, chosen, variant, pin_dir, programs, map_ids, reason, max_entries)
+    return Installation(cgroup, variant, requested or variant, pin_dir, programs, maps)
 
 
 def foreign_attachments(target: Target, cgroup: str) -> list[dict]:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -70,15 +70,8 @@ def install_build(target: Target, cgroup: str, variant: str, max_entries: int | 
     """Like redirect.install, with the production and netns builds replaced by a mutant's."""
     if mutant is None or variant not in mutants.BASES:
         return redirect.install(target, cgroup, variant, max_entries)
-    obj = mutants.build(mutant, variant, max_entries)
-    pin_dir = redirect.new_pin_dir(target, cgroup)
-    try:
-        programs = redirect.load(target, obj, pin_dir)
-        maps = redirect.attach(target, cgroup, pin_dir, programs)
-    except BaseException:
-        redirect.uninstall(target, cgroup)
-        raise
-    return redirect.Installation(cgroup, variant, variant, pin_dir, programs, maps, None, max_entries)
+    installed = redirect.install_object(target, cgroup, mutants.build(mutant, variant, max_entries), variant)
+    return replace(installed, max_entries=max_entries)
 
 
 class Env:

@@ -115,10 +115,7 @@ def test_verifier_statistics(kernel, target, variant, artifacts):
 # ----------------------------------------------------------------------------- padding holes at run time
 
 def _install_holes(target, cgroup, defines: tuple[str, ...]) -> str:
-    pin_dir = redirect.new_pin_dir(target, cgroup)
-    programs = redirect.load(target, bpf.build(HOLES.source, defines), pin_dir)
-    redirect.attach(target, cgroup, pin_dir, programs)
-    return pin_dir
+    return redirect.install_object(target, cgroup, bpf.build(HOLES.source, defines), HOLES.name).pin_dir
 
 
 def _hole_counters(target, pin_dir: str) -> dict[str, int]:
