@@ -430,15 +430,23 @@ def attached_sockops(target: Target, cgroup: str) -> list[dict]:
     return [e for e in entries if e.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
 
 
-def uninstall(target: Target, cgroup: str) -> list[str]:
-    """Detach and unpin everything of the redirect on ``cgroup``; also after a partial install.
+@dataclass(frozen=True)
+class Step:
+    """One command of an uninstall: what it does, in words, and the argv that does it."""
+    what: str
+    argv: list[str]
+    required: bool = True   # a detach of a verdict that is already gone may fail harmlessly
 
-    Returns what was done, one line per action.
-    """
+
+def uninstall_plan(target: Target, cgroup: str) -> list[Step]:
+    """The commands that detach and unpin everything of the redirect on ``cgroup`` (also after a
+    partial install), in order: sk_msg from its socket map, sock_ops from the cgroup by id, the
+    pins; then our sock_ops programs left attached without pins. ``uninstall`` runs them; the
+    detach scenario has its client run the same list midway through a stream."""
     cgroup = _normalise(target, cgroup)
-    done = []
-    # One listing of the cgroup serves every pin directory and the leftovers: only this function
-    # detaches from it meanwhile (a TCG guest spends ~0.1 s per bpftool run).
+    steps = []
+    # One listing of the cgroup serves every pin directory and the leftovers (a TCG guest spends
+    # ~0.1 s per bpftool run).
     attached = {entry["id"]: entry for entry in attached_sockops(target, cgroup)}
     for pin_dir in existing_pin_dirs(target, cgroup):
         programs, maps = pinned(target, pin_dir)
@@ -447,35 +455,41 @@ def uninstall(target: Target, cgroup: str) -> list[str]:
                 continue
             for name, info in maps.items():
                 if info["type"] in SOCK_MAP_TYPES:
-                    detach = target.run(["bpftool", "prog", "detach", "pinned", prog.pin, "msg_verdict",
-                                         "pinned", f"{pin_dir}/maps/{name}"])
-                    if detach.ok:
-                        done.append(f"detached {prog.name} from {name}")
+                    steps.append(Step(f"detached {prog.name} from {name}",
+                                      ["bpftool", "prog", "detach", "pinned", prog.pin, "msg_verdict",
+                                       "pinned", f"{pin_dir}/maps/{name}"], required=False))
         for prog in programs.values():
             entry = attached.pop(prog.id, None)
             if entry is not None:
-                _detach_sockops(target, cgroup, entry)
-                done.append(f"detached {entry['name']} (id {entry['id']}) from {cgroup}")
-        _remove_pins(target, pin_dir)
-        done.append(f"removed pins {pin_dir}")
+                steps.append(Step(f"detached {entry['name']} (id {entry['id']}) from {cgroup}",
+                                  _detach_sockops(cgroup, entry)))
+        # bpffs supports unlink and rmdir; removing the last pin of a map or program frees it once
+        # no attachment holds it (the sockhash drops its verdict program when its last user ref goes).
+        steps.append(Step(f"removed pins {pin_dir}", ["rm", "-rf", pin_dir]))
     # Left over from an install whose pins are gone: our programs, recognised by name.
     for entry in attached.values():
         if entry.get("name") in SOCKOPS_PROGRAMS:
-            _detach_sockops(target, cgroup, entry)
-            done.append(f"detached unpinned {entry['name']} (id {entry['id']}) from {cgroup}")
+            steps.append(Step(f"detached unpinned {entry['name']} (id {entry['id']}) from {cgroup}",
+                              _detach_sockops(cgroup, entry)))
+    return steps
+
+
+def uninstall(target: Target, cgroup: str) -> list[str]:
+    """Detach and unpin everything of the redirect on ``cgroup``; also after a partial install.
+
+    Returns what was done, one line per action.
+    """
+    done = []
+    for step in uninstall_plan(target, cgroup):
+        if target.run(step.argv, check=step.required).ok:
+            done.append(step.what)
     for mount in bpffs_mounts(target):
         target.remove_dir(posixpath.join(mount, PIN_PARENT))  # only when empty: others may use it
     return done
 
 
-def _detach_sockops(target: Target, cgroup: str, entry: dict) -> None:
-    target.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(entry["id"])], check=True)
-
-
-def _remove_pins(target: Target, pin_dir: str) -> None:
-    # bpffs supports unlink and rmdir; removing the last pin of a map or program frees it once no
-    # attachment holds it (the sockhash drops its verdict program when its last user ref goes).
-    target.run(["rm", "-rf", pin_dir], check=True)
+def _detach_sockops(cgroup: str, entry: dict) -> list[str]:
+    return ["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(entry["id"])]
 
 
 def _normalise(target: Target, cgroup: str) -> str:

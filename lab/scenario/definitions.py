@@ -357,13 +357,8 @@ def fullmap_check(env: Env, v: Verdict) -> None:
 def detach_check(env: Env, v: Verdict) -> None:
     nbytes = env.scale.bulk_bytes
     inst = env.installed(shared=False)
-    pins = redirect.pinned_programs(env.target, inst.installation.pin_dir)
-    sockops = next(p for p in pins.values() if p.type == "sock_ops")
-    skmsg = next(p for p in pins.values() if p.type == "sk_msg")
-    # What `sockredir-lab redirect uninstall` does, run by the client when half its bytes are out.
-    commands = [["bpftool", "cgroup", "detach", inst.cgroup, "sock_ops", "pinned", sockops.pin],
-                ["bpftool", "prog", "detach", "pinned", skmsg.pin, "msg_verdict", "pinned", inst.map_pin],
-                ["rm", "-rf", inst.installation.pin_dir]]
+    # Exactly what `sockredir-lab redirect uninstall` runs, run by the client when half its bytes are out.
+    commands = [step.argv for step in redirect.uninstall_plan(env.target, inst.cgroup)]
     commands_file = f"{redirect.RUN_DIR}/detach-{trace.new_tag()}.json"
     env.target.put_text(json.dumps(commands), commands_file)
     try:
