@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lab import LabError
+from lab.kernel.catalog import test_id_of
 from lab.matrix.junit import Outcome
 
 MODULE = "sockredir-lab suite"
@@ -34,7 +35,7 @@ def parse(path: Path) -> list[Outcome]:
     outcomes = []
     for report in kernels:
         kernel = str(report["kernel"])
-        scenarios = path.parent / f"kernel_{kernel.replace('.', '_')}" / "scenarios"
+        scenarios = path.parent / test_id_of(kernel) / "scenarios"
 
         def outcome(test: str, status: str, reason: str, seconds: float, artifacts: Path) -> Outcome:
             return Outcome(module=MODULE, test=test, kernel=kernel, status=status, reason=reason,

@@ -15,6 +15,7 @@ from typing import Callable
 
 from lab import LabError, api
 from lab.cache import atomic_write
+from lab.kernel.catalog import test_id_of
 from lab.vm.dmesg import find_splats, load_allowed
 from lab.bpf.mutants import Mutant
 from lab.bpf.program import UserProgram
@@ -94,7 +95,7 @@ def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
     settings = settings or api.Settings(progress=print)
     reports = []
     for kernel_id in kernel_ids:
-        report = run_kernel(kernel_id, scenario_ids, artifacts / f"kernel_{kernel_id.replace('.', '_')}",
+        report = run_kernel(kernel_id, scenario_ids, artifacts / test_id_of(kernel_id),
                             mutant, settings, program)
         reports.append(report)
         atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))

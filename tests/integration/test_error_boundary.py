@@ -13,6 +13,8 @@ import pytest
 
 from inner_run import share_lab_cache
 
+from lab.kernel.catalog import test_id_of as kernel_test_id  # not collected as a test
+
 GUEST_KERNEL = "6.1"
 KILLED_MID_RUN = """
 import os
@@ -70,7 +72,7 @@ def inner_run(pytester, monkeypatch, source: str, *args: str):
 
 def test_guest_killed_mid_run_fails_its_kernel_and_the_run_goes_on(pytester, needs_root, monkeypatch):
     result, output = inner_run(pytester, monkeypatch, KILLED_MID_RUN, "--kernel", "host")
-    kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
+    kernel_id = kernel_test_id(GUEST_KERNEL)
     # The test that killed the guest fails at teardown (the guest died during it); the guest's
     # later tests fail at once with the reason and the console; the host's tests run and pass.
     result.assert_outcomes(passed=3, errors=3)
@@ -89,7 +91,7 @@ def test_guest_that_stops_answering_is_given_up_at_once(pytester, needs_root, mo
     # that the guest no longer runs `true`, stops its QEMU (no process left behind) and fails the
     # kernel's later tests at once instead of letting each wait out its own timeout.
     result, output = inner_run(pytester, monkeypatch, FROZEN_MID_RUN, "--no-host")
-    kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
+    kernel_id = kernel_test_id(GUEST_KERNEL)
     result.assert_outcomes(failed=1, errors=2)
     assert f"FAILED test_inner.py::test_1_freeze_the_guest[{kernel_id}] - CommandTimeout: command " \
            "timed out after 2s" in output

@@ -28,6 +28,7 @@ from lab.pytest_plugin import HostKernel
 
 DEFAULT_KERNEL = "6.1"
 from lab.scenario.definitions import run_check
+from lab.kernel.catalog import test_id_of as kernel_test_id  # not collected as a test
 from lab.kernel.config import REDIRECT
 
 
@@ -48,7 +49,7 @@ def suite_target(kernel, request):
 # installations while the guest is still up (fetched in suite_env, the guest went first).
 @pytest.fixture(scope="module")
 def suite_env(kernel, suite_target, lab, pytestconfig):
-    artifacts = lab.artifacts / "scenarios" / f"kernel_{kernel.id.replace('.', '_')}"
+    artifacts = lab.artifacts / "scenarios" / kernel_test_id(kernel.id)
     program = None
     if pytestconfig.option.redirect_program:  # judge someone else's redirect instead of ours
         families = tuple(pytestconfig.option.redirect_program_families.split(","))

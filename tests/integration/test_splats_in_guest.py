@@ -9,6 +9,8 @@ import pytest
 
 from inner_run import share_lab_cache
 
+from lab.kernel.catalog import test_id_of as kernel_test_id  # not collected as a test
+
 GUEST_KERNEL = "6.1"
 INNER = """
 def kmsg(target, line):
@@ -48,7 +50,7 @@ def test_splats_fail_their_test_unless_accepted(pytester, monkeypatch):
                                            timeout=600)
     output = result.stdout.str() + result.stderr.str()
     print(output[-5000:])
-    kernel_id = "kernel_" + GUEST_KERNEL.replace(".", "_")
+    kernel_id = kernel_test_id(GUEST_KERNEL)
     # Every test's own body passes; a splat fails the test at its teardown (an error).
     result.assert_outcomes(passed=3, errors=1)
     assert "ERROR test_inner.py::test_known_splat" not in output
