@@ -299,24 +299,38 @@ class Loaded:
     def attach_tracepoint(self, program: str, point: str) -> str:
         """Attach a ``tracepoint`` program to ``CATEGORY/NAME`` (kernel 5.15+) or a
         ``raw_tracepoint`` program to ``NAME``; the link is pinned under this object's pins (removed
-        by ``close()``). Returns the link's pin. bpftool 7.1 cannot do this, so a small stdlib
-        helper on the target makes the system calls (scenarios/attach_link.py)."""
-        from lab.scenario.runner import ensure_on_target
-
+        by ``close()``). Returns the link's pin."""
         prog = self.program(program)
         if prog.type not in ("tracepoint", "raw_tracepoint"):
             raise LabError(f"program {program} is of type {prog.type}; attach_tracepoint takes "
                            "tracepoint and raw_tracepoint programs")
-        link_pin = f"{self.pin_dir}/links/{program}"
+        return self._attach_link(prog, prog.type, point)
+
+    def attach_tracing(self, program: str) -> str:
+        """Attach a ``tracing`` program (``fentry/FUNC``, ``fexit/FUNC``) to the kernel function it
+        was loaded for (kernel 5.5+); the link is pinned like attach_tracepoint's. Returns its pin."""
+        prog = self.program(program)
+        if prog.type != "tracing":
+            raise LabError(f"program {program} is of type {prog.type}; attach_tracing takes tracing "
+                           "(fentry/fexit) programs")
+        return self._attach_link(prog, "tracing", "-")
+
+    def _attach_link(self, prog: "redirect.Program", kind: str, point: str) -> str:
+        # bpftool 7.1 cannot attach these, so a small stdlib helper on the target makes the system
+        # calls (scenarios/attach_link.py) and pins the link.
+        from lab.scenario.runner import ensure_on_target
+
+        link_pin = f"{self.pin_dir}/links/{prog.name}"
         helper = ensure_on_target(self.target, "attach_link.py")
-        result = self.target.run(["python3", "-S", helper, prog.pin, prog.type, point, link_pin])
+        result = self.target.run(["python3", "-S", helper, prog.pin, kind, point, link_pin])
         if not result.ok:
             # The helper prints {"error": "<step>: <errno text>"}; a crash leaves only stderr.
             try:
                 reason = json.loads(result.stdout)["error"]
             except (ValueError, KeyError, TypeError):
                 reason = result.stderr.strip()[-500:] or f"exit {result.rc}"
-            raise LabError(f"attaching {program} to {point} on {self.target.name} "
+            where = point if kind != "tracing" else "its kernel function"
+            raise LabError(f"attaching {prog.name} to {where} on {self.target.name} "
                            f"({self.target.kernel_release}) failed: {reason}")
         self._detach.append(["rm", "-f", link_pin])
         return link_pin

@@ -1,12 +1,16 @@
-"""Attach a pinned BPF program to a tracepoint and pin the resulting link (runs on the target).
+"""Attach a pinned BPF program to a tracepoint or its kernel function and pin the resulting link
+(runs on the target).
 
     python3 attach_link.py PROG_PIN tracepoint CATEGORY/NAME LINK_PIN
     python3 attach_link.py PROG_PIN raw_tracepoint NAME LINK_PIN
+    python3 attach_link.py PROG_PIN tracing - LINK_PIN      (fentry/fexit: the function it was loaded for)
 
 bpftool 7.1 (Debian 12's, on the host and in the guests) cannot attach tracing programs (it has no
 ``autoattach``), so this does what libbpf's attach does, with the bpf() and perf_event_open()
 system calls: a ``raw_tracepoint`` program through BPF_RAW_TRACEPOINT_OPEN (kernel 5.7+), a
-``tracepoint`` program through a perf event and BPF_LINK_CREATE (kernel 5.15+). The link is pinned
+``tracing`` program (fentry/fexit) through the same command without a name (its target is the
+function named at load time; kernel 5.5+), a ``tracepoint`` program through a perf event and
+BPF_LINK_CREATE (kernel 5.15+). The link is pinned
 in bpffs, so the attachment outlives this process; removing the pin detaches it. Prints one line of
 JSON; exits 1 with the failing step and errno otherwise. Stdlib only (x86_64 syscall numbers).
 """
@@ -88,14 +92,21 @@ def raw_tracepoint_link(prog_fd: int, name: str) -> int:
                f"BPF_RAW_TRACEPOINT_OPEN {name}")
 
 
+def tracing_link(prog_fd: int) -> int:
+    return bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("QI", 0, prog_fd),
+               "BPF_RAW_TRACEPOINT_OPEN (fentry/fexit)")
+
+
 def main(prog_pin: str, kind: str, point: str, link_pin: str) -> None:
     prog_fd = obj_get(prog_pin)
     if kind == "tracepoint":
         link_fd = tracepoint_link(prog_fd, point)
     elif kind == "raw_tracepoint":
         link_fd = raw_tracepoint_link(prog_fd, point)
+    elif kind == "tracing":
+        link_fd = tracing_link(prog_fd)
     else:
-        raise StepFailed(f"unknown kind {kind!r}: tracepoint or raw_tracepoint")
+        raise StepFailed(f"unknown kind {kind!r}: tracepoint, raw_tracepoint or tracing")
     os.makedirs(os.path.dirname(link_pin), exist_ok=True)
     obj_pin(link_fd, link_pin)
     print(json.dumps({"link_pin": link_pin, "kind": kind, "point": point}))

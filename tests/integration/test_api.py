@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from pair_checks import assert_no_error
+
 from lab import BPF_DIR, LabError, api
 from lab.bpf import redirect
+from lab.scenario.runner import run_pair
 
 PROGRAMS = Path(__file__).parent / "programs"
 CONNECTIONS, SENDS = 3, 5
@@ -108,6 +111,38 @@ def test_tracepoint_programs_attach_and_count(target):
             assert attached == 1 and counts[TRACEPOINT] == 0
         with pytest.raises(LabError, match="attach_tracepoint takes tracepoint and raw_tracepoint"):
             loaded.attach_tracepoint("count_established", "sock/inet_sock_set_state")
+        with pytest.raises(LabError, match="attach_tracing takes tracing"):
+            loaded.attach_tracing("on_state_change_raw")
         before_close = _links_of(target, loaded)
         loaded.close()
         assert before_close and _links_of(target, loaded) == []
+
+
+def test_fexit_programs_attach_and_count_reads_of_redirected_sockets(target, cgroup):
+    """attach_tracing: a fexit program on tcp_bpf_recvmsg counts the reads of sockets the redirect
+    holds, and none of plain TCP's; detached with the object. Where the kernel refuses tracing
+    programs (this project's host: EPERM whatever they do) the test says so and stops."""
+    obj = api.build(PROGRAMS / "count_bpf_recv.bpf.c")
+    try:
+        loaded = api.load(target, obj)
+    except redirect.LoadError as exc:
+        if "Operation not permitted" in str(exc):
+            pytest.skip(f"{target.kernel_release} refuses tracing programs here (measured: {exc})")
+        raise
+    with loaded:
+        loaded.attach_tracing("after_bpf_recv")
+        assert len(_links_of(target, loaded)) == 1
+        plain, _ = run_pair(target, nbytes=1 << 20)
+        assert plain["intact"] and _reads(loaded) == 0, "plain TCP never takes tcp_bpf_recvmsg"
+        redirect.install(target, cgroup, "production")
+        redirected, _ = run_pair(target, nbytes=1 << 20, client_cgroup=cgroup, server_cgroup=cgroup)
+        assert_no_error(redirected, target, in_map=("client", "server"))
+        assert _reads(loaded) >= 2, "both redirected sockets read through tcp_bpf_recvmsg"
+        with pytest.raises(LabError, match="attach_tracepoint takes tracepoint and raw_tracepoint"):
+            loaded.attach_tracepoint("after_bpf_recv", "sock/inet_sock_set_state")
+    assert _links_of(target, loaded) == []
+
+
+def _reads(loaded: api.Loaded) -> int:
+    entry = loaded.map("reads").dump()[0]
+    return entry["formatted"]["value"] if "formatted" in entry else entry["value"]
