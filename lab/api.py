@@ -38,6 +38,7 @@ from lab.bpf.program import UserProgram
 from lab.cache import cache_dir
 from lab.kernel.catalog import Catalog, KernelEntry
 from lab.vm import capacity
+from lab.vm.staging import ensure_on_target
 from lab.vm.target import Command, LocalTarget, Result, Target, as_shell
 
 HOST = "host"
@@ -318,8 +319,6 @@ class Loaded:
     def _attach_link(self, prog: "redirect.Program", kind: str, point: str) -> str:
         # bpftool 7.1 cannot attach these, so a small stdlib helper on the target makes the system
         # calls (scenarios/attach_link.py) and pins the link.
-        from lab.scenario.runner import ensure_on_target
-
         link_pin = f"{self.pin_dir}/links/{prog.name}"
         helper = ensure_on_target(self.target, "attach_link.py")
         result = self.target.run(["python3", "-S", helper, prog.pin, kind, point, link_pin])

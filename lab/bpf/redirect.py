@@ -32,10 +32,9 @@ from lab.bpf import build as bpf_build
 from lab.bpf import cgroups
 from lab.bpf import keys
 from lab.bpf import verifier_log
-from lab.vm.target import Result, Target
+from lab.vm.target import RUN_DIR, Result, Target
 
 VARIANTS = ("production", "netns", "seed", "auto")
-RUN_DIR = "/run/sockredir-lab"
 PRIVATE_BPFFS = f"{RUN_DIR}/bpffs"
 PIN_PARENT = "sockredir-lab"
 

@@ -37,7 +37,7 @@ from lab.bpf import keys
 from lab.bpf.redirect import RUN_DIR
 from lab.conformance import defects
 from lab.conformance.matrix import inserted
-from lab.scenario.runner import SCENARIOS_ON_TARGET, ensure_on_target
+from lab.vm.staging import SCENARIOS_ON_TARGET, ensure_on_target
 from lab.vm.target import CommandTimeout, Result, Target
 
 APPS = ("nginx", "redis", "splice_proxy")

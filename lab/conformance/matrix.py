@@ -29,7 +29,7 @@ from lab import LabError, api
 from lab.bpf import keys, redirect
 from lab.bpf.program import UserProgram
 from lab.conformance import defects
-from lab.scenario.runner import SHARED_FILES, ensure_on_target
+from lab.vm.staging import ensure_with_shared
 from lab.vm.target import Target
 
 SITUATIONS = ("plain", "redirected", "peer_outside")
@@ -96,9 +96,7 @@ def observation(record: dict) -> object:
 def run_probes(target: Target, app_cgroup: str, peer_cgroup: str, behaviours: Sequence[str],
                broken: Sequence[str] = ()) -> dict[str, dict]:
     """One run of the probe program (in a fresh network namespace); records by behaviour."""
-    for shared in SHARED_FILES:
-        ensure_on_target(target, shared)
-    program = ensure_on_target(target, PROGRAM)
+    program = ensure_with_shared(target, PROGRAM)
     command = ["unshare", "-n", "python3", "-S", program, "--app-cgroup", app_cgroup,
                "--peer-cgroup", peer_cgroup]
     command += [arg for name in behaviours for arg in ("--behaviour", name)]

@@ -12,42 +12,15 @@ dumps the map itself at fixed points (``--map-pin``), and prints one JSON object
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
-import weakref
 from typing import Callable, Sequence
 
-from lab import SCENARIOS_DIR, LabError
+from lab import LabError
 from lab.bpf.redirect import RUN_DIR
+from lab.vm.staging import ensure_with_shared
 from lab.vm.target import Target
-
-SCENARIOS_ON_TARGET = f"{RUN_DIR}/scenarios"
-PAIR_ON_TARGET = f"{SCENARIOS_ON_TARGET}/pair.py"
-SHARED_FILES = ("common.py",)
-
-# target -> {file name: sha256 of the copy on it}; copies are refreshed when the file changes.
-_copied: "weakref.WeakKeyDictionary[Target, dict[str, str]]" = weakref.WeakKeyDictionary()
-
-
-def ensure_on_target(target: Target, filename: str) -> str:
-    """Copy ``scenarios/<filename>`` to the target unless this session already did; its remote path."""
-    local = SCENARIOS_DIR / filename
-    if not local.is_file():
-        raise LabError(f"no scenario file {local}; the scenarios are {', '.join(available())}")
-    digest = hashlib.sha256(local.read_bytes()).hexdigest()
-    remote = f"{SCENARIOS_ON_TARGET}/{filename}"
-    done = _copied.setdefault(target, {})
-    if done.get(filename) != digest:
-        target.put(local, remote)
-        done[filename] = digest
-    return remote
-
-
-def available() -> list[str]:
-    """Scenario programs (not the shared module nor pair.py's one-connection driver)."""
-    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.py") if p.stem not in ("common", "pair"))
 
 
 def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: str | None = None, *,
@@ -63,9 +36,7 @@ def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: st
     with ``wrap(command) -> command``) to count tracepoints around the data phase.
     The result also carries ``rc``, ``stderr`` and ``command`` of the run.
     """
-    for shared in SHARED_FILES:
-        ensure_on_target(target, shared)
-    program = ensure_on_target(target, f"{name}.py")
+    program = ensure_with_shared(target, f"{name}.py")
     # -S: no site module (stdlib only), a quarter of a second less per run in a TCG guest.
     command = ["unshare", "-n", "python3", "-S", program, "--rounds", ",".join(rounds),
                "--timeout", str(timeout)]
@@ -97,11 +68,9 @@ def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
     dump the sockhash. ``port`` fixes the server's port (0: any free one). Returns (pair.py's
     result, while_open's result).
     """
-    for shared in SHARED_FILES:  # pair.py imports common.py
-        ensure_on_target(target, shared)
-    target.put(SCENARIOS_DIR / "pair.py", PAIR_ON_TARGET)
+    pair = ensure_with_shared(target, "pair.py")
     hold_dir = target.run(["mktemp", "-d", f"{RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
-    cmd = ["unshare", "-n", "python3", PAIR_ON_TARGET, "--lo-up", "--family", family,
+    cmd = ["unshare", "-n", "python3", pair, "--lo-up", "--family", family,
            "--bytes", str(nbytes), "--hold-dir", hold_dir, "--timeout", str(timeout), "--port", str(port)]
     if client_cgroup:
         cmd += ["--client-cgroup", client_cgroup]

@@ -26,6 +26,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from lab import LabError
+from lab.vm.staging import ensure_on_target
 from lab.vm.target import Target
 
 # event -> filter kind understood by tracefs.sh
@@ -93,7 +94,6 @@ def support(target: Target) -> Support:
     """Which of the wanted tracepoints exist and whether kprobes work, on ``target``."""
     cached = _support_cache.get(target)
     if cached is None:
-        from lab.scenario.runner import ensure_on_target
 
         script = ensure_on_target(target, SCRIPT)
         result = target.run(["sh", script, "probe", *TRACEPOINTS, KPROBE_EVENT], timeout=60)
@@ -121,7 +121,6 @@ class Plan:
     port: int
 
     def wrap(self, command: list[str]) -> list[str]:
-        from lab.scenario.runner import ensure_on_target
 
         script = ensure_on_target(self.target, SCRIPT)
         return ["sh", script, "run", self.tag, str(self.port), *self.support.specs(), "--", *command]
@@ -145,7 +144,6 @@ class Session:
         self.control: str | None = None
 
     def __enter__(self) -> "Session":
-        from lab.scenario.runner import ensure_on_target
 
         self.script = ensure_on_target(self.target, SCRIPT)
         result = self.target.run(["sh", self.script, "start", self.tag, str(self.port),

@@ -27,6 +27,7 @@ from lab import IMAGES_DIR, LabError
 
 Command = Union[str, Sequence[str]]
 GUEST_SHELL_FRAME = (IMAGES_DIR / "guest-shell.sh").read_text()
+RUN_DIR = "/run/sockredir-lab"  # the lab's files on a target: programs, objects, private mounts
 
 
 @dataclass
