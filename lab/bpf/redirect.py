@@ -267,10 +267,6 @@ def pinned(target: Target, pin_dir: str) -> tuple[dict[str, Program], dict[str, 
     return programs, maps
 
 
-def pinned_programs(target: Target, pin_dir: str) -> dict[str, Program]:
-    return pinned(target, pin_dir)[0]
-
-
 def pinned_maps(target: Target, pin_dir: str) -> dict[str, dict]:
     return pinned(target, pin_dir)[1]
 

@@ -159,8 +159,8 @@ def test_a_send_eagain_an_exception_and_a_hang_stay_failures():
 
 
 def test_a_scenario_error_names_the_side_whose_blocking_recv_failed():
-    text = (f"scenario error: redirect: ScenarioError: client: SpuriousEagain: [Errno 11] blocking recv() "
-            f"failed with EAGAIN: Resource temporarily unavailable; server still blocked 5 s later (stopped)")
+    text = ("scenario error: redirect: ScenarioError: client: SpuriousEagain: [Errno 11] blocking recv() "
+            "failed with EAGAIN: Resource temporarily unavailable; server still blocked 5 s later (stopped)")
     stopped = Failure(text, "redirect", "error")
     assert xfail.symptom_side(stopped) == "client"
     assert named([stopped]) == "blocking-eagain"
