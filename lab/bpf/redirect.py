@@ -370,20 +370,21 @@ def install(target: Target, cgroup: str, variant: str = "production",
                        f"`sockredir-lab redirect uninstall --cgroup {cgroup}` first")
     chosen, reason = choose_variant(target, variant)
 
-    def set_policy(pin_dir: str, built: str) -> None:
-        if port_policy is not None:
-            policy.require_policy_maps(target, pin_dir, built)
-            policy.apply(target, pin_dir, port_policy)
+    def install_built(built: str) -> Installation:
+        def set_policy(pin_dir: str) -> None:
+            if port_policy is not None:
+                policy.require_policy_maps(target, pin_dir, built)
+                policy.apply(target, pin_dir, port_policy)
+        return install_object(target, cgroup, build_object(built, max_entries), built, requested=variant,
+                              before_attach=set_policy)
     try:
-        installed = install_object(target, cgroup, build_object(chosen, max_entries), chosen,
-                                   requested=variant, before_attach=lambda pins: set_policy(pins, chosen))
+        installed = install_built(chosen)
     except VerifierRejected as exc:
         if chosen != "netns":
             raise
         # An explicit netns request on a kernel without the helper: keep the verifier's word.
         reason = f"netns variant rejected by the verifier: {exc.key_line}"
-        installed = install_object(target, cgroup, build_object("production", max_entries), "production",
-                                   requested=variant, before_attach=lambda pins: set_policy(pins, "production"))
+        installed = install_built("production")
     return replace(installed, fallback_reason=reason, max_entries=max_entries)
 
 

@@ -34,6 +34,7 @@ class Outcome:
     artifacts: str     # the test's artifact directory as the run wrote it, or ""
     run: str           # which file it came from
     timestamp: str     # when that run started (the testsuite's timestamp)
+    strict: bool = False  # an xpass that fails the run (pytest's XPASS(strict))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,11 +90,12 @@ def parse(path: Path) -> list[Outcome]:
             kernel = properties.get("sockredir_kernel") or (kernel_id_of(kernel_part) if kernel_part
                                                             else NO_KERNEL)
             status, reason = _status(case, properties)
+            strict = status == "xpass" and properties[XPASS_PROPERTY] == "strict"
             outcomes.append(Outcome(module=case.get("classname", ""), test=test, kernel=kernel,
                                     status=status, reason=reason,
                                     seconds=float(case.get("time") or 0),
                                     artifacts=properties.get("sockredir_artifacts", ""),
-                                    run=str(path), timestamp=suite.get("timestamp", "")))
+                                    run=str(path), timestamp=suite.get("timestamp", ""), strict=strict))
     return outcomes
 
 

@@ -30,7 +30,7 @@ LABELS = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "xpass": "XPASS", "x
 
 def failing(outcome: Outcome) -> bool:
     """A failure, an error, or a strict xpass (the defect table is out of date)."""
-    return outcome.status in FAILED or (outcome.status == "xpass" and outcome.reason.startswith("strict"))
+    return outcome.status in FAILED or (outcome.status == "xpass" and outcome.strict)
 
 
 @dataclass

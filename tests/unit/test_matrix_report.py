@@ -184,6 +184,7 @@ def test_an_xpass_is_its_own_state_from_pytests_junit_and_a_strict_one_fails(pyt
     outcomes = {o.test: o for o in junit.parse(pytester.path / "out.xml")}
     assert outcomes["test_always"].status == "xpass" and outcomes["test_always"].reason.startswith("strict")
     assert outcomes["test_sometimes"].status == "xpass" and outcomes["test_sometimes"].reason.startswith("non-strict")
+    assert outcomes["test_always"].strict and not outcomes["test_sometimes"].strict
     assert outcomes["test_shows"].status == "xfail"
     merged = report.collect([pytester.path / "out.xml"])
     assert merged.totals()["xpass"] == 2 and merged.failed
