@@ -12,6 +12,9 @@
  *   -DSOCKREDIR_NETNS    netns cookie in the key (needs bpf_get_netns_cookie in sock_ops and
  *                        sk_msg: Linux 5.15+; refused by the verifier on 5.10)
  *   -DSOCKREDIR_MAX_ENTRIES=N   map size (bpftool loadall cannot resize maps)
+ *   -DSOCKREDIR_GUARD    the guarded variant: per message, TCP instead of the redirect where the
+ *                        redirect would queue without bound, reorder, or lose to TCP
+ *                        (sockredir_guard.h; with -DSOCKREDIR_READER=N, its read hook's form)
  *
  * Policy (sredir_policy, sredir_ports; managed by `sockredir-lab redirect policy`): which
  * connections go into the map at all, decided once per connection by its service port (the
@@ -38,7 +41,13 @@
 #define AF_INET6 10
 
 /* Program names tell the loader which variant is pinned (kernel names keep 15 characters). */
-#ifdef SOCKREDIR_NETNS
+#if defined(SOCKREDIR_GUARD) && defined(SOCKREDIR_NETNS)
+#define SOCKOPS_PROG sredir_ops_gn
+#define SKMSG_PROG sredir_msg_gn
+#elif defined(SOCKREDIR_GUARD)
+#define SOCKOPS_PROG sredir_ops_g
+#define SKMSG_PROG sredir_msg_g
+#elif defined(SOCKREDIR_NETNS)
 #define SOCKOPS_PROG sredir_ops_ns
 #define SKMSG_PROG sredir_msg_ns
 #else
@@ -162,6 +171,10 @@ static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sock
 #endif
 }
 
+#ifdef SOCKREDIR_GUARD
+#include "sockredir_guard.h"
+#endif
+
 static __always_inline int policy_allows(struct bpf_sock_ops *ops)
 {
 	__u32 zero = 0, port;
@@ -191,8 +204,16 @@ static __always_inline void insert_socket(struct bpf_sock_ops *ops)
 		return;
 	}
 	key_from_ops(ops, &key, family);
+#ifdef SOCKREDIR_GUARD
+	if (guard_start(ops, &key))
+		return;	/* no guard state, no redirect: the connection stays on TCP */
+#endif
 	/* NOEXIST: never steal the slot of a live socket that has the same key. */
 	err = bpf_sock_hash_update(ops, &sredir_hash, &key, BPF_NOEXIST);
+#ifdef SOCKREDIR_GUARD
+	if (err)
+		guard_forget(&key);
+#endif
 	if (!count)
 		return;
 	if (err)
@@ -205,6 +226,20 @@ static __always_inline void insert_socket(struct bpf_sock_ops *ops)
 		count->inserted_v6++;
 }
 
+#ifdef SOCKREDIR_GUARD
+/* A guarded socket closes: its guard entry goes (its sockhash entry goes by itself). */
+static __always_inline void forget_socket(struct bpf_sock_ops *ops)
+{
+	__u32 family = CTX_U32(ops->family);
+	struct sockredir_key key;
+
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	key_from_ops(ops, &key, family);
+	guard_forget(&key);
+}
+#endif
+
 SEC("sockops")
 int SOCKOPS_PROG(struct bpf_sock_ops *ops)
 {
@@ -214,6 +249,12 @@ int SOCKOPS_PROG(struct bpf_sock_ops *ops)
 		if (policy_allows(ops))
 			insert_socket(ops);
 		break;
+#ifdef SOCKREDIR_GUARD
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == BPF_TCP_CLOSE)
+			forget_socket(ops);
+		break;
+#endif
 	default:
 		break;
 	}
@@ -229,7 +270,20 @@ int SKMSG_PROG(struct sk_msg_md *msg)
 	long verdict;
 
 	peer_key_from_msg(msg, &peer, CTX_U32(msg->family));
+#ifdef SOCKREDIR_GUARD
+	struct sockredir_guard *state;
+	int decision = guard_decide(msg, &peer, size, &state);
+
+	if (decision != GUARD_REDIRECT && state) {
+		guard_count_tcp(decision, size, state);
+		return SK_PASS;
+	}
+#endif
 	verdict = bpf_msg_redirect_hash(msg, &sredir_hash, &peer, BPF_F_INGRESS);
+#ifdef SOCKREDIR_GUARD
+	if (verdict == SK_PASS)
+		guard_redirected(state, size);
+#endif
 	if (count) {
 		if (verdict == SK_PASS) {
 			count->msgs_redirected++;

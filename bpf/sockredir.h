@@ -46,6 +46,36 @@ enum sockredir_policy_mode {
 	SOCKREDIR_POLICY_ALL_BUT_LISTED = 2,	/* every connection except those to a listed port */
 };
 
+/*
+ * The guarded variant (-DSOCKREDIR_GUARD, bpf/sockredir_guard.h): one entry per socket of the
+ * sockhash, under the same key, describing that socket as a *receiver*. Written by the sender's
+ * sk_msg program (unread, on_tcp) and by the receiver's read hook (the rest).
+ */
+struct sockredir_guard {
+	__s64 unread;		/* bytes redirected to it and not yet read (an estimate, may dip below 0) */
+	__u32 copied_seq;	/* its tcp copied_seq after its last read: TCP bytes it has read */
+	__u32 rcvbuf;		/* its sk_rcvbuf at its last read (0 until it reads) */
+	__u32 on_tcp;		/* the last message towards it went over TCP */
+	__u32 reserved;
+};
+
+_Static_assert(sizeof(struct sockredir_guard) == 24, "sockredir_guard must have no padding");
+
+/* Per-CPU counters of the guard's decisions; order matters (lab/bpf/keys.py GUARD_FIELDS). */
+struct sockredir_guard_counters {
+	__u64 msgs_backpressure;	/* over TCP: the peer already holds its queue's worth unread */
+	__u64 bytes_backpressure;
+	__u64 msgs_in_order;		/* over TCP: TCP bytes of the connection are still unread */
+	__u64 bytes_in_order;
+	__u64 returns;			/* a connection back on the redirect after TCP */
+	__u64 reads;			/* read hook runs on guarded sockets */
+	__u64 state_failed;		/* guard state could not be stored: the socket stays on TCP */
+};
+
+#define SOCKREDIR_GUARD_FIELDS 7
+_Static_assert(sizeof(struct sockredir_guard_counters) == 8 * SOCKREDIR_GUARD_FIELDS,
+	       "guard counters are u64 only");
+
 #define SOCKREDIR_COUNTER_FIELDS 9
 _Static_assert(sizeof(struct sockredir_counters) == 8 * SOCKREDIR_COUNTER_FIELDS,
 	       "counters are u64 only");

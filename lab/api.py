@@ -20,7 +20,6 @@ the accelerator, where progress goes). Runnable examples: docs/api.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import posixpath
 import secrets
@@ -32,13 +31,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lab import IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
-from lab.bpf import cgroups, policy, redirect
+from lab.bpf import cgroups, links, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
 from lab.bpf.program import UserProgram
 from lab.cache import cache_dir
 from lab.kernel.catalog import Catalog, KernelEntry
 from lab.vm import capacity
-from lab.vm.staging import ensure_on_target
 from lab.vm.target import Command, LocalTarget, Result, Target, as_shell
 
 HOST = "host"
@@ -317,20 +315,8 @@ class Loaded:
         return self._attach_link(prog, "tracing", "-")
 
     def _attach_link(self, prog: "redirect.Program", kind: str, point: str) -> str:
-        # bpftool 7.1 cannot attach these, so a small stdlib helper on the target makes the system
-        # calls (scenarios/attach_link.py) and pins the link.
         link_pin = f"{self.pin_dir}/links/{prog.name}"
-        helper = ensure_on_target(self.target, "attach_link.py")
-        result = self.target.run(["python3", "-S", helper, prog.pin, kind, point, link_pin])
-        if not result.ok:
-            # The helper prints {"error": "<step>: <errno text>"}; a crash leaves only stderr.
-            try:
-                reason = json.loads(result.stdout)["error"]
-            except (ValueError, KeyError, TypeError):
-                reason = result.stderr.strip()[-500:] or f"exit {result.rc}"
-            where = point if kind != "tracing" else "its kernel function"
-            raise LabError(f"attaching {prog.name} to {where} on {self.target.name} "
-                           f"({self.target.kernel_release}) failed: {reason}")
+        links.attach(self.target, prog.name, prog.pin, kind, point, link_pin)
         self._detach.append(["rm", "-f", link_pin])
         return link_pin
 

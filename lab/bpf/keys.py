@@ -40,6 +40,18 @@ COUNTER_FIELDS = (
 )
 
 
+# Field order of struct sockredir_guard_counters (the guarded variant's decisions).
+GUARD_FIELDS = (
+    "msgs_backpressure",
+    "bytes_backpressure",
+    "msgs_in_order",
+    "bytes_in_order",
+    "returns",
+    "reads",
+    "state_failed",
+)
+
+
 class DecodeError(ValueError):
     pass
 
@@ -128,16 +140,17 @@ def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, i
     return {name: after[name] - before[name] for name in after if name in before}
 
 
-def decode_counters(dump: list[dict]) -> dict[str, int]:
-    """Sum ``struct sockredir_counters`` over CPUs from a PERCPU_ARRAY dump (entry 0)."""
-    totals = dict.fromkeys(COUNTER_FIELDS, 0)
-    width = 8 * len(COUNTER_FIELDS)
+def decode_counters(dump: list[dict], fields: tuple[str, ...] = COUNTER_FIELDS) -> dict[str, int]:
+    """Sum a struct of u64 counters (``fields``, in order: ``struct sockredir_counters`` by
+    default) over CPUs from a PERCPU_ARRAY dump (entry 0)."""
+    totals = dict.fromkeys(fields, 0)
+    width = 8 * len(fields)
     for entry in dump:
         for per_cpu in entry.get("values", []):
             raw = hex_bytes(per_cpu["value"])
             if len(raw) != width:
                 raise DecodeError(f"counter value of {len(raw)} bytes; expected {width} "
-                                  f"({len(COUNTER_FIELDS)} u64 fields): bpf/sockredir.h and lab/keys.py differ")
-            for name, number in zip(COUNTER_FIELDS, struct.unpack(HOST_ORDER + f"{len(COUNTER_FIELDS)}Q", raw)):
+                                  f"({len(fields)} u64 fields): bpf/sockredir.h and lab/bpf/keys.py differ")
+            for name, number in zip(fields, struct.unpack(HOST_ORDER + f"{len(fields)}Q", raw)):
                 totals[name] += number
     return totals

@@ -11,9 +11,12 @@ the sk_msg program is attached to the sockhash as its msg_verdict program. Insta
 cgroups have different pin directories and coexist.
 
 Variants: ``production`` (IPv4 + IPv6, counters), ``netns`` (production plus the netns cookie in
-the key; needs ``bpf_get_netns_cookie`` in sock_ops and sk_msg), ``seed`` (the design document's
-code, IPv4 only), ``auto`` (netns when the kernel offers the helper to both program types, else
-production; probed, not guessed from the version).
+the key; needs ``bpf_get_netns_cookie`` in sock_ops and sk_msg), ``guarded`` (production, with the
+netns cookie where offered, plus a per-message guard that sends a message over TCP where the
+redirect would queue without bound, reorder or lose to TCP; it needs a read hook, the first of
+``READ_HOOKS`` the kernel accepts, attached as a pinned link under ``links/``), ``seed`` (the design
+document's code, IPv4 only), ``auto`` (netns when the kernel offers the helper to both program
+types, else production; probed, not guessed from the version).
 """
 
 from __future__ import annotations
@@ -31,15 +34,45 @@ from lab import BPF_DIR, LabError
 from lab.bpf import build as bpf_build
 from lab.bpf import cgroups
 from lab.bpf import keys
+from lab.bpf import links
 from lab.bpf import verifier_log
 from lab.vm.target import RUN_DIR, Result, Target
 
-VARIANTS = ("production", "netns", "seed", "auto")
+VARIANTS = ("production", "netns", "guarded", "seed", "auto")
 PRIVATE_BPFFS = f"{RUN_DIR}/bpffs"
 PIN_PARENT = "sockredir-lab"
 
 # Program names of every variant: how uninstall recognises our programs even without pins.
-SOCKOPS_PROGRAMS = {"sredir_ops": "production", "sredir_ops_ns": "netns", "bpf_sockmap": "seed"}
+SOCKOPS_PROGRAMS = {"sredir_ops": "production", "sredir_ops_ns": "netns", "sredir_ops_g": "guarded",
+                    "sredir_ops_gn": "guarded", "bpf_sockmap": "seed"}
+
+
+@dataclass(frozen=True)
+class ReadHook:
+    """One form of the guarded variant's read hook (``SOCKREDIR_READER`` in bpf/sockredir_guard.h)."""
+    form: str
+    define: int
+    program: str
+    link_kind: str
+    point: str
+    needs: str
+
+
+# Tried in this order; the first the kernel loads and attaches is used. The tracepoint first: it
+# needs no tracing program (this project's host refuses those with EPERM) and no signature.
+READ_HOOKS = (
+    ReadHook("tracepoint", 1, "sredir_read_tp", "raw_tracepoint", "sock_recv_length",
+             "the sock:sock_recv_length tracepoint (Linux 6.3+)"),
+    # The pre-5.19 signature before the current one: on a later kernel the verifier refuses it
+    # (a 7th argument), while the current form would load on an older kernel and read the wrong one.
+    ReadHook("fexit-nonblock", 3, "sredir_read_fx", "tracing", "-",
+             "fexit on tcp_bpf_recvmsg, pre-5.19 signature (tracing programs allowed)"),
+    ReadHook("fexit", 2, "sredir_read_fx", "tracing", "-",
+             "fexit on tcp_bpf_recvmsg (tracing programs allowed)"),
+)
+GUARD_COUNTERS_MAP = "sredir_guard_counters"
+READ_HOOK_PROGRAMS = {"sredir_read_tp": "tracepoint sock_recv_length",
+                      "sredir_read_fx": "fexit tcp_bpf_recvmsg"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +84,7 @@ class VariantSource:
 SOURCES = {
     "production": VariantSource(BPF_DIR / "sockredir.bpf.c"),
     "netns": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_NETNS",)),
+    "guarded": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_GUARD",)),
     "seed": VariantSource(BPF_DIR / "seed" / "sockredir_seed.bpf.c"),
 }
 
@@ -96,6 +130,7 @@ class Installation:
     maps: dict[str, int] = field(default_factory=dict)
     fallback_reason: str | None = None
     max_entries: int | None = None
+    read_hook: str | None = None
 
     @property
     def prog_ids(self) -> dict[str, int]:
@@ -213,9 +248,9 @@ def new_pin_dir(target: Target, cgroup: str) -> str:
 
 # ----------------------------------------------------------------------------- load
 
-def build_object(variant: str, max_entries: int | None = None) -> Path:
+def build_object(variant: str, max_entries: int | None = None, extra: tuple[str, ...] = ()) -> Path:
     spec = SOURCES[variant]
-    defines = list(spec.defines)
+    defines = [*spec.defines, *extra]
     if max_entries is not None:
         if max_entries < 1:
             raise LabError(f"max_entries must be at least 1, not {max_entries}")
@@ -370,13 +405,21 @@ def install(target: Target, cgroup: str, variant: str = "production",
                        f"`sockredir-lab redirect uninstall --cgroup {cgroup}` first")
     chosen, reason = choose_variant(target, variant)
 
-    def install_built(built: str) -> Installation:
-        def set_policy(pin_dir: str) -> None:
+    def install_built(built: str, extra: tuple[str, ...] = (),
+                      attach_first: Callable[[str], None] | None = None) -> Installation:
+        def before_attach(pin_dir: str) -> None:
+            if attach_first is not None:
+                attach_first(pin_dir)
             if port_policy is not None:
                 policy.require_policy_maps(target, pin_dir, built)
                 policy.apply(target, pin_dir, port_policy)
-        return install_object(target, cgroup, build_object(built, max_entries), built, requested=variant,
-                              before_attach=set_policy)
+        return install_object(target, cgroup, build_object(built, max_entries, extra), built,
+                              requested=variant, before_attach=before_attach)
+    if chosen == "guarded":
+        installed, reason = _install_guarded(target, install_built)
+        if installed is not None:
+            return replace(installed, max_entries=max_entries)
+        chosen = "netns" if netns_supported(target) else "production"
     try:
         installed = install_built(chosen)
     except VerifierRejected as exc:
@@ -386,6 +429,29 @@ def install(target: Target, cgroup: str, variant: str = "production",
         reason = f"netns variant rejected by the verifier: {exc.key_line}"
         installed = install_built("production")
     return replace(installed, fallback_reason=reason, max_entries=max_entries)
+
+
+def _install_guarded(target: Target, install_built: Callable[..., Installation]
+                     ) -> tuple[Installation | None, str | None]:
+    """The guarded variant with the first read hook the kernel loads and attaches (READ_HOOKS),
+    keyed with the netns cookie where the kernel offers it; else (None, why not, per form)."""
+    netns = ("SOCKREDIR_NETNS",) if netns_supported(target) else ()
+    refusals = []
+    for hook in READ_HOOKS:
+        def attach_hook(pin_dir: str, hook: ReadHook = hook) -> None:
+            # Before the sock_ops program: a read the hook does not see leaves the guard's count
+            # of unread bytes too high, which only keeps a connection on TCP longer.
+            links.attach(target, hook.program, f"{pin_dir}/progs/{hook.program}", hook.link_kind,
+                         hook.point, f"{pin_dir}/links/{hook.program}")
+        try:
+            installed = install_built("guarded", (f"SOCKREDIR_READER={hook.define}", *netns), attach_hook)
+        except (LoadError, links.LinkRefused) as exc:
+            why = exc.key_line if isinstance(exc, LoadError) else exc.reason
+            refusals.append(f"{hook.form} ({hook.needs}): {why}")
+            continue
+        return replace(installed, read_hook=hook.form), None
+    return None, (f"the guard has no read hook on {target.name} ({target.kernel_release}): "
+                  + "; ".join(refusals))
 
 
 def install_object(target: Target, cgroup: str, obj: Path, variant: str, requested: str | None = None,
@@ -523,9 +589,12 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
                                                   for name in read])))
     entries: list[dict] = []
     counters: dict[str, int] = {}
+    guard: dict[str, int] | None = None
     for name in read:
         if maps[name]["type"] == "sockhash":
             entries += keys.decode_sockhash_dump(dumps[name])
+        elif name == GUARD_COUNTERS_MAP:
+            guard = keys.decode_counters(dumps[name], keys.GUARD_FIELDS)
         elif maps[name]["type"] == "percpu_array":
             counters = keys.decode_counters(dumps[name])
     attached_ids = {e["id"] for e in attached_sockops(target, cgroup)}
@@ -539,5 +608,7 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
         "programs": {n: asdict(p) for n, p in programs.items()},
         "entries": entries,
         "counters": counters,
+        "guard": guard,
+        "read_hook": next((READ_HOOK_PROGRAMS[n] for n in programs if n in READ_HOOK_PROGRAMS), None),
         "policy": port_policy,
     }

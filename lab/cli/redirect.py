@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     install = sub.add_parser("install", help="load, pin and attach the redirect to a cgroup")
     _cgroup_option(install)
     install.add_argument("--variant", choices=redirect.VARIANTS, default="production",
-                         help="production (default), netns, seed (the design document's code) or auto")
+                         help="production (default), netns, guarded (production plus a per-message guard: "
+                              "bounded like TCP, never slower; needs a read hook), seed (the design "
+                              "document's code) or auto")
     install.add_argument("--max-entries", type=int, help="sockhash size (compiled in; default 65535)")
     install.add_argument("--json", action="store_true", help="print the installation as JSON")
     _policy_options(install)
@@ -84,6 +86,8 @@ def cmd_install(args) -> int:
     if installation.fallback_reason:
         print(f"  (asked for {installation.requested}: {installation.fallback_reason})")
     print(f"  pins: {installation.pin_dir}")
+    if installation.read_hook:
+        print(f"  guard's read hook: {installation.read_hook}")
     for prog in installation.programs.values():
         print(f"  {prog.type:8} {prog.name:15} id {prog.id:<6} verified insns {prog.verified_insns}")
     if policy_from(args):
@@ -116,6 +120,10 @@ def cmd_status(args) -> int:
     if report["counters"]:
         print("counters (all CPUs):")
         for name, value in report["counters"].items():
+            print(f"  {name:18} {value}")
+    if report["guard"] is not None:
+        print(f"guard (read hook: {report['read_hook']}), all CPUs:")
+        for name, value in report["guard"].items():
             print(f"  {name:18} {value}")
     return 0
 

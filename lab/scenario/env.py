@@ -134,7 +134,8 @@ class Env:
         else:
             installation = install_build(self.target, cgroup, variant, max_entries, self.mutant)
         maps = redirect.pinned_maps(self.target, installation.pin_dir)
-        pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()}
+        pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()
+                if name != redirect.GUARD_COUNTERS_MAP}
         socket_map = next(f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()
                           if info["type"] in redirect.SOCK_MAP_TYPES
                           and (self.program is None or self.program.map in (None, name)))
