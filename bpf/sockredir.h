@@ -56,7 +56,7 @@ struct sockredir_guard {
 	__u32 copied_seq;	/* its tcp copied_seq after its last read: TCP bytes it has read */
 	__u32 rcvbuf;		/* its sk_rcvbuf at its last read (0 until it reads) */
 	__u32 on_tcp;		/* the last message towards it went over TCP */
-	__u32 reserved;
+	__u32 rcvbuf_set;	/* its application set SO_RCVBUF (SOCK_RCVBUF_LOCK): no floor */
 };
 
 _Static_assert(sizeof(struct sockredir_guard) == 24, "sockredir_guard must have no padding");
@@ -67,12 +67,13 @@ struct sockredir_guard_counters {
 	__u64 bytes_backpressure;
 	__u64 msgs_in_order;		/* over TCP: TCP bytes of the connection are still unread */
 	__u64 bytes_in_order;
-	__u64 returns;			/* a connection back on the redirect after TCP */
+	__u64 leaves;			/* a connection's direction leaves the redirect for TCP */
+	__u64 returns;			/* and comes back to the redirect */
 	__u64 reads;			/* read hook runs on guarded sockets */
 	__u64 state_failed;		/* guard state could not be stored: the socket stays on TCP */
 };
 
-#define SOCKREDIR_GUARD_FIELDS 7
+#define SOCKREDIR_GUARD_FIELDS 8
 _Static_assert(sizeof(struct sockredir_guard_counters) == 8 * SOCKREDIR_GUARD_FIELDS,
 	       "guard counters are u64 only");
 

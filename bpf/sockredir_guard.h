@@ -43,14 +43,16 @@
 #define SOCKREDIR_READER SOCKREDIR_READER_TP
 #endif
 
-/* The peer's queue is its receive buffer, but at least this much: a reader's sk_rcvbuf is not
- * autotuned while it reads redirected bytes (it stays at tcp_rmem[1], 128 KiB by default), where
- * plain TCP lets a sender queue several MiB (send buffer plus receive window). */
+/* The peer's queue is its receive buffer, but at least this much unless its application chose
+ * the size (SO_RCVBUF): a reader's sk_rcvbuf is not autotuned while it reads redirected bytes (it
+ * stays at tcp_rmem[1], 128 KiB by default), where plain TCP lets a sender queue several MiB
+ * (send buffer plus receive window). */
 #ifndef SOCKREDIR_GUARD_QUEUE
 #define SOCKREDIR_GUARD_QUEUE (1 << 20)
 #endif
 
 #define MSG_PEEK 2
+#define SOCK_RCVBUF_LOCK 2
 
 enum guard_decision {
 	GUARD_REDIRECT,
@@ -122,18 +124,23 @@ static __always_inline int guard_decide(struct sk_msg_md *msg, struct sockredir_
 	unread = guard->unread > 0 ? guard->unread : 0;
 	if (!unread)
 		return GUARD_REDIRECT;	/* an empty peer takes any one message, as TCP would */
-	queue = guard->rcvbuf > SOCKREDIR_GUARD_QUEUE ? guard->rcvbuf : SOCKREDIR_GUARD_QUEUE;
+	queue = guard->rcvbuf;
+	if (!guard->rcvbuf_set && queue < SOCKREDIR_GUARD_QUEUE)
+		queue = SOCKREDIR_GUARD_QUEUE;
 	return unread + size > queue ? GUARD_BACKPRESSURE : GUARD_REDIRECT;
 }
 
 static __always_inline void guard_count_tcp(int decision, __u32 size, struct sockredir_guard *state)
 {
 	struct sockredir_guard_counters *count = guard_counters();
+	int leaving = state && !state->on_tcp;
 
 	if (state)
 		state->on_tcp = 1;
 	if (!count)
 		return;
+	if (leaving)
+		count->leaves++;
 	if (decision == GUARD_BACKPRESSURE) {
 		count->msgs_backpressure++;
 		count->bytes_backpressure += size;
@@ -207,6 +214,7 @@ static __always_inline void guard_read(struct sock *sk, int ret, int flags)
 		__sync_fetch_and_add(&guard->unread, -taken);
 	guard->copied_seq = BPF_CORE_READ((struct tcp_sock *)sk, copied_seq);
 	guard->rcvbuf = BPF_CORE_READ(sk, sk_rcvbuf);
+	guard->rcvbuf_set = !!(BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_RCVBUF_LOCK);
 	count = guard_counters();
 	if (count)
 		count->reads++;

@@ -537,9 +537,12 @@ def listen(family_name: str, port: int, backlog: int = 128) -> socket.socket:
     return listener
 
 
-def connect(family_name: str, port: int, bind_port: int | None = None) -> socket.socket:
+def connect(family_name: str, port: int, bind_port: int | None = None,
+            rcvbuf: int | None = None) -> socket.socket:
     family, address_ = FAMILIES[family_name][2:]
     conn = socket.socket(family, socket.SOCK_STREAM)
+    if rcvbuf:  # before connect(): the window it announces in the handshake follows it
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     if bind_port:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         conn.bind((address_, bind_port))

@@ -46,6 +46,7 @@ GUARD_FIELDS = (
     "bytes_backpressure",
     "msgs_in_order",
     "bytes_in_order",
+    "leaves",
     "returns",
     "reads",
     "state_failed",

@@ -52,6 +52,7 @@ class Scenario:
 LAB_VARIANTS_ONLY = ("its expectations are those of the lab's own variants (which key collides "
                      "in two namespaces)")
 MAP_SIZE_ONLY = "it needs a map size compiled into the lab's own build"
+GUARDED_ONLY = "it judges the lab's guarded variant (its guard counters)"
 
 
 def program_gate(env: Env, scenario: Scenario) -> str | None:
@@ -468,6 +469,99 @@ def slowreader_check(env: Env, v: Verdict) -> None:
                                          f"MemAvailable -{client['mem_available_drop_kib'] // 1024} MiB)")
 
 
+def guarded_gate(env: Env) -> str | None:
+    """Why the guarded variant is not offered here (the installer's fallback reason), or None."""
+    installed = env.installed("guarded").installation
+    return None if installed.variant == "guarded" else installed.fallback_reason
+
+
+def guard_counters(env: Env, inst) -> dict[str, int]:
+    return redirect.status(env.target, inst.cgroup)["guard"] or {}
+
+
+def guarded_slowreader_check(env: Env, v: Verdict) -> None:
+    """The guarded variant against a reader that reads nothing: the redirect takes the first part,
+    the guard then sends the rest over TCP, whose window and send buffer stop the sender with
+    EAGAIN within BACKPRESSURE_FACTOR of plain TCP's bytes in the same run; every byte is then
+    drained intact and in order, and the guard's counters account for every byte sent."""
+    cap = env.scale.slow_cap
+    inst = env.installed("guarded")
+    before = guard_counters(env, inst)
+    rounds = rounds_of(v, env.run(v.scenario, "slowreader", ["--cap", cap], inst))
+    after = guard_counters(env, inst)
+    guard = {name: after[name] - before.get(name, 0) for name in after}
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        client, server = view.results["client"], view.results["server"]
+        v.equal(f"{view.name}: bytes drained", server["received"], client["queued"], view.name, "data")
+        v.expect(client["sent_sha256"] == server["received_sha256"], f"{view.name}: drained bytes differ (SHA-256)",
+                 view.name, "data")
+    plain, sender = base.results["client"], red.results["client"]
+    v.expect(plain["stopped_by"] == "EAGAIN", f"baseline: plain TCP stopped the sender by {plain['stopped_by']}, "
+                                             "not by EAGAIN: the measure has no reference", "baseline")
+    bound = BACKPRESSURE_FACTOR * plain["queued"]
+    v.expect(sender["stopped_by"] == "EAGAIN" and sender["queued"] <= bound,
+             f"redirect: the guarded sender queued {sender['queued'] / MiB:.1f} MiB and was stopped by "
+             f"{sender['stopped_by']}; plain TCP: EAGAIN after {plain['queued'] / MiB:.1f} MiB (bound "
+             f"{bound / MiB:.1f} MiB)", "redirect", "error")
+    check_entries(v, red, "connected", [red.sockets["client"], red.sockets["server"]])
+    check_no_entries(v, red)
+    delta = red.counters_delta()
+    check_counters(v, delta, msgs_missed=0)
+    v.expect(guard.get("leaves", 0) >= 1 and guard.get("bytes_backpressure", 0) > 0,
+             f"the guard never sent over TCP for backpressure: {guard}", "redirect", "check", by_program=True)
+    if delta is not None:
+        carried = delta["bytes_redirected"] + guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+        v.expect(0 <= carried - sender["queued"] <= SLOW_CHUNK,
+                 f"redirected {delta['bytes_redirected']} + over TCP {carried - delta['bytes_redirected']} bytes "
+                 f"vs {sender['queued']} queued (at most the refused write apart)", "redirect", "data",
+                 by_program=True)
+        v.expect(delta["bytes_redirected"] > 0, "the guard redirected nothing: the reader's queue was never used",
+                 "redirect", "check", by_program=True)
+    for view in (base, red):
+        client = view.results["client"]
+        v.figure(f"{view.name} queued", f"{client['queued'] / MiB:.1f} MiB ({client['stopped_by']})")
+    if delta is not None:
+        v.figure("redirected", f"{delta['bytes_redirected'] / MiB:.1f} MiB")
+
+
+def switching_check(env: Env, v: Verdict) -> None:
+    """Connections that cross between the redirect and TCP over and over (the guarded variant with
+    a small SO_RCVBUF, writers pausing so readers catch up): every byte of every direction arrives
+    once, at its offset, with EOF after the last; the guard switched at least the scale's number of
+    times and accounted for every byte."""
+    scale = env.scale
+    inst = env.installed("guarded")
+    before = guard_counters(env, inst)
+    args = ["--conns", scale.switch_conns, "--bytes", scale.switch_bytes]
+    rounds = rounds_of(v, env.run(v.scenario, "switching", args, inst))
+    after = guard_counters(env, inst)
+    guard = {name: after[name] - before.get(name, 0) for name in after}
+    for view in rounds.values():
+        for role in ("client", "server"):
+            report = view.results[role]
+            v.expect(report["error"] is None, f"{view.name}: {role}: {report['error']}", view.name, "error", role)
+            for index, conn in enumerate(report["connections"]):
+                where = f"{view.name}: {role}, connection {index}"
+                v.expect(conn["mismatch"] is None, f"{where}: the stream differs from what was sent: {conn['mismatch']}",
+                         view.name, "data", role)
+                v.equal(f"{where}: bytes sent", conn["sent"], scale.switch_bytes, view.name, "data")
+                v.equal(f"{where}: bytes read before EOF", conn["received"], scale.switch_bytes, view.name, "data")
+    switches = guard.get("leaves", 0) + guard.get("returns", 0)
+    v.expect(switches >= scale.switches, f"the guard switched paths {switches} times, fewer than "
+                                         f"{scale.switches}: the scenario did not exercise it", "redirect", "check",
+             by_program=True)
+    delta = rounds["redirect"].counters_delta()
+    if delta is not None:
+        total = 2 * scale.switch_conns * scale.switch_bytes
+        over_tcp = guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+        check_counters(v, delta, msgs_missed=0)
+        v.equal("bytes redirected + sent over TCP by the guard", delta["bytes_redirected"] + over_tcp, total,
+                "redirect", "data")
+        v.figure("redirected", f"{delta['bytes_redirected'] / MiB:.0f} of {total / MiB:.0f} MiB")
+    v.figure("switches", f"{guard.get('leaves', 0)} to TCP, {guard.get('returns', 0)} back")
+
+
 BACKPRESSURE_FACTOR = 2  # a redirect may queue up to twice what plain TCP queued in the same run
 SLOW_CHUNK = 64 * 1024  # scenarios/slowreader.py CHUNK
 
@@ -499,6 +593,10 @@ SCENARIOS: dict[str, Scenario] = {s.id: s for s in [
     Scenario("detach", "the redirect removed in the middle of a stream", detach_check),
     Scenario("untouched", "UDP and AF_UNIX in the cgroup: not touched", untouched_check),
     Scenario("slowreader", "a reader that does not read: how much can be queued", slowreader_check),
+    Scenario("slowreader-guarded", "the same under the guarded variant: stopped like plain TCP",
+             guarded_slowreader_check, guarded_gate, lab_builds_only=GUARDED_ONLY),
+    Scenario("switching", "the guarded variant: connections crossing between redirect and TCP, "
+             "every byte checked at its offset", switching_check, guarded_gate, lab_builds_only=GUARDED_ONLY),
 ]}
 
 

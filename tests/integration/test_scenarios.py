@@ -129,6 +129,14 @@ def test_slow_reader(target, suite_env, artifacts):
     judge(suite_env, "slowreader", artifacts)
 
 
+def test_slow_reader_guarded(target, suite_env, artifacts):
+    judge(suite_env, "slowreader-guarded", artifacts)
+
+
+def test_guard_switches_paths_without_loss(target, suite_env, artifacts):
+    judge(suite_env, "switching", artifacts)
+
+
 # ----------------------------------------------------------------------------- on two vCPUs
 
 @pytest.mark.fresh_guest(cpus=2)
