@@ -533,7 +533,7 @@ def switching_check(env: Env, v: Verdict) -> None:
     scale = env.scale
     inst = env.installed("guarded")
     before = guard_counters(env, inst)
-    args = ["--conns", scale.switch_conns, "--bytes", scale.switch_bytes]
+    args = ["--conns", scale.switch_conns, "--bytes", scale.switch_bytes, "--pause-ms", scale.switch_pause_ms]
     rounds = rounds_of(v, env.run(v.scenario, "switching", args, inst))
     after = guard_counters(env, inst)
     guard = {name: after[name] - before.get(name, 0) for name in after}

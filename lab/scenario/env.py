@@ -46,17 +46,18 @@ class Scale:
     switch_conns: int
     switch_bytes: int
     switches: int       # path switches the switching scenario must at least make
+    switch_pause_ms: float  # its writers' longest pause after their send queue emptied
     timeout: int
 
 
 GUEST_SCALE = Scale(bulk_bytes=16 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
                     conns=500, churn_conns=1000, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
-                    datagrams=200, slow_cap=64 * MiB, switch_conns=4, switch_bytes=2 * MiB, switches=40,
-                    timeout=150)
+                    datagrams=200, slow_cap=64 * MiB, switch_conns=4, switch_bytes=2 * MiB, switches=20,
+                    switch_pause_ms=20, timeout=150)
 HOST_SCALE = Scale(bulk_bytes=32 * MiB, echo_trips=5000, small_writes=4000, sendfile_bytes=32 * MiB,
                    conns=1000, churn_conns=3000, halfclose_bytes=8 * MiB, netns_bytes=8 * MiB,
                    datagrams=1000, slow_cap=256 * MiB, switch_conns=8, switch_bytes=8 * MiB, switches=200,
-                   timeout=90)
+                   switch_pause_ms=2, timeout=90)
 
 
 # ----------------------------------------------------------------------------- installations

@@ -149,10 +149,25 @@ def test_counters_of_the_captured_transfers():
     assert (mapped["inserted_v4"], mapped["inserted_v4mapped"], mapped["bytes_redirected"]) == (1, 1, 2000)
 
 
-def test_counter_fields_follow_the_c_struct():
+@pytest.mark.parametrize("struct, fields", [("sockredir_counters", keys.COUNTER_FIELDS),
+                                            ("sockredir_guard_counters", keys.GUARD_FIELDS)])
+def test_counter_fields_follow_the_c_struct(struct, fields):
     header = (BPF_DIR / "sockredir.h").read_text()
-    body = re.search(r"struct sockredir_counters \{(.*?)\};", header, re.S).group(1)
-    assert tuple(re.findall(r"__u64 (\w+);", body)) == keys.COUNTER_FIELDS
+    body = re.search(rf"struct {struct} \{{(.*?)\}};", header, re.S).group(1)
+    assert tuple(re.findall(r"__u64 (\w+);", body)) == fields
+
+
+def test_guard_counters_decode_by_their_own_fields():
+    values = [{"cpu": cpu, "value": [f"0x{b:02x}" for b in struct_pack(cpu)]} for cpu in (0, 1)]
+    totals = keys.decode_counters([{"key": ["0x00"] * 4, "values": values}], keys.GUARD_FIELDS)
+    assert totals["msgs_backpressure"] == 1 and totals["returns"] == 2 * keys.GUARD_FIELDS.index("returns") + 1
+    with pytest.raises(keys.DecodeError, match="differ"):
+        keys.decode_counters([{"key": ["0x00"] * 4, "values": values}])  # the wrong struct
+
+
+def struct_pack(cpu: int) -> bytes:
+    import struct
+    return struct.pack(f"<{len(keys.GUARD_FIELDS)}Q", *(index + cpu for index in range(len(keys.GUARD_FIELDS))))
 
 
 def test_key_sizes_follow_the_c_structs():
