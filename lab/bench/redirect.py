@@ -6,14 +6,17 @@ the same program (``bench/sockbench.c``) in the same run:
     tcp        plain loopback TCP, from a cgroup with nothing attached
     redirect   loopback TCP from a cgroup where the project's loader installed the production redirect
     unix       AF_UNIX stream sockets (the physical limit the redirect can approach)
+    guarded    (with ``--variant guarded``) loopback TCP from a cgroup with the guarded variant: a
+               message over TCP where the peer holds its queue's worth unread (bpf/README.md)
     excluded   (with ``--policy-check``) loopback TCP from the redirect's cgroup to a service port
                the redirect's port policy excludes: what a service kept on TCP by the policy gets
                while the redirect is installed (should equal plain TCP)
 
 Runs are interleaved (every transport of a cell back to back, the transport order rotated from
 round to round) and repeated; a cell's figures are the medians over its rounds, with the spread.
-The redirect's own counters must account for every byte of the redirect runs, else the figures
-would describe something else and the bench fails.
+The redirect's own counters must account for every byte of the redirect runs (for the guarded
+variant: its redirected bytes plus the bytes its guard sent over TCP), else the figures would
+describe something else and the bench fails.
 
 CPU placement: ``same-cpu`` pins client and server to one CPU (the redirect's sender and reader
 then take turns), ``two-cpus`` pins them to two different CPUs.
@@ -21,6 +24,7 @@ then take turns), ``two-cpus`` pins them to two different CPUs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -32,7 +36,7 @@ from lab.bench import workload
 from lab.bpf import keys, redirect
 from lab.vm.target import Target
 
-TRANSPORTS = ("tcp", "redirect", "unix", "excluded")
+TRANSPORTS = ("tcp", "redirect", "unix", "excluded", "guarded")
 DEFAULT_TRANSPORTS = ("tcp", "redirect", "unix")
 # The server port of the `excluded` runs, which the redirect's policy excludes; below Linux's
 # default ephemeral range (32768-60999), so the other runs' servers never get it by chance.
@@ -193,21 +197,26 @@ def summarise(cell: Cell, kernel: str, runs: list[dict]) -> dict:
             "cpu_ns_per_byte": median("cpu_ns_per_byte"), "errors": errors}
 
 
-def redirected_bytes(runs: dict[Cell, list[dict]]) -> int:
-    """Payload bytes the redirect runs moved (both directions for rr): every one must have gone
-    through the sk_msg program, and no byte of the other runs."""
-    return sum(run.get("bytes", 0) for cell, cell_runs in runs.items() if cell.transport == "redirect"
+def redirected_bytes(runs: dict[Cell, list[dict]], transport: str = "redirect") -> int:
+    """Payload bytes the runs of ``transport`` moved (both directions for rr): every one must have
+    gone through its sk_msg program, and no byte of the other runs."""
+    return sum(run.get("bytes", 0) for cell, cell_runs in runs.items() if cell.transport == transport
                for run in cell_runs if "error" not in run)
 
 
 def check_redirect_carried(before: dict, after: dict, expected_bytes: int, where: str) -> None:
-    delta = keys.counters_delta(before, after)
+    """``before``/``after``: ``redirect status`` readings; the guarded variant's guard counters
+    (bytes it sent over TCP) count as carried by its program."""
+    delta = keys.counters_delta(before["counters"], after["counters"])
+    guard = keys.counters_delta(before["guard"], after["guard"]) if before.get("guard") else {}
     moved, missed = delta["bytes_redirected"], delta["msgs_missed"]
+    over_tcp = guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
     # Exact: more would mean runs of another transport (e.g. `excluded`) went through the redirect.
-    if missed or moved != expected_bytes:
-        raise LabError(f"the redirect did not carry the redirect runs on {where}: {moved} bytes "
-                       f"redirected, {missed} messages missed, {expected_bytes} bytes sent; the "
-                       "figures would not describe the redirect (see `redirect status`)")
+    if missed or moved + over_tcp != expected_bytes:
+        raise LabError(f"the {after['variant']} redirect did not carry its runs on {where}: {moved} bytes "
+                       f"redirected, {over_tcp} sent over TCP by its guard, {missed} messages missed, "
+                       f"{expected_bytes} bytes sent; the figures would not describe the redirect "
+                       "(see `redirect status`)")
 
 
 # ----------------------------------------------------------------------------- BPF program cost
@@ -252,14 +261,22 @@ def bench_target(target: Target, kernel: str, options: Options,
     cpus = outcome.cpus = usable_cpus(target)
     pinnings, outcome.notes = pinnings_for(options, cpus)
     pair = (cpus[0], cpus[1] if len(cpus) > 1 else cpus[0])
-    with (api.cgroup(target) as plain,
-          api.redirected_cgroup(target, port_policy=options.port_policy()) as installed):
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(api.cgroup(target))
+        installed = stack.enter_context(api.redirected_cgroup(target, port_policy=options.port_policy()))
         accelerated = installed.cgroup
-        before = redirect.status(target, accelerated)["counters"]
-        runs = run_rounds(target, options, pinnings,
-                          {"tcp": plain, "redirect": accelerated, "unix": plain, "excluded": accelerated}, pair, progress)
-        check_redirect_carried(before, redirect.status(target, accelerated)["counters"],
-                               redirected_bytes(runs), target.name)
+        cgroups = {"tcp": plain, "redirect": accelerated, "unix": plain, "excluded": accelerated}
+        if "guarded" in options.transports:
+            guarded = stack.enter_context(api.redirected_cgroup(target, "guarded"))
+            if guarded.variant != "guarded":
+                raise LabError(f"the guarded variant is not offered on {target.name}: {guarded.fallback_reason}")
+            cgroups["guarded"] = guarded.cgroup
+        before = {transport: redirect.status(target, cgroups[transport])
+                  for transport in ("redirect", "guarded") if transport in cgroups}
+        runs = run_rounds(target, options, pinnings, cgroups, pair, progress)
+        for transport, reading in before.items():
+            check_redirect_carried(reading, redirect.status(target, cgroups[transport]),
+                                   redirected_bytes(runs, transport), target.name)
         outcome.results = [summarise(cell, kernel, cell_runs) for cell, cell_runs in runs.items()]
         if options.bpf_stats:
             outcome.bpf_stats = measure_bpf_stats(target, options, installed, accelerated, pair)

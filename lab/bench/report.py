@@ -19,7 +19,7 @@ from lab import LabError
 from lab.cache import atomic_file, atomic_write
 
 TRANSPORTS = ("tcp", "redirect", "unix")
-TRANSPORT_TITLES = {"tcp": "TCP", "redirect": "redirect", "unix": "UNIX"}
+TRANSPORT_TITLES = {"tcp": "TCP", "redirect": "redirect", "unix": "UNIX", "guarded": "guard"}
 # Known pinnings first, in the order a reader compares them; others follow sorted.
 PINNINGS = ("same-cpu", "two-cpus")
 PINNING_WORDS = {"same-cpu": "on one CPU", "two-cpus": "on two CPUs"}
@@ -27,7 +27,8 @@ MODE_WORDS = {"rr": "request/response", "stream": "stream writes"}
 # Transport -> (legend label, colour, marker): the same look in every plot.
 TRANSPORT_STYLE = {"tcp": ("plain TCP", "grey", "o"),
                    "redirect": ("redirect", "tab:blue", "s"),
-                   "unix": ("AF_UNIX", "tab:green", "^")}
+                   "unix": ("AF_UNIX", "tab:green", "^"),
+                   "guarded": ("guarded redirect", "tab:orange", "D")}
 TCG_NOTE = "TCG guest: compare ratios, not absolute figures"
 LOSS_MARK = " <"
 MAX_SIZE = 64 << 20  # the bench's buffers are this size at most
@@ -189,9 +190,10 @@ def target_table(doc: dict, kernel: str) -> str:
 def _pinning_rows(cells: dict[CellKey, dict], pinning: str) -> list[list[str]]:
     # `excluded` (the policy check) only when measured: TCP kept by the port policy, against TCP.
     excluded = any(key[3] == "excluded" for key in cells)
+    guarded = any(key[3] == "guarded" for key in cells)
     header = (["mode", "size"] + [TRANSPORT_TITLES[t] for t in TRANSPORTS]
               + ["redir/TCP", "redir/UNIX", "p50 tcp/redir us", "cpu/B tcp/redir"]
-              + (["excl/TCP"] if excluded else []))
+              + (["excl/TCP"] if excluded else []) + (["guard", "guard/TCP"] if guarded else []))
     rows = [header]
     for mode, size in sorted({(key[1], key[2]) for key in cells if key[0] == pinning}):
         def get(transport: str, name: str) -> float | None:
@@ -203,7 +205,10 @@ def _pinning_rows(cells: dict[CellKey, dict], pinning: str) -> list[list[str]]:
                        _format_ratio(_ratio(rates["redirect"], rates["unix"])),
                        _pair(get("tcp", "p50_us"), get("redirect", "p50_us")),
                        _pair(get("tcp", "cpu_ns_per_byte"), get("redirect", "cpu_ns_per_byte"))]
-                    + ([_format_ratio(_ratio(get("excluded", "rate"), rates["tcp"]))] if excluded else []))
+                    + ([_format_ratio(_ratio(get("excluded", "rate"), rates["tcp"]))] if excluded else [])
+                    + ([format_rate(get("guarded", "rate"), mode),
+                        _format_ratio(_ratio(get("guarded", "rate"), rates["tcp"]), mark_loss=True)]
+                       if guarded else []))
     return rows
 
 
@@ -384,7 +389,7 @@ def _plot_transports(axes, cells: dict[CellKey, dict], pinning: str, mode: str, 
     """One line per transport of ``field`` against size; False when there is nothing to draw."""
     sizes = sorted({key[2] for key in cells if key[:2] == (pinning, mode)})
     drawn = False
-    for transport in TRANSPORTS:
+    for transport in (*TRANSPORTS, "guarded"):
         points = [(s, _field(cells, (pinning, mode, s, transport), field)) for s in sizes]
         points = [(s, v) for s, v in points if v is not None]
         if points:

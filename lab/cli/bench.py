@@ -62,6 +62,9 @@ def register(subparsers) -> None:
     speed.add_argument("--policy-check", action="store_true",
                        help="also measure TCP to a service port the redirect's port policy excludes, "
                             "from the redirect's cgroup (column excl/TCP: should be 1.0x)")
+    speed.add_argument("--variant", choices=("production", "guarded"), default="production",
+                       help="guarded: also measure the guarded variant, in its own cgroup, in the same "
+                            "rounds (columns guard and guard/TCP); the production redirect is always measured")
     speed.add_argument("--no-bpf-stats", action="store_true",
                        help="skip the pass that measures the BPF programs' run time (bpf_stats)")
     speed.add_argument("--json", type=Path, metavar="FILE", help="write every figure here (rewritten after each target)")
@@ -79,7 +82,8 @@ def options_from(args) -> bench.Options:
         raise LabError(f"unknown peer(s) {unknown}; choose from {', '.join(PEER_TOOLS)} or none")
     options = bench.Options(sizes=report.parse_sizes(args.sizes), modes=_words(args.modes),
                             pinnings=_words(args.pinning),
-                            transports=bench.DEFAULT_TRANSPORTS + (("excluded",) if args.policy_check else ()),
+                            transports=bench.DEFAULT_TRANSPORTS + (("excluded",) if args.policy_check else ())
+                            + (("guarded",) if args.variant == "guarded" else ()),
                             seconds=args.seconds, repeats=args.repeats,
                             bpf_stats=not args.no_bpf_stats, peers=peers, peer_seconds=args.peer_seconds)
     options.check()

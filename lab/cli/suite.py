@@ -22,6 +22,10 @@ def register(sub) -> None:
     parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
                         help=f"scenario (repeatable; a prefix like 'echo' selects echo-*); default: all of "
                              f"{', '.join(scenario_checks.SCENARIOS)}")
+    parser.add_argument("--switches", type=int, metavar="N",
+                        help="the switching scenario's proof size: at least N path switches, with the "
+                             "bytes that takes (10000: the full proof, minutes on the host, long in a "
+                             "TCG guest; default 20 in a guest, 200 on the host)")
     parser.set_defaults(func=run)
     main = sub.add_parser("main", help=f"the suite on the default kernel ({suite.DEFAULT_KERNEL}): what ./run main does")
     add_options(main, kernels_default=[suite.DEFAULT_KERNEL])
@@ -58,8 +62,10 @@ def run(args) -> int:
         raise LabError("--program and --mutant exclude each other: a mutant is a broken build "
                        "of the lab's own redirect")
     program = program_options.program_of(args)
+    if getattr(args, "switches", None) is not None and args.switches < 1:
+        raise LabError(f"--switches {args.switches}: at least one switch")
     reports = suite.run_suite(kernels, scenario_ids, artifacts, mutant=mutant, program=program,
-                              settings=args.settings)
+                              settings=args.settings, switches=getattr(args, "switches", None))
     print(suite.format_table(reports, scenario_ids))
     print(f"\nartifacts: {artifacts}")
     return 1 if any(report.failed for report in reports) else 0

@@ -50,6 +50,15 @@ class Scale:
     timeout: int
 
 
+    def with_switches(self, switches: int) -> "Scale":
+        """The switching scenario sized for at least ``switches`` path switches: measured here, a
+        switch takes 400-500 KiB of the scenario's traffic (writes of 1 B - 1 MiB, log-uniform);
+        the bytes are sized with a margin, and the check counts the switches it got."""
+        per_direction = switches * BYTES_PER_SWITCH // (2 * self.switch_conns)
+        return replace(self, switches=switches, switch_bytes=max(self.switch_bytes, per_direction))
+
+
+BYTES_PER_SWITCH = 640 * 1024
 GUEST_SCALE = Scale(bulk_bytes=16 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
                     conns=500, churn_conns=1000, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
                     datagrams=200, slow_cap=64 * MiB, switch_conns=4, switch_bytes=2 * MiB, switches=20,
@@ -90,9 +99,11 @@ class Env:
 
     def __init__(self, target: Target, scale: Scale | None = None, artifacts: Path | None = None,
                  mutant: Mutant | None = None, program: UserProgram | None = None,
-                 progress: Callable[[str], None] = lambda message: None):
+                 progress: Callable[[str], None] = lambda message: None, switches: int | None = None):
         self.target = target
         self.scale = scale or (HOST_SCALE if target.name == "host" else GUEST_SCALE)
+        if switches is not None:
+            self.scale = self.scale.with_switches(switches)
         self.artifacts = artifacts
         self.mutant = mutant
         self.program = program  # a redirect the lab did not write: installed for every variant

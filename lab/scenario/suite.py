@@ -60,7 +60,8 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
 
 
 def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant: Mutant | None,
-               settings: api.Settings, program: UserProgram | None = None) -> KernelReport:
+               settings: api.Settings, program: UserProgram | None = None,
+               switches: int | None = None) -> KernelReport:
     from lab.kernel.fetch import KernelUnavailable
 
     progress = settings.progress
@@ -73,7 +74,7 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant:
             if target.name != HOST_ID:
                 target.run(["dmesg", "-c"], timeout=30)  # the boot's messages are not ours
             with Env(target, artifacts=artifacts / "scenarios", mutant=mutant, program=program,
-                     progress=progress) as env:
+                     progress=progress, switches=switches) as env:
                 report.verdicts = run_checks(env, scenario_ids, progress)
             if target.name != HOST_ID:
                 dmesg = target.run(["dmesg"], timeout=30).stdout
@@ -89,14 +90,14 @@ def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant:
 
 def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
               mutant: Mutant | None = None, settings: api.Settings | None = None,
-              program: UserProgram | None = None) -> list[KernelReport]:
+              program: UserProgram | None = None, switches: int | None = None) -> list[KernelReport]:
     """Each kernel in turn; suite.json is rewritten after each, so a run cut short keeps what it
     measured."""
     settings = settings or api.Settings(progress=print)
     reports = []
     for kernel_id in kernel_ids:
         report = run_kernel(kernel_id, scenario_ids, artifacts / test_id_of(kernel_id),
-                            mutant, settings, program)
+                            mutant, settings, program, switches)
         reports.append(report)
         atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))
     return reports

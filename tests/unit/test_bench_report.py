@@ -243,3 +243,28 @@ def test_plot_kernels_compares_kernels_and_needs_two(tmp_path):
 def test_importing_the_report_needs_no_matplotlib():
     code = "import sys, lab.bench.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ---- the bench's accounting: every byte of a redirect's runs went through its program ----
+
+def _reading(variant: str, redirected: int, missed: int = 0, guard: dict | None = None) -> dict:
+    from lab.bpf import keys
+    counters = dict.fromkeys(keys.COUNTER_FIELDS, 0) | {"bytes_redirected": redirected, "msgs_missed": missed}
+    return {"variant": variant, "counters": counters,
+            "guard": None if guard is None else dict.fromkeys(keys.GUARD_FIELDS, 0) | guard}
+
+
+def test_guarded_runs_are_carried_by_redirect_plus_guard_tcp_bytes():
+    from lab.bench.redirect import check_redirect_carried
+    before = _reading("guarded", 0, guard={})
+    after = _reading("guarded", 700, guard={"bytes_backpressure": 200, "bytes_in_order": 100})
+    check_redirect_carried(before, after, 1000, "host")
+    with pytest.raises(LabError, match="100 sent over TCP by its guard|300 sent over TCP"):
+        check_redirect_carried(before, after, 1100, "host")
+
+
+def test_production_runs_must_all_be_redirected():
+    from lab.bench.redirect import check_redirect_carried
+    check_redirect_carried(_reading("production", 0), _reading("production", 1000), 1000, "host")
+    with pytest.raises(LabError, match="1 messages missed"):
+        check_redirect_carried(_reading("production", 0), _reading("production", 1000, missed=1), 1000, "host")
