@@ -15,7 +15,9 @@ cgroup. With the redirect installed on a cgroup, that decides which ends are in 
 
 Each probe prints one JSON line: {"behaviour", "observed", "error", "seconds", "path"}. ``path`` is
 the kernel's word on where the payload went: the TCP data segments each end sent
-(``tcpi_data_segs_out``, 0 when the redirect carried that end's payload). ``observed`` holds
+(``tcpi_data_segs_out``, 0 when the redirect carried that end's payload). With
+``--guard-counters PIN`` (the guarded variant) the record also holds that map's dumps before and
+after the probe: where its guard sent bytes over TCP, TCP data segments are its doing. ``observed`` holds
 only what an application would see and can compare (values, errno names, readiness masks), never
 timings beyond a coarse class, so the plain-TCP run of the same kernel is the expected value.
 Nothing is retried: an EAGAIN, a hang (the probe's alarm), a short read is the observation.
@@ -40,7 +42,7 @@ import threading
 import time
 import traceback
 
-from common import SIOCINQ, SIOCOUTQ, data_segs_out, join_cgroup, new_netns, setup_loopback
+from common import SIOCINQ, SIOCOUTQ, bpftool_dumps, data_segs_out, join_cgroup, new_netns, setup_loopback
 
 PROBE_SECONDS = 5           # a probe still blocked after this is reported as hung
 SETTLE = 0.2                # time for loopback delivery / ACKs before an observation
@@ -552,6 +554,7 @@ def run_probe(name: str, args) -> dict:
     started = time.monotonic()
     record = {"behaviour": name, "observed": None, "error": None}
     pair = None
+    guard_before = bpftool_dumps({"guard": args.guard_counters}) if args.guard_counters else None
     signal.alarm(PROBE_SECONDS)
     try:
         pair = Pair(args.app_cgroup, args.peer_cgroup)
@@ -566,6 +569,9 @@ def run_probe(name: str, args) -> dict:
         if pair is not None:
             record["path"] = pair.path()
             pair.close()
+    if guard_before is not None:
+        record["guard_counters"] = {"before": guard_before["guard"],
+                                    "after": bpftool_dumps({"guard": args.guard_counters})["guard"]}
     record["seconds"] = round(time.monotonic() - started, 3)
     return record
 
@@ -578,6 +584,9 @@ def main() -> int:
                         help="probe only these (default: all)")
     parser.add_argument("--break", dest="broken", action="append", default=[], choices=["fionread"],
                         help="report a deliberately wrong value for this behaviour")
+    parser.add_argument("--guard-counters", metavar="PIN",
+                        help="the guarded variant's pinned guard counters: dumped around each probe, "
+                             "so the lab can tell the bytes its guard sent over TCP")
     parser.add_argument("--list", action="store_true", help="print the behaviours and exit")
     args = parser.parse_args()
     if args.list:

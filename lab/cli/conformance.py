@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--apps", action="store_true",
                         help="also run nginx+curl, redis-benchmark and a splice proxy with and without the redirect")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the matrix here (after each target)")
+    parser.add_argument("--variant", choices=("production", "guarded"), default="production",
+                        help="the lab's variant to judge (default production)")
     program_options.add(parser, families=False)  # the probes are IPv4
     parser.set_defaults(func=cmd_conformance)
 
@@ -55,13 +57,16 @@ def cmd_conformance(args) -> int:
     program = program_options.program_of(args)
     if program and args.apps:
         raise LabError("--apps runs the lab's own redirect; judge a --program's behaviours without it")
+    if program and args.variant != "production":
+        raise LabError("--variant chooses among the lab's own builds; --program judges your object instead")
     doc = {"results": [], "apps": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
     for kernel in target_ids(args):
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:
-            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps, program)
+            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps, program,
+                                                  args.variant)
         except LabError as exc:
             doc["errors"][kernel] = str(exc)
             print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
@@ -90,12 +95,12 @@ def summary(records: list[dict]) -> str:
 
 
 def measure(kernel: str, settings, behaviours, with_apps: bool,
-            program=None) -> tuple[str, list[matrix.Cell], list[dict]]:
+            program=None, variant: str = "production") -> tuple[str, list[matrix.Cell], list[dict]]:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
     with api.boot(kernel, settings) as target:
-        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program)
+        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant)
         return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
 
 

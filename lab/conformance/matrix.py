@@ -81,6 +81,7 @@ class Cell:
     seconds: float | None = None
     path: dict | None = None   # TCP data segments per end (app, peer) in this situation
     strict: bool = False       # an xpass that fails (the defect always shows where listed)
+    guard_tcp_bytes: int | None = None  # the guarded variant: bytes its guard sent over TCP
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,11 +95,13 @@ def observation(record: dict) -> object:
 # ----------------------------------------------------------------------------- running
 
 def run_probes(target: Target, app_cgroup: str, peer_cgroup: str, behaviours: Sequence[str],
-               broken: Sequence[str] = ()) -> dict[str, dict]:
+               broken: Sequence[str] = (), guard_counters: str | None = None) -> dict[str, dict]:
     """One run of the probe program (in a fresh network namespace); records by behaviour."""
     program = ensure_with_shared(target, PROGRAM)
     command = ["unshare", "-n", "python3", "-S", program, "--app-cgroup", app_cgroup,
                "--peer-cgroup", peer_cgroup]
+    if guard_counters:
+        command += ["--guard-counters", guard_counters]
     command += [arg for name in behaviours for arg in ("--behaviour", name)]
     command += [arg for name in broken for arg in ("--break", name)]
     result = target.run(command, timeout=60 + 10 * len(behaviours))
@@ -130,21 +133,25 @@ def check_situation(situation: str, before: dict, after: dict, probes: int, wher
 
 def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (),
             progress: Callable[[str], None] = print,
-            program: UserProgram | None = None) -> dict[str, dict[str, dict]]:
+            program: UserProgram | None = None, variant: str = "production") -> dict[str, dict[str, dict]]:
     """situation -> behaviour -> probe record, on ``target`` (the lab's redirect, or ``program``,
     installed for the block). The lab's counters prove how many sockets each situation put in the
     map; a program the lab did not write has none, and each cell's path evidence (``judge``) is
     its proof."""
     observed: dict[str, dict[str, dict]] = {}
-    with api.cgroup(target) as plain, api.redirected_cgroup(target, program=program) as installed:
+    with api.cgroup(target) as plain, api.redirected_cgroup(target, variant, program=program) as installed:
+        if program is None and installed.variant != variant:
+            raise LabError(f"the {variant} variant is not offered on {target.name}: {installed.fallback_reason}")
         accelerated = installed.cgroup
+        guard_pin = (f"{installed.pin_dir}/maps/{redirect.GUARD_COUNTERS_MAP}"
+                     if installed.variant == "guarded" else None)
         places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
                   "peer_outside": (accelerated, plain)}
         for situation, (app, peer) in places.items():
             before = redirect.status(target, accelerated)["counters"] if program is None else None
             # The deliberate break applies where a difference is looked for, not to the reference.
             observed[situation] = run_probes(target, app, peer, behaviours,
-                                             broken if situation != "plain" else ())
+                                             broken if situation != "plain" else (), guard_pin)
             if before is not None:
                 check_situation(situation, before, redirect.status(target, accelerated)["counters"],
                                 len(behaviours), target.name)
@@ -154,14 +161,16 @@ def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (
 
 # ----------------------------------------------------------------------------- judging
 
-def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]]) -> list[Cell]:
+def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]],
+          variant: str = "production") -> list[Cell]:
     cells = []
     for behaviour in next(iter(observed.values())):
         reference = observed["plain"][behaviour]
         for situation in SITUATIONS:
             record = observed[situation][behaviour]
             cell = Cell(kernel, behaviour, situation, "pass", observation(record), None,
-                        seconds=record.get("seconds"), path=record.get("path"))
+                        seconds=record.get("seconds"), path=record.get("path"),
+                        guard_tcp_bytes=guard_tcp_bytes(record))
             if situation == "plain":
                 cell.expected = EXPECTED_PLAIN[behaviour]
                 if cell.observed != cell.expected:
@@ -169,23 +178,32 @@ def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]]) -> li
                     cell.reason = "plain TCP differs from what Linux TCP does: the probe or the kernel changed"
             else:
                 cell.expected = observation(reference)
-                compare(cell, release, reference.get("path"))
+                compare(cell, release, reference.get("path"), variant)
             cells.append(cell)
     return cells
 
 
-def compare(cell: Cell, release: str, plain_path: dict | None) -> None:
+def guard_tcp_bytes(record: dict) -> int | None:
+    """Bytes the guarded variant's guard sent over TCP during a probe (None: no guard)."""
+    dumps = record.get("guard_counters")
+    if not dumps:
+        return None
+    before, after = (keys.decode_counters(dumps[when], keys.GUARD_FIELDS) for when in ("before", "after"))
+    return sum(after[name] - before[name] for name in ("bytes_backpressure", "bytes_in_order"))
+
+
+def compare(cell: Cell, release: str, plain_path: dict | None, variant: str = "production") -> None:
     """Judge a redirected or peer_outside cell against plain TCP's observation (cell.expected)."""
-    wrong_path = path_error(cell.situation, cell.path, plain_path)
+    wrong_path = path_error(cell.situation, cell.path, plain_path, cell.guard_tcp_bytes)
     if wrong_path:
         cell.status, cell.reason = "fail", wrong_path
         return
     if cell.observed != cell.expected:
-        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed)
+        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed, variant)
         cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
             "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
         return
-    listed = defects.listed(cell.behaviour, cell.situation, release)
+    listed = defects.listed(cell.behaviour, cell.situation, release, variant)
     if listed:
         cell.status, cell.strict = "xpass", not all(d.intermittent for d in listed)
         names = ", ".join(d.name for d in listed)
@@ -194,15 +212,18 @@ def compare(cell: Cell, release: str, plain_path: dict | None) -> None:
                                               "an intermittent defect that did not show in this run"))
 
 
-def path_error(situation: str, path: dict | None, plain_path: dict | None) -> str | None:
-    """Why the kernel's segment counts say the cell was not the situation it names, or None."""
+def path_error(situation: str, path: dict | None, plain_path: dict | None,
+               guard_tcp_bytes: int | None = None) -> str | None:
+    """Why the kernel's segment counts say the cell was not the situation it names, or None.
+    Under the guarded variant, TCP data segments in the redirected situation are the guard's
+    doing when its counters say it sent bytes over TCP during that probe, and only then."""
     if not path or not plain_path or None in path.values():
         return (f"no evidence of the path ({path}, plain TCP {plain_path}): the probe did not "
                 "report each end's TCP data segments, so the situation is unproven")
     sent = [end for end, segs in plain_path.items() if segs]
     if situation == "redirected":
         over_tcp = {end: segs for end, segs in path.items() if segs}
-        if over_tcp:
+        if over_tcp and not guard_tcp_bytes:
             return (f"not redirected: TCP data segments {over_tcp} carried payload with both ends in "
                     f"the map (plain TCP: {plain_path}); the sk_msg program did not redirect it")
     elif situation == "peer_outside":
@@ -215,12 +236,14 @@ def path_error(situation: str, path: dict | None, plain_path: dict | None) -> st
 
 
 def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),
-        progress: Callable[[str], None] = print, program: UserProgram | None = None) -> list[Cell]:
+        progress: Callable[[str], None] = print, program: UserProgram | None = None,
+        variant: str = "production") -> list[Cell]:
     unknown = [name for name in behaviours if name not in EXPECTED_PLAIN]
     if unknown:
         raise LabError(f"unknown behaviour(s) {unknown}; the behaviours are {', '.join(BEHAVIOURS)}")
     missing = redirect.sockmap_missing(target)
     if missing:
         raise LabError(f"the redirect cannot run here: {missing}")
-    return judge(kernel, defects.upstream_version(target), observe(target, behaviours, broken, progress, program))
+    return judge(kernel, defects.upstream_version(target),
+                 observe(target, behaviours, broken, progress, program, variant), variant)
 

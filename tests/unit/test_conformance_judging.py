@@ -100,3 +100,35 @@ def test_the_upstream_version_of_a_debian_kernel_is_the_last_one_proc_version_na
             "Debian 6.1.176-1 (2026-07-02)")
     assert defects.version_from(text, "6.1.0-50-cloud-amd64") == "6.1.176"
     assert defects.version_from("Linux version 6.18.44-fc-v857 (gcc 15.3.0) #1 SMP", "6.18.44-fc-v857") == "6.18.44-fc-v857"
+
+
+def test_tcp_segments_in_the_redirected_situation_are_the_guards_doing_only_when_it_says_so():
+    plain = {"app": 3, "peer": 0}
+    assert "not redirected" in matrix.path_error("redirected", {"app": 2, "peer": 0}, plain)
+    assert "not redirected" in matrix.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=0)
+    assert matrix.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=65536) is None
+    assert matrix.path_error("redirected", {"app": 0, "peer": 0}, plain, guard_tcp_bytes=None) is None
+
+
+def test_guard_tcp_bytes_come_from_the_dumps_around_the_probe():
+    from lab.bpf import keys
+
+    def dump(backpressure, in_order):
+        fields = dict.fromkeys(keys.GUARD_FIELDS, 0) | {"bytes_backpressure": backpressure,
+                                                         "bytes_in_order": in_order}
+        raw = b"".join(value.to_bytes(8, "little") for value in fields.values())
+        return [{"key": ["0x00"] * 4, "values": [{"cpu": 0, "value": [f"0x{b:02x}" for b in raw]}]}]
+    record = {"guard_counters": {"before": dump(10, 5), "after": dump(110, 25)}}
+    assert matrix.guard_tcp_bytes(record) == 120
+    assert matrix.guard_tcp_bytes({}) is None
+
+
+def test_a_defect_a_variant_works_around_is_not_listed_for_it():
+    release = "6.18.44"
+    names = {d.name for d in defects.listed("nonreading_peer", "redirected", release)}
+    assert "no-backpressure" in names
+    assert "no-backpressure" not in {d.name for d in defects.listed("nonreading_peer", "redirected", release,
+                                                                       "guarded")}
+    unbounded = {"stopped_by": "cap", "queued_under_16mib": False}
+    assert defects.find("nonreading_peer", "redirected", release, unbounded).name == "no-backpressure"
+    assert defects.find("nonreading_peer", "redirected", release, unbounded, "guarded") is None
