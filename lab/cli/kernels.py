@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                        help="the kernel's id (test id kernel_<ID>), e.g. 6.6 or bpf-next")
     build.add_argument("--config", type=Path, metavar="FRAGMENT",
                        help="your config fragment (CONFIG_X=y lines), merged after the lab's")
+    build.add_argument("--patch", dest="patches", action="append", type=Path, default=[], metavar="FILE",
+                       help="a git-format patch to apply before building (repeatable, in order); a "
+                            "second patch set rebuilds only what changed")
     build.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: the cores)")
     build.set_defaults(func=cmd_build)
 
@@ -128,16 +131,18 @@ def cmd_build(args) -> int:
 
     started = time.monotonic()
     built = build.build_kernel(args.source, args.kernel_id, args.config, jobs=args.jobs,
-                               progress=lambda line: print(line, flush=True))
+                               progress=lambda line: print(line, flush=True), patches=args.patches)
     source = args.source.expanduser().resolve()
     print(f"kernel {args.kernel_id}: {built.release} ready ({time.monotonic() - started:.0f} s)")
     entry = f'[[kernel]]\nid = "{args.kernel_id}"\nbuild = "{source}"'
     if args.config:
         entry += f'\nconfig = "{args.config.expanduser().resolve()}"'
+    if args.patches:
+        entry += "\npatches = [" + ", ".join(f'"{p.expanduser().resolve()}"' for p in args.patches) + "]"
     print(f"boot it like any other kernel, from a catalog entry (your kernels.toml, then "
           f"pytest --kernels-toml FILE -k {test_id_of(args.kernel_id)}):\n{entry}")
     variable = env_var_of(args.kernel_id)
-    if variable[len(ENV_PREFIX):].replace("_", ".") == args.kernel_id and not args.config:
+    if variable[len(ENV_PREFIX):].replace("_", ".") == args.kernel_id and not args.config and not args.patches:
         print(f"or: {variable}={source} pytest -k {test_id_of(args.kernel_id)}")
     return 0
 

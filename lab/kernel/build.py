@@ -1,4 +1,4 @@
-"""Kernels built from source: ``sockredir-lab kernels build SRC --id ID [--config FRAGMENT]``.
+"""Kernels built from source: ``sockredir-lab kernels build SRC --id ID [--config FRAGMENT] [--patch FILE...]``.
 
 SRC is a kernel source tree (a git checkout of 5.15, 6.6, bpf-next...) or a tarball of one (Debian's
 ``linux-source-6.1`` ships ``linux-source-6.1.tar.xz``). The configuration is ``make defconfig``,
@@ -7,7 +7,10 @@ merged (the kernel's own ``scripts/kconfig/merge_config.sh``) with the lab's fra
 settled with ``olddefconfig``; an option a fragment asks for that does not survive (its
 dependencies are not met) is an error that names it. The build runs out of tree (``make O=``) in
 a work directory per source and id, so a rebuild after a change in a checkout is incremental, and
-the source tree is never written to. The result is an ordinary kernel tree of the cache
+the source tree is never written to. Patches (git-format, applied in order with ``patch -p1``) go
+into a copy of the source kept per source and id (hard links to the pristine files; ``patch``
+replaces the files it changes), brought back to pristine-plus-these-patches on every build, so a
+second patch set recompiles only what the two sets touch. The result is an ordinary kernel tree of the cache
 (``lab.kernel.trees``) keyed by (source fingerprint, merged configuration, compiler), so it boots
 like any packaged kernel and is built once.
 
@@ -61,9 +64,12 @@ def missing_packages() -> list[str]:
 
 
 def build_kernel(source: Path, kernel_id: str, user_fragment: Path | None = None,
-                 jobs: int | None = None, progress: Progress = print) -> KernelArtifacts:
-    """Build ``source`` (tree or tarball) for ``kernel_id``, or return the cached build."""
+                 jobs: int | None = None, progress: Progress = print,
+                 patches: Sequence[Path] = ()) -> KernelArtifacts:
+    """Build ``source`` (tree or tarball) with ``patches`` for ``kernel_id``, or return the cached
+    build."""
     source = Path(source).expanduser().resolve()
+    patches = _patch_files(patches)
     fragments = _fragments(user_fragment)
     missing = missing_packages()
     if missing:
@@ -72,7 +78,9 @@ def build_kernel(source: Path, kernel_id: str, user_fragment: Path | None = None
     tree = unpacked_source(source, progress)
     work = work_dir(source, kernel_id)
     with file_lock(work / "build.lock"):
-        fingerprint = source_fingerprint(source)
+        if patches:
+            tree = patched_tree(tree, work, patches, progress)
+        fingerprint = source_fingerprint(source) + _patches_digest(patches)
         config_text = configure(tree, work, fragments, progress)
         key = digest_of(["kernel-build", FORMAT, fingerprint, config_text, compiler()])
         ready = trees.load(kernel_id, key)
@@ -89,15 +97,16 @@ def build_kernel(source: Path, kernel_id: str, user_fragment: Path | None = None
         return ready
 
 
-def cached(source: Path, kernel_id: str, user_fragment: Path | None = None) -> KernelArtifacts | None:
-    """The last build of ``source`` for ``kernel_id`` if the source and fragments are unchanged
-    (read without running make)."""
+def cached(source: Path, kernel_id: str, user_fragment: Path | None = None,
+           patches: Sequence[Path] = ()) -> KernelArtifacts | None:
+    """The last build of ``source`` for ``kernel_id`` if the source, patches and fragments are
+    unchanged (read without running make)."""
     source = Path(source).expanduser().resolve()
     record_file = work_dir(source, kernel_id) / "result.json"
-    if not source.exists() or not record_file.exists():
+    if not source.exists() or not record_file.exists() or not all(Path(p).is_file() for p in patches):
         return None
     record = json.loads(record_file.read_text())
-    if (record.get("fingerprint") != source_fingerprint(source)
+    if (record.get("fingerprint") != source_fingerprint(source) + _patches_digest(_patch_files(patches))
             or record.get("fragments") != _fragments_digest(_fragments(user_fragment))):
         return None
     return trees.load(kernel_id, record["key"])
@@ -185,6 +194,71 @@ def unpacked_source(source: Path, progress: Progress) -> Path:
     if not (tree / "Kconfig").is_file():
         raise LabError(f"{source} does not hold a kernel source tree (no Kconfig at its top).")
     return tree
+
+
+# ---- patches -----------------------------------------------------------------------------------
+
+def _patch_files(patches: Sequence[Path]) -> list[Path]:
+    files = [Path(p).expanduser().resolve() for p in patches]
+    for patch in files:
+        if not patch.is_file():
+            raise LabError(f"patch {patch} does not exist. Fix: give git-format patch files "
+                           "(git format-patch), in the order they apply")
+    return files
+
+
+def _patches_digest(patches: Sequence[Path]) -> str:
+    return (" patches " + digest_of([sha256_file(p) for p in patches])) if patches else ""
+
+
+def patched_tree(pristine: Path, work: Path, patches: Sequence[Path], progress: Progress) -> Path:
+    """``pristine`` with ``patches`` applied, in a copy kept in ``work``: the files the previous
+    patch set changed are copied back from pristine (with a fresh time, so make rebuilds them), then
+    the patches are applied in order. A patch that does not apply is an error naming the patch and
+    its failed hunks, and leaves the copy pristine."""
+    tree = work / "patched"
+    record = work / "patched.json"
+    if not tree.exists():
+        progress(f"copying {pristine.name} for patching (hard links)")
+        subprocess.run(["cp", "-al", str(pristine), str(tree)], check=True)
+        atomic_write(record, json.dumps({"touched": []}))
+    _restore(tree, pristine, json.loads(record.read_text())["touched"])
+    atomic_write(record, json.dumps({"touched": []}))
+    touched: list[str] = []
+    for patch in patches:
+        files = _patch_targets(patch)
+        done = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
+                               "-r", "-", "-d", str(tree), "-i", str(patch)],
+                              capture_output=True, text=True)
+        touched += files
+        if done.returncode != 0:
+            _restore(tree, pristine, touched)
+            failed = [line for line in done.stdout.splitlines()
+                      if any(word in line for word in ("FAILED", "can't find", "Reversed", "ignored"))]
+            raise LabError(f"patch {patch.name} does not apply to {pristine.name}: "
+                           f"{'; '.join(failed) or done.stdout.strip()[-500:] or done.stderr.strip()[-500:]}. "
+                           "Fix: rebase the patch on this source (the earlier patches of the list applied first)")
+        progress(f"applied {patch.name} ({', '.join(files)})")
+    atomic_write(record, json.dumps({"touched": sorted(set(touched))}))
+    return tree
+
+
+def _patch_targets(patch: Path) -> list[str]:
+    """The files a git-format patch changes (its ``+++ b/...`` lines)."""
+    targets = re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(errors="replace"), re.M)
+    if not targets:
+        raise LabError(f"{patch} changes no file (no '+++ b/...' line): not a git-format patch. "
+                       "Fix: make it with git format-patch or git diff")
+    return targets
+
+
+def _restore(tree: Path, pristine: Path, files: Sequence[str]) -> None:
+    for name in files:
+        original, copy = pristine / name, tree / name
+        copy.unlink(missing_ok=True)
+        if original.exists():  # a file a patch created has no original: it just goes
+            shutil.copy2(original, copy)
+            os.utime(copy)  # newer than any object built from the patched version
 
 
 # ---- configuration -----------------------------------------------------------------------------

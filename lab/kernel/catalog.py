@@ -26,8 +26,8 @@ SUITES = ("bullseye", "bookworm", "trixie", "trixie-backports", "sid")
 ENV_PREFIX = "SOCKREDIR_KERNEL_"
 URL_SCHEMES = ("http://", "https://", "file://")
 
-_ENTRY_KEYS = {"id", "suite", "package", "url", "path", "modules", "env", "build", "config", "hint"}
-_LIST_KEYS = {"url", "path"}  # a kernel in several packages (Ubuntu: linux-image-* + linux-modules-*)
+_ENTRY_KEYS = {"id", "suite", "package", "url", "path", "modules", "env", "build", "config", "patches", "hint"}
+_LIST_KEYS = {"url", "path", "patches"}  # url, path: a kernel in several packages (Ubuntu: linux-image-* + linux-modules-*)
 TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst")
 _ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 _GLOB_RE = re.compile(r"^[a-z0-9][a-z0-9+.*?\[\]!-]*$")  # Debian package name characters + glob
@@ -72,6 +72,7 @@ class KernelEntry:
     env: str | None = None
     build: Path | None = None   # a kernel source tree or tarball, built by lab.kernel.build
     config: Path | None = None  # the user's config fragment for a build
+    patches: tuple[Path, ...] = ()  # git-format patches applied, in order, before a build
     more: tuple[str, ...] = ()  # more .deb files (paths or URLs) of the same kernel as url/path
     hint: str = ""              # how to get this kernel, for `kernels list` and skip reasons
     origin: str = ""  # where this source was declared, for messages
@@ -98,7 +99,8 @@ class KernelEntry:
         if self.source == "path":
             return f"{self.path}" + (f" + modules {self.modules}" if self.modules else "") + more
         if self.source == "build":
-            return f"build of {self.build}" + (f" with {self.config}" if self.config else "")
+            return (f"build of {self.build}" + "".join(f" + {patch.name}" for patch in self.patches)
+                    + (f" with {self.config}" if self.config else ""))
         return f"${self.env} (unset)"
 
     def unavailable_reason(self) -> str | None:
@@ -273,6 +275,8 @@ def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
         fail("modules without path", "modules only goes with path = a vmlinuz", kernel_id)
     if "config" in table and "build" not in table:
         fail("config without build", "config (a fragment) only goes with build = a source tree", kernel_id)
+    if "patches" in table and "build" not in table:
+        fail("patches without build", "patches only go with build = a source tree", kernel_id)
     base = path.parent
     entry = KernelEntry(id=kernel_id, origin=f"{_shown(path)} entry #{index}", hint=table.get("hint", ""))
     if "suite" in table:
@@ -303,8 +307,11 @@ def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
                        modules=(base / Path(modules).expanduser()).resolve() if modules else None)
     if "build" in table:
         config = table.get("config")
+        patches = table.get("patches", [])
         return replace(entry, build=(base / Path(table["build"]).expanduser()).resolve(),
-                       config=(base / Path(config).expanduser()).resolve() if config else None)
+                       config=(base / Path(config).expanduser()).resolve() if config else None,
+                       patches=tuple((base / Path(p).expanduser()).resolve()
+                                     for p in (patches if isinstance(patches, list) else [patches])))
     if not _ENV_NAME_RE.match(table["env"]):
         fail(f"env {table['env']!r} is not a variable name", "use e.g. SOCKREDIR_KERNEL_5_15", kernel_id)
     return replace(entry, env=table["env"])

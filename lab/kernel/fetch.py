@@ -54,7 +54,7 @@ def prepare(entry: KernelEntry, progress: Progress = print,
     if entry.source == "suite":
         return _prepare_suite(entry, lock, progress)
     if entry.source == "build":
-        return build.build_kernel(entry.build, entry.id, entry.config, progress=progress)
+        return build.build_kernel(entry.build, entry.id, entry.config, progress=progress, patches=entry.patches)
     first = (_fetch_url(entry.url, locked_url_sha256(entry, lock), progress) if entry.source == "url"
              else _local_file(entry, entry.path))
     files = [first] + [_fetch_url(more, None, progress) if more.startswith(URL_SCHEMES)
@@ -76,7 +76,7 @@ def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | No
             packages = locked_packages(entry, lock)
             return trees.load(entry.id, _debs_key(p.sha256 for p in packages)) if packages else None
         if entry.source == "build":
-            return build.cached(entry.build, entry.id, entry.config)
+            return build.cached(entry.build, entry.id, entry.config, entry.patches)
         files = []
         for index, source in enumerate((entry.url or str(entry.path),) + entry.more):
             if source.startswith(URL_SCHEMES):

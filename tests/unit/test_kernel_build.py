@@ -152,3 +152,45 @@ def test_a_source_tree_or_tarball_in_the_environment_is_a_build(fake_tree, tmp_p
     loaded = Catalog.load(catalog, environ={})
     assert loaded.get("6.6").config == tmp_path / "mine.config"
     assert "config without build" in str(loaded.errors[0])
+
+
+def _patch(tmp_path, name: str, old: str, new: str, file: str = "net/ipv4/tcp_bpf.c") -> "Path":
+    patch = tmp_path / name
+    patch.write_text(f"From: lab\nSubject: [PATCH] {name}\n\n---\n--- a/{file}\n+++ b/{file}\n"
+                     f"@@ -1 +1 @@\n-{old}\n+{new}\n")
+    return patch
+
+
+def test_patches_build_a_patched_copy_and_the_pristine_source_stays(fake_tree, tmp_path):
+    source = fake_tree / "net" / "ipv4" / "tcp_bpf.c"
+    source.parent.mkdir(parents=True)
+    source.write_text("stock\n")
+    first = _patch(tmp_path, "fix.patch", "stock", "fixed")
+    lines = []
+    built = build.build_kernel(fake_tree, "6.6-fix", progress=lines.append, patches=[first])
+    work = build.work_dir(fake_tree, "6.6-fix")
+    assert (work / "patched" / "net" / "ipv4" / "tcp_bpf.c").read_text() == "fixed\n"
+    assert source.read_text() == "stock\n"  # the source tree is never written
+    assert any("applied fix.patch (net/ipv4/tcp_bpf.c)" in line for line in lines)
+    assert build.cached(fake_tree, "6.6-fix", patches=[first]) == built
+    assert build.cached(fake_tree, "6.6-fix") is None  # another patch set, another build
+
+    second = _patch(tmp_path, "other.patch", "stock", "other")  # applies to pristine, not on top
+    other = build.build_kernel(fake_tree, "6.6-fix", progress=lines.append, patches=[second])
+    assert other.key != built.key and make_runs(fake_tree) == 2
+    assert (work / "patched" / "net" / "ipv4" / "tcp_bpf.c").read_text() == "other\n"
+
+
+def test_a_patch_that_does_not_apply_is_named_with_its_hunk(fake_tree, tmp_path):
+    source = fake_tree / "net" / "ipv4" / "tcp_bpf.c"
+    source.parent.mkdir(parents=True)
+    source.write_text("stock\n")
+    good = _patch(tmp_path, "good.patch", "stock", "fixed")
+    stale = _patch(tmp_path, "stale.patch", "something else", "other")
+    with pytest.raises(LabError, match=r"patch stale.patch does not apply .*Hunk #1 FAILED"):
+        build.build_kernel(fake_tree, "6.6-fix", progress=lambda line: None, patches=[good, stale])
+    # the copy went back to pristine: nothing half-applied is left for the next build
+    work = build.work_dir(fake_tree, "6.6-fix")
+    assert (work / "patched" / "net" / "ipv4" / "tcp_bpf.c").read_text() == "stock\n"
+    with pytest.raises(LabError, match="does not exist"):
+        build.build_kernel(fake_tree, "6.6-fix", progress=lambda line: None, patches=[tmp_path / "nope.patch"])
