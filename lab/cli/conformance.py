@@ -1,11 +1,15 @@
 """``sockredir-lab conformance``: which socket behaviours differ from plain TCP under the redirect.
 
     sockredir-lab conformance [--kernel ID|host|all ...] [--behaviour NAME ...] [--apps] [--json FILE]
+    sockredir-lab conformance --compare A B [--behaviour NAME ...] [--json FILE]
 
 Per target, every behaviour in three situations (plain, redirected, peer_outside), each compared
 with plain TCP of the same kernel in the same run: pass, fail, or xfail naming the kernel defect.
 With ``--apps``, also nginx, redis and a splice(2) proxy over plain TCP and through the redirect.
-Exit status 1 when any cell failed (or a target could not be measured).
+Exit status 1 when any cell failed (or a target could not be measured). ``--compare A B``
+(kernel ids, or ``--json`` documents of one kernel each) prints the cells whose outcome differs
+between A and B, with what each saw: how a kernel fix shows that it flipped its cells and nothing
+else (exit status 0; the cells' own failures are in each side's table).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from lab import LabError, api
 from lab.bench.report import write_json
 from lab.cli import program_options
 from lab.cli.guest import target_ids
-from lab.conformance import apps, matrix
+from lab.conformance import apps, compare, matrix
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "xpass"}
 
@@ -46,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--apps", action="store_true",
                         help="also run nginx+curl, redis-benchmark and a splice proxy with and without the redirect")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the matrix here (after each target)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="the cells that differ between two kernels (ids, measured now) or two "
+                             "--json documents; with --json, the differences are written there")
     parser.add_argument("--variant", choices=("production", "guarded"), default="production",
                         help="the lab's variant to judge (default production)")
     program_options.add(parser, families=False)  # the probes are IPv4
@@ -54,6 +61,8 @@ def register(subparsers) -> None:
 
 def cmd_conformance(args) -> int:
     behaviours = args.behaviours or list(matrix.BEHAVIOURS)
+    if args.compare:
+        return cmd_compare(args, behaviours)
     program = program_options.program_of(args)
     if program and args.apps:
         raise LabError("--apps runs the lab's own redirect; judge a --program's behaviours without it")
@@ -87,6 +96,29 @@ def cmd_conformance(args) -> int:
           + (f"; applications: {summary(doc['apps'])}" if doc["apps"] else "")
           + (f"; {len(doc['errors'])} target(s) not measured" if doc["errors"] else ""))
     return 1 if failed or doc["errors"] else 0
+
+
+def cmd_compare(args, behaviours) -> int:
+    if args.kernels or args.apps:
+        raise LabError("--compare A B names the two sides itself; drop --kernel and --apps")
+    sides = []
+    for side in args.compare:
+        if Path(side).is_file():
+            sides.append(compare.read_side(Path(side)))
+            continue
+        print(f"== {side}", file=sys.stderr, flush=True)
+        release, cells, _ = measure(side, args.settings, behaviours, False, program_options.program_of(args),
+                                    args.variant)
+        print(format_table(side, release, cells), flush=True)
+        sides.append((side, [cell.as_dict() for cell in cells]))
+    (a_name, a_cells), (b_name, b_cells) = sides
+    found = compare.differences(a_cells, b_cells)
+    print(compare.format_differences(a_name, b_name, found, len({(c["behaviour"], c["situation"])
+                                                                 for c in a_cells + b_cells})))
+    if args.json:
+        write_json({"a": {"kernel": a_name, "results": a_cells}, "b": {"kernel": b_name, "results": b_cells},
+                    "differences": [d.as_dict() for d in found]}, args.json)
+    return 0
 
 
 def summary(records: list[dict]) -> str:

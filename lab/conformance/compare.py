@@ -1,0 +1,66 @@
+"""Two conformance matrices side by side: the cells whose outcome differs, with what each side saw.
+
+What a kernel fix is proven by (issue 23): the stock and the patched kernel's matrices in one
+command, "the fix flipped these cells and nothing else". A side is a matrix this run measured or
+one read back from a ``conformance --json`` document (one kernel's cells).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lab import LabError
+
+
+@dataclass(frozen=True)
+class Difference:
+    behaviour: str
+    situation: str
+    a_status: str | None      # None: the cell is missing on that side
+    b_status: str | None
+    a_observed: object
+    b_observed: object
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def differences(a: list[dict], b: list[dict]) -> list[Difference]:
+    """Cells (as ``Cell.as_dict()``) that differ between the sides by status or observation, in
+    the order of side ``a`` (cells only one side has come last)."""
+    a_cells = {(c["behaviour"], c["situation"]): c for c in a}
+    b_cells = {(c["behaviour"], c["situation"]): c for c in b}
+    found = []
+    for key in list(a_cells) + [k for k in b_cells if k not in a_cells]:
+        left, right = a_cells.get(key), b_cells.get(key)
+        if left and right and left["status"] == right["status"] and left["observed"] == right["observed"]:
+            continue
+        found.append(Difference(*key, left and left["status"], right and right["status"],
+                                left and left["observed"], right and right["observed"]))
+    return found
+
+
+def read_side(path: Path) -> tuple[str, list[dict]]:
+    """(kernel, cells) of a ``conformance --json`` document that holds one kernel's matrix."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        cells = doc["results"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"{path} is not a conformance document ({exc}); write one with "
+                       "`sockredir-lab conformance --kernel ID --json FILE`") from None
+    kernels = sorted({cell["kernel"] for cell in cells})
+    if len(kernels) != 1:
+        raise LabError(f"{path} holds the matrices of {', '.join(kernels) or 'no kernel'}; compare "
+                       "documents of one kernel each (conformance --kernel ID --json FILE)")
+    return kernels[0], cells
+
+
+def format_differences(a_name: str, b_name: str, found: list[Difference], compared: int) -> str:
+    lines = [f"{a_name} -> {b_name}: {len(found)} of {compared} cells differ"]
+    for diff in found:
+        lines.append(f"  {diff.behaviour} [{diff.situation}]: {diff.a_status} -> {diff.b_status}")
+        lines.append(f"      {a_name}: {diff.a_observed}")
+        lines.append(f"      {b_name}: {diff.b_observed}")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""conformance --compare: which cells a kernel fix flipped, and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab import LabError
+from lab.conformance import compare
+
+
+def cell(behaviour, situation, status, observed, kernel="6.12-src"):
+    return {"kernel": kernel, "behaviour": behaviour, "situation": situation, "status": status,
+            "observed": observed}
+
+
+def test_only_cells_whose_status_or_observation_moved_are_listed():
+    stock = [cell("msg_waitall", "redirected", "xfail", {"returned": 1024}),
+             cell("fionread", "redirected", "pass", {"fionread": 1024}),
+             cell("splice_from_socket", "redirected", "xfail", {"hung": "5 s"})]
+    fixed = [cell("msg_waitall", "redirected", "pass", {"returned": 4096}, "6.12-fix"),
+             cell("fionread", "redirected", "pass", {"fionread": 1024}, "6.12-fix"),
+             cell("splice_from_socket", "redirected", "xfail", {"hung": "5 s"}, "6.12-fix"),
+             cell("new_probe", "plain", "pass", {}, "6.12-fix")]
+    found = compare.differences(stock, fixed)
+    assert [(d.behaviour, d.a_status, d.b_status) for d in found] == [
+        ("msg_waitall", "xfail", "pass"), ("new_probe", None, "pass")]
+    text = compare.format_differences("6.12-src", "6.12-fix", found, 4)
+    assert text.startswith("6.12-src -> 6.12-fix: 2 of 4 cells differ")
+    assert "{'returned': 4096}" in text
+
+
+def test_a_side_is_one_kernels_document(tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"results": [cell("fionread", "plain", "pass", {})]}))
+    assert compare.read_side(one)[0] == "6.12-src"
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"results": [cell("fionread", "plain", "pass", {}),
+                                           cell("fionread", "plain", "pass", {}, "7.2")]}))
+    with pytest.raises(LabError, match="holds the matrices of 6.12-src, 7.2"):
+        compare.read_side(two)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(LabError, match="not a conformance document"):
+        compare.read_side(bad)
