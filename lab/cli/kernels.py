@@ -36,8 +36,9 @@ def register(subparsers) -> None:
 
     build = sub.add_parser("build", help="build a kernel from a source tree or tarball, cached, "
                                          "to boot like any catalogued kernel")
-    build.add_argument("source", type=Path, metavar="SRC",
-                       help="a kernel source tree (e.g. a git checkout) or a tarball of one")
+    build.add_argument("source", metavar="SRC",
+                       help="a kernel source tree (e.g. a git checkout), a tarball of one, or "
+                            "debian:linux-source-X.Y (Debian's source package, fetched like the catalog's kernels)")
     build.add_argument("--id", dest="kernel_id", required=True, metavar="ID",
                        help="the kernel's id (test id kernel_<ID>), e.g. 6.6 or bpf-next")
     build.add_argument("--config", type=Path, metavar="FRAGMENT",
@@ -130,9 +131,12 @@ def cmd_build(args) -> int:
     from lab.kernel import build
 
     started = time.monotonic()
-    built = build.build_kernel(args.source, args.kernel_id, args.config, jobs=args.jobs,
-                               progress=lambda line: print(line, flush=True), patches=args.patches)
-    source = args.source.expanduser().resolve()
+    from lab.kernel import fetch
+
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    built = build.build_kernel(fetch.source_of(args.source, progress), args.kernel_id, args.config,
+                               jobs=args.jobs, progress=progress, patches=args.patches)
+    source = args.source if fetch.is_debian_source(args.source) else Path(args.source).expanduser().resolve()
     print(f"kernel {args.kernel_id}: {built.release} ready ({time.monotonic() - started:.0f} s)")
     entry = f'[[kernel]]\nid = "{args.kernel_id}"\nbuild = "{source}"'
     if args.config:

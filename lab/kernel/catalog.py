@@ -308,7 +308,9 @@ def _parse_entry(path: Path, index: int, table: object) -> KernelEntry:
     if "build" in table:
         config = table.get("config")
         patches = table.get("patches", [])
-        return replace(entry, build=(base / Path(table["build"]).expanduser()).resolve(),
+        built = table["build"]  # a path, or debian:linux-source-X.Y (kept as written)
+        return replace(entry, build=Path(built) if built.startswith("debian:")
+                       else (base / Path(built).expanduser()).resolve(),
                        config=(base / Path(config).expanduser()).resolve() if config else None,
                        patches=tuple((base / Path(p).expanduser()).resolve()
                                      for p in (patches if isinstance(patches, list) else [patches])))

@@ -18,6 +18,7 @@ import http.client
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from lab import LabError
-from lab.cache import atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
+from lab.cache import atomic_dir, atomic_file, atomic_write, cache_dir, digest_of, file_lock, sha256_file
 from lab.kernel import build, bzimage, trees
 from lab.kernel.trees import KernelArtifacts
 from lab.kernel.catalog import (LOCK_PATH, SUITES, URL_SCHEMES, Catalog, KernelEntry, LockedPackage, lock_record, locked_packages,
@@ -54,7 +55,8 @@ def prepare(entry: KernelEntry, progress: Progress = print,
     if entry.source == "suite":
         return _prepare_suite(entry, lock, progress)
     if entry.source == "build":
-        return build.build_kernel(entry.build, entry.id, entry.config, progress=progress, patches=entry.patches)
+        return build.build_kernel(source_of(entry.build, progress), entry.id, entry.config, progress=progress,
+                                  patches=entry.patches)
     first = (_fetch_url(entry.url, locked_url_sha256(entry, lock), progress) if entry.source == "url"
              else _local_file(entry, entry.path))
     files = [first] + [_fetch_url(more, None, progress) if more.startswith(URL_SCHEMES)
@@ -76,7 +78,8 @@ def cached(entry: KernelEntry, lock: Mapping[str, dict]) -> KernelArtifacts | No
             packages = locked_packages(entry, lock)
             return trees.load(entry.id, _debs_key(p.sha256 for p in packages)) if packages else None
         if entry.source == "build":
-            return build.cached(entry.build, entry.id, entry.config, entry.patches)
+            source = debian_source_cached(entry.build) if is_debian_source(entry.build) else entry.build
+            return build.cached(source, entry.id, entry.config, entry.patches) if source else None
         files = []
         for index, source in enumerate((entry.url or str(entry.path),) + entry.more):
             if source.startswith(URL_SCHEMES):
@@ -104,6 +107,67 @@ def fetch_suite_packages(suite: str, glob: str, progress: Progress = print,
     apt.update(progress)
     return [(package, _fetch_deb(package, progress))
             for package in apt.resolve(suite, glob, progress) if keep(package.name)]
+
+
+DEBIAN_SOURCE = "debian:"
+
+
+def is_debian_source(source: Path | str) -> bool:
+    return str(source).startswith(DEBIAN_SOURCE)
+
+
+def source_of(source: Path | str, progress: Progress = print) -> Path:
+    """A build's SRC: a path, or ``debian:PACKAGE`` (e.g. ``debian:linux-source-6.12``): the
+    source tarball of Debian's package, fetched from the newest suite that has it."""
+    return debian_source(str(source), progress) if is_debian_source(source) else Path(source)
+
+
+def debian_source(spec: str, progress: Progress = print) -> Path:
+    """Fetch Debian's ``linux-source-X.Y`` package (the highest version any of SUITES has, checked
+    against the archive's SHA-256) and extract its ``usr/src/linux-source-X.Y.tar.*`` once."""
+    name = spec[len(DEBIAN_SOURCE):]
+    if not re.fullmatch(r"linux-source-[0-9][0-9.]*", name):
+        raise LabError(f"{spec}: name a Debian kernel source package, e.g. debian:linux-source-6.12")
+    apt = PrivateApt()
+    apt.update(progress)
+    found = []
+    for suite in SUITES:
+        try:
+            found += [p for p in apt.resolve(suite, name, lambda line: None) if p.name == name]
+        except LabError:
+            continue  # not in this suite
+    if not found:
+        raise LabError(f"no suite of {', '.join(SUITES)} has {name}. Fix: `apt-cache policy "
+                       f"'linux-source-*'` on a Debian machine lists them; or give a tarball path")
+    package = max(found, key=lambda p: _version_key(p.version))
+    progress(f"{spec}: {package.name} {package.version} from {package.suite}")
+    deb = _fetch_deb(package, progress)
+    unpacked = cache_dir("kernels", "debian-sources") / package.sha256[:16]
+    with file_lock(unpacked.with_name(unpacked.name + ".lock")):
+        if not unpacked.exists():
+            with atomic_dir(unpacked) as tmp:
+                done = subprocess.run(f"dpkg-deb --fsys-tarfile {shlex.quote(str(deb))} | "
+                                      f"tar -x -C {shlex.quote(str(tmp))} --wildcards './usr/src/{name}.tar.*'",
+                                      shell=True, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise LabError(f"extracting the source tarball from {deb.name} failed: "
+                                   f"{done.stderr.strip()[-300:]}")
+    tarballs = sorted((unpacked / "usr" / "src").glob(f"{name}.tar.*"))
+    if not tarballs:
+        raise LabError(f"{deb.name} holds no usr/src/{name}.tar.*: not a kernel source package")
+    atomic_write(cache_dir("kernels", "debian-sources") / f"{name}.last", str(tarballs[0]))
+    return tarballs[0]
+
+
+def debian_source_cached(spec: Path | str) -> Path | None:
+    """The tarball the last ``debian_source(spec)`` gave, without apt or network."""
+    last = cache_dir("kernels", "debian-sources") / f"{str(spec)[len(DEBIAN_SOURCE):]}.last"
+    tarball = Path(last.read_text()) if last.exists() else None
+    return tarball if tarball and tarball.exists() else None
+
+
+def _version_key(version: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"[^0-9A-Za-z]+", version)]
 
 
 def lock_kernels(catalog: Catalog, ids: list[str] | None = None, progress: Progress = print,

@@ -190,3 +190,16 @@ def test_shipped_lock_matches_the_shipped_catalog():
             assert packages, f"{entry.id} is not locked: run `sockredir-lab kernels lock`"
             assert all(p.suite == entry.suite and len(p.sha256) == 64 for p in packages)
     assert json.loads(Path(CATALOG_PATH.parent / "kernels.lock.json").read_text())["kernels"]
+
+
+def test_a_build_entry_keeps_a_debian_source_and_resolves_its_patches(tmp_path):
+    toml = tmp_path / "kernels.toml"
+    toml.write_text('[[kernel]]\nid = "6.12-fix"\nbuild = "debian:linux-source-6.12"\n'
+                    'patches = ["fixes/0001.patch", "fixes/0002.patch"]\n'
+                    '[[kernel]]\nid = "bad"\nsuite = "trixie"\npackage = "linux-image-*"\npatches = ["x.patch"]\n')
+    catalog = Catalog.load(toml, environ={})
+    entry = catalog.get("6.12-fix")
+    assert str(entry.build) == "debian:linux-source-6.12"
+    assert entry.patches == (tmp_path / "fixes" / "0001.patch", tmp_path / "fixes" / "0002.patch")
+    assert "0001.patch" in entry.describe()
+    assert any("patches without build" in str(error) for error in catalog.errors)

@@ -257,3 +257,11 @@ def test_unset_env_source_is_unavailable(cache):
 def test_missing_url_names_the_url(cache, served):
     with pytest.raises(LabError, match=f"cannot download {served.url}/absent.deb"):
         prepare(KernelEntry(id="x", url=f"{served.url}/absent.deb"), progress=print, lock={})
+
+
+def test_a_debian_source_spec_names_a_kernel_source_package():
+    from lab.kernel import fetch
+    assert fetch.is_debian_source("debian:linux-source-6.12") and not fetch.is_debian_source("/src/linux")
+    with pytest.raises(LabError, match="name a Debian kernel source package"):
+        fetch.debian_source("debian:linux-image-amd64")
+    assert fetch._version_key("6.12.117-1") > fetch._version_key("6.12.57-1")
