@@ -131,8 +131,11 @@ def measure(kernel: str, settings, behaviours, with_apps: bool,
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
+    entry = None if kernel == api.HOST else settings.catalog().find(kernel)
+    patches = frozenset(patch.name for patch in entry.patches) if entry else frozenset()
     with api.boot(kernel, settings) as target:
-        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant)
+        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant,
+                           patches=patches)
         return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
 
 

@@ -39,6 +39,8 @@ class Defect:
     # The lab's variants whose program keeps the symptom from an application (the guarded
     # variant's backpressure): under them the defect is not listed, so showing it is a failure.
     worked_around_by: tuple[str, ...] = ()
+    # The project's patch that fixes it (kernel-fixes/NAME): a kernel built with it is not affected.
+    fix_patch: str | None = None
 
     def affects(self, version: Version) -> bool:
         series = version[:2]
@@ -73,6 +75,10 @@ def _blocking_recv_eagain(seen) -> bool:
     return (set(outcomes) <= {"100 bytes", "EAGAIN"} and outcomes.get("EAGAIN", 0) >= 1
             and sum(outcomes.values()) == 20)
 
+
+# kernel-fixes/: the project's patches for defects below (git format-patch names)
+WAITALL_FIX = "0001-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg.patch"
+CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.patch"
 
 KNOWN: tuple[Defect, ...] = (
     Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
@@ -126,7 +132,8 @@ KNOWN: tuple[Defect, ...] = (
            "MSG_WAITALL loop",
            lambda seen: _keys(seen) == {"returned", "intact"} and isinstance(seen["returned"], int)
            and 0 < seen["returned"] < 4096 and seen["intact"] is False,
-           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here); "
+           "fixed by kernel-fixes/" + WAITALL_FIX, fix_patch=WAITALL_FIX),
     Defect("rcvlowat-ignored", ("so_rcvlowat",), ("redirected",),
            "poll/select report a redirected socket readable below SO_RCVLOWAT (tcp_bpf readiness "
            "tests only that ingress_msg is non-empty)",
@@ -138,7 +145,8 @@ KNOWN: tuple[Defect, ...] = (
            "is silently dropped",
            lambda seen: _keys(seen) == {"recv", "send"} and seen["recv"] == "EOF"
            and seen["send"] in ("sent", "EPIPE", "ECONNRESET"),
-           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here); "
+           "fixed by kernel-fixes/" + CLOSE_RESET_FIX, fix_patch=CLOSE_RESET_FIX),
 )
 
 
@@ -176,17 +184,20 @@ def by_name(name: str) -> Defect:
     raise KeyError(f"no known defect {name!r}; the known ones are {', '.join(d.name for d in KNOWN)}")
 
 
-def listed(behaviour: str, situation: str, release: str, variant: str = "production") -> list[Defect]:
+def listed(behaviour: str, situation: str, release: str, variant: str = "production",
+           patches: frozenset[str] = frozenset()) -> list[Defect]:
     """The known defects the table says act on this behaviour, situation and kernel, under the
-    lab's ``variant`` (one that works a defect around is not affected by it)."""
+    lab's ``variant`` (one that works a defect around is not affected by it), on a kernel built
+    with ``patches`` (file names: one of kernel-fixes/ fixes its defect)."""
     version = kernel_version(release)
     return [defect for defect in KNOWN
             if behaviour in defect.behaviours and situation in defect.situations and defect.affects(version)
-            and variant not in defect.worked_around_by]
+            and variant not in defect.worked_around_by and defect.fix_patch not in patches]
 
 
 def find(behaviour: str, situation: str, release: str, observed: object,
-         variant: str = "production") -> Defect | None:
+         variant: str = "production", patches: frozenset[str] = frozenset()) -> Defect | None:
     """The known defect that explains ``observed`` for this behaviour, situation and kernel: its
     exact symptom (an exception, a hang or another shape of the same field is not)."""
-    return next((d for d in listed(behaviour, situation, release, variant) if d.matches(observed)), None)
+    return next((d for d in listed(behaviour, situation, release, variant, patches) if d.matches(observed)),
+                None)

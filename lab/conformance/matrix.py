@@ -162,7 +162,7 @@ def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (
 # ----------------------------------------------------------------------------- judging
 
 def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]],
-          variant: str = "production") -> list[Cell]:
+          variant: str = "production", patches: frozenset[str] = frozenset()) -> list[Cell]:
     cells = []
     for behaviour in next(iter(observed.values())):
         reference = observed["plain"][behaviour]
@@ -178,7 +178,7 @@ def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]],
                     cell.reason = "plain TCP differs from what Linux TCP does: the probe or the kernel changed"
             else:
                 cell.expected = observation(reference)
-                compare(cell, release, reference.get("path"), variant)
+                compare(cell, release, reference.get("path"), variant, patches)
             cells.append(cell)
     return cells
 
@@ -192,18 +192,19 @@ def guard_tcp_bytes(record: dict) -> int | None:
     return sum(after[name] - before[name] for name in ("bytes_backpressure", "bytes_in_order"))
 
 
-def compare(cell: Cell, release: str, plain_path: dict | None, variant: str = "production") -> None:
+def compare(cell: Cell, release: str, plain_path: dict | None, variant: str = "production",
+            patches: frozenset[str] = frozenset()) -> None:
     """Judge a redirected or peer_outside cell against plain TCP's observation (cell.expected)."""
     wrong_path = path_error(cell.situation, cell.path, plain_path, cell.guard_tcp_bytes)
     if wrong_path:
         cell.status, cell.reason = "fail", wrong_path
         return
     if cell.observed != cell.expected:
-        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed, variant)
+        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed, variant, patches)
         cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
             "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
         return
-    listed = defects.listed(cell.behaviour, cell.situation, release, variant)
+    listed = defects.listed(cell.behaviour, cell.situation, release, variant, patches)
     if listed:
         cell.status, cell.strict = "xpass", not all(d.intermittent for d in listed)
         names = ", ".join(d.name for d in listed)
@@ -237,7 +238,9 @@ def path_error(situation: str, path: dict | None, plain_path: dict | None,
 
 def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),
         progress: Callable[[str], None] = print, program: UserProgram | None = None,
-        variant: str = "production") -> list[Cell]:
+        variant: str = "production", patches: frozenset[str] = frozenset()) -> list[Cell]:
+    """``patches``: the file names of the patches the kernel was built with (its catalog entry),
+    so that a defect one of them fixes is not listed for it."""
     unknown = [name for name in behaviours if name not in EXPECTED_PLAIN]
     if unknown:
         raise LabError(f"unknown behaviour(s) {unknown}; the behaviours are {', '.join(BEHAVIOURS)}")
@@ -245,5 +248,5 @@ def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, bro
     if missing:
         raise LabError(f"the redirect cannot run here: {missing}")
     return judge(kernel, defects.upstream_version(target),
-                 observe(target, behaviours, broken, progress, program, variant), variant)
+                 observe(target, behaviours, broken, progress, program, variant), variant, patches)
 

@@ -39,7 +39,9 @@ def cells_of(kernel, request, lab) -> dict[tuple[str, str], matrix.Cell]:
     if kernel_id not in _measured:
         option = lab.config.option.redirect_program  # judge someone else's redirect instead of ours
         program = UserProgram(Path(option)) if option else None
-        cells = matrix.run(target, kernel_id, progress=print, program=program)
+        entry = None if kernel_id == "host" else lab.settings.catalog().find(kernel_id)
+        patches = frozenset(p.name for p in entry.patches) if entry else frozenset()  # built with fixes
+        cells = matrix.run(target, kernel_id, progress=print, program=program, patches=patches)
         _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
     return _measured[kernel_id]
 

@@ -132,3 +132,17 @@ def test_a_defect_a_variant_works_around_is_not_listed_for_it():
     unbounded = {"stopped_by": "cap", "queued_under_16mib": False}
     assert defects.find("nonreading_peer", "redirected", release, unbounded).name == "no-backpressure"
     assert defects.find("nonreading_peer", "redirected", release, unbounded, "guarded") is None
+
+
+def test_a_kernel_built_with_the_projects_fix_is_not_listed_for_its_defect():
+    release, short = "6.12.117", {"returned": 1024, "intact": False}
+    assert defects.find("msg_waitall", "redirected", release, short).name == "waitall-ignored"
+    fixed = frozenset({defects.WAITALL_FIX})
+    assert defects.find("msg_waitall", "redirected", release, short, patches=fixed) is None
+    assert not defects.listed("msg_waitall", "redirected", release, patches=fixed)
+    # the other defects stay listed on that kernel
+    assert defects.listed("so_rcvlowat", "redirected", release, patches=fixed)
+    from pathlib import Path
+    from lab import BPF_DIR
+    fixes = BPF_DIR.parent / "kernel-fixes"
+    assert (fixes / defects.WAITALL_FIX).is_file() and (fixes / defects.CLOSE_RESET_FIX).is_file()
