@@ -3,7 +3,7 @@
 The lab's data (BPF sources, the kernel catalog and guest scripts, the guest-side scenario
 programs) are found through this package, never relative to a checkout, so an installed copy
 works from any directory. In the repository they live at the top (``bpf/``, ``images/``,
-``scenarios/``, ``bench/``), where a reader looks first; ``lab/data/*`` are relative symlinks to them, which
+``scenarios/``, ``bench/``, ``kernel-fixes/``), where a reader looks first; ``lab/data/*`` are relative symlinks to them, which
 an editable install follows and a wheel build turns into real files (package-data in
 pyproject.toml).
 """
@@ -17,6 +17,7 @@ BPF_DIR = (DATA_DIR / "bpf").resolve()
 IMAGES_DIR = (DATA_DIR / "images").resolve()
 SCENARIOS_DIR = (DATA_DIR / "scenarios").resolve()
 BENCH_DIR = (DATA_DIR / "bench").resolve()
+KERNEL_FIXES_DIR = (DATA_DIR / "kernel-fixes").resolve()
 
 
 class LabError(Exception):

@@ -142,7 +142,5 @@ def test_a_kernel_built_with_the_projects_fix_is_not_listed_for_its_defect():
     assert not defects.listed("msg_waitall", "redirected", release, patches=fixed)
     # the other defects stay listed on that kernel
     assert defects.listed("so_rcvlowat", "redirected", release, patches=fixed)
-    from pathlib import Path
-    from lab import BPF_DIR
-    fixes = BPF_DIR.parent / "kernel-fixes"
+    from lab import KERNEL_FIXES_DIR as fixes
     assert (fixes / defects.WAITALL_FIX).is_file() and (fixes / defects.CLOSE_RESET_FIX).is_file()
