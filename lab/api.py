@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lab import IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
-from lab.bpf import cgroups, links, policy, redirect
+from lab.bpf import bpftool, cgroups, links, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
 from lab.bpf.program import UserProgram
 from lab.cache import cache_dir
@@ -203,7 +203,7 @@ class MapHandle:
         return self.info.get("type", "")
 
     def dump(self) -> list[dict]:
-        return redirect.bpftool_json(self.target, ["map", "dump", "pinned", self.pin])
+        return bpftool.bpftool_json(self.target, ["map", "dump", "pinned", self.pin])
 
     def lookup(self, key: bytes) -> dict | None:
         result = self.target.run(["bpftool", "-j", "map", "lookup", "pinned", self.pin,
@@ -212,7 +212,7 @@ class MapHandle:
             if "No such file or directory" in result.stderr or "not found" in result.stderr:
                 return None
             raise LabError(f"bpftool map lookup in {self.name} failed: {result.stderr.strip()}")
-        return redirect.parse_bpftool_json(result.stdout, f"map lookup {self.name}")
+        return bpftool.parse_bpftool_json(result.stdout, f"map lookup {self.name}")
 
     def update(self, key: bytes, value: bytes, flags: str = "any") -> None:
         if flags not in ("any", "exist", "noexist"):
@@ -386,7 +386,7 @@ def install_redirect(target: Target, cgroup_path: str, variant: str = "productio
 
 def set_redirect_policy(target: Target, cgroup_path: str, port_policy: PortPolicy) -> PortPolicy:
     """Which connections the installed redirect takes from now on; returns the policy read back."""
-    return policy.apply(target, policy.pin_dir_of(target, cgroup_path), port_policy)
+    return policy.apply(target, redirect.policy_pin_dir(target, cgroup_path), port_policy)
 
 
 @contextlib.contextmanager

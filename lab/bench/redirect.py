@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 from lab import LabError, api
 from lab.bench import workload
-from lab.bpf import keys, redirect
+from lab.bpf import bpftool, keys, redirect
 from lab.vm.target import Target
 
 TRANSPORTS = ("tcp", "redirect", "unix", "excluded", "guarded")
@@ -224,7 +224,7 @@ def check_redirect_carried(before: dict, after: dict, expected_bytes: int, where
 def program_stats(target: Target, prog_ids: dict[str, int]) -> dict[str, dict]:
     stats = {}
     for name, prog_id in prog_ids.items():
-        info = redirect.bpftool_json(target, ["prog", "show", "id", str(prog_id)])
+        info = bpftool.bpftool_json(target, ["prog", "show", "id", str(prog_id)])
         stats[name] = {"run_cnt": info.get("run_cnt", 0), "run_time_ns": info.get("run_time_ns", 0)}
     return stats
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from lab import LabError
 from lab.bpf import keys
-from lab.bpf.redirect import RUN_DIR, bpftool_batch, find
-from lab.vm.target import Target
+from lab.bpf.bpftool import bpftool_batch
+from lab.vm.target import RUN_DIR, Target
 
 MODES = {"all": 0, "only": 1, "except": 2}  # enum sockredir_policy_mode in bpf/sockredir.h
 POLICY_MAP = "sredir_policy"
@@ -99,13 +99,6 @@ def require_policy_maps(target: Target, pin_dir: str, variant: str) -> None:
     if not target.exists(policy_map):
         raise LabError(f"the {variant} variant installed at {pin_dir} has no port policy (only the "
                        "production and netns variants have one); reinstall with --variant production")
-
-
-def pin_dir_of(target: Target, cgroup: str) -> str:
-    """The pin directory of the redirect installed on ``cgroup``, if its variant has a policy."""
-    variant, pin_dir, _, _ = find(target, cgroup)
-    require_policy_maps(target, pin_dir, variant)
-    return pin_dir
 
 
 def read(target: Target, pin_dir: str) -> PortPolicy:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import posixpath
 import re
-import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +34,8 @@ from lab.bpf import build as bpf_build
 from lab.bpf import cgroups
 from lab.bpf import keys
 from lab.bpf import links
+from lab.bpf import policy
+from lab.bpf.bpftool import bpftool_batch
 from lab.bpf import verifier_log
 from lab.vm.target import RUN_DIR, Result, Target
 
@@ -138,63 +139,6 @@ class Installation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------- bpftool helpers
-
-def bpftool_json(target: Target, args: list[str], timeout: float = 60) -> Any:
-    result = target.run(["bpftool", "-j", *args], timeout=timeout, check=True)
-    return parse_bpftool_json(result.stdout, " ".join(args))
-
-
-BATCH_EBADF = {"error": "reading batch file failed: Bad file descriptor"}
-
-
-def bpftool_batch(target: Target, commands: list[list[str]], options: tuple[str, ...] = (),
-                  timeout: float = 60) -> list[Any]:
-    """The JSON outputs of several bpftool commands run by one ``bpftool -j batch``: in a TCG guest
-    each bpftool exec costs ~0.05 s of guest CPU, and a status reads up to six maps and listings.
-
-    Only for commands that print JSON on success (bpftool 7.1 writes broken JSON for a command that
-    prints nothing, e.g. ``cgroup show`` of an empty cgroup). A failing command ends the batch and
-    raises a LabError naming it."""
-    lines = []
-    for command in commands:
-        if any(not word or any(c.isspace() or c in "'\"\\#" for c in word) for word in command):
-            raise LabError(f"bpftool batch cannot carry {command!r} (quotes, blanks or # in a word)")
-        lines.append(" ".join(command))
-    what = "batch: " + "; ".join(lines)
-    result = target.run(f"printf '%s\\n' {shlex.join(lines)} | bpftool -j {shlex.join(options)} batch file -",
-                        timeout=timeout)
-    outputs = parse_bpftool_json(result.stdout, what) if result.stdout.strip() else []
-    finished = result.ok
-    if len(outputs) == len(lines) + 1 and outputs[-1] == BATCH_EBADF:
-        # bpftool 7.1 in the lab guests (seen on 6.12, not on the host): once a batch has run a
-        # `map dump`, its next read of the batch input fails with EBADF, from a pipe or a file.
-        # The input, a few hundred bytes, was read whole before the first command, so every
-        # command ran and printed; only that last read fails. Had a longer input lost commands,
-        # the outputs would be fewer than the commands: an error below.
-        outputs, finished = outputs[:-1], True
-    for line, output in zip(lines, outputs):
-        printed = output.get("output") if isinstance(output, dict) else None
-        if isinstance(printed, dict) and set(printed) == {"error"}:
-            raise LabError(f"`bpftool {line}` failed on {target.name}: {printed['error']}")
-    if not finished or len(outputs) != len(lines):
-        raise LabError(f"`bpftool -j {what}` failed on {target.name} (exit {result.rc}): "
-                       f"{(result.stderr.strip() or result.stdout.strip())[-500:]}")
-    return [output["output"] for output in outputs]
-
-
-def parse_bpftool_json(stdout: str, what: str) -> Any:
-    """bpftool's JSON output; a LabError naming the command when it is not JSON."""
-    # Some bpftool 7.1 commands (cgroup show with nothing attached) print nothing at all.
-    if not stdout.strip():
-        return []
-    try:
-        return json.loads(stdout)
-    except ValueError as exc:
-        raise LabError(f"`bpftool -j {what}` printed something that is not JSON ({exc}): "
-                       f"{stdout.strip()[:300]!r}; check the bpftool version on the target") from None
 
 
 # ----------------------------------------------------------------------------- where pins live
@@ -398,7 +342,6 @@ def install(target: Target, cgroup: str, variant: str = "production",
 
     ``port_policy`` (a ``lab.bpf.policy.PortPolicy``) is set before the programs are attached, so
     no connection is taken against it."""
-    from lab.bpf import policy  # policy builds on this module's bpftool helpers
     cgroup = cgroups.resolve(target, cgroup)
     if existing_pin_dirs(target, cgroup) or foreign_attachments(target, cgroup):
         raise LabError(f"the redirect is already installed on {cgroup} (or left over); run "
@@ -578,8 +521,6 @@ def find(target: Target, cgroup: str) -> tuple[str, str, dict[str, Program], dic
 
 def status(target: Target, cgroup: str) -> dict[str, Any]:
     """Decoded map entries and summed counters of the installation on ``cgroup``."""
-    from lab.bpf import policy
-
     cgroup = _normalise(target, cgroup)
     variant, pin_dir, programs, maps = find(target, cgroup)
     read = [name for name, info in maps.items() if info["type"] in ("sockhash", "percpu_array")]
@@ -612,3 +553,10 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
         "read_hook": next((READ_HOOK_PROGRAMS[n] for n in programs if n in READ_HOOK_PROGRAMS), None),
         "policy": port_policy,
     }
+
+
+def policy_pin_dir(target: Target, cgroup: str) -> str:
+    """The pin directory of the redirect installed on ``cgroup``, if its variant has a policy."""
+    variant, pin_dir, _, _ = find(target, cgroup)
+    policy.require_policy_maps(target, pin_dir, variant)
+    return pin_dir

@@ -99,7 +99,7 @@ def cmd_policy(args) -> int:
     target = host_target()
     wanted = policy_from(args)
     current = (api.set_redirect_policy(target, args.cgroup, wanted) if wanted
-               else policy.read(target, policy.pin_dir_of(target, args.cgroup)))
+               else policy.read(target, redirect.policy_pin_dir(target, args.cgroup)))
     if args.json:
         print(json.dumps(current.as_dict()))
     else:

@@ -10,7 +10,7 @@ import pytest
 from pair_checks import assert_no_error
 
 from lab import BPF_DIR, LabError, api
-from lab.bpf import redirect
+from lab.bpf import bpftool, redirect
 from lab.scenario.runner import run_pair
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -86,7 +86,7 @@ def _release(target) -> tuple[int, int]:
 
 def _links_of(target, loaded: api.Loaded) -> list[dict]:
     ids = {prog.id for prog in loaded.programs.values()}
-    return [link for link in redirect.bpftool_json(target, ["link", "show"]) if link.get("prog_id") in ids]
+    return [link for link in bpftool.bpftool_json(target, ["link", "show"]) if link.get("prog_id") in ids]
 
 
 def test_tracepoint_programs_attach_and_count(target):

@@ -5,7 +5,6 @@ WARNING would appear, and read by the same dmesg the plugin reads after every gu
 
 from __future__ import annotations
 
-import pytest
 
 from inner_run import share_lab_cache
 

@@ -26,7 +26,7 @@ from pair_checks import assert_no_error
 from lab import BPF_DIR
 from lab.bpf import build as bpf
 from lab.bpf import corpus
-from lab.bpf import redirect
+from lab.bpf import bpftool, redirect
 from lab.bpf import verify
 from lab.bpf.keys import hex_bytes
 from lab.scenario.runner import run_pair, socket_tuples
@@ -119,7 +119,7 @@ def _install_holes(target, cgroup, defines: tuple[str, ...]) -> str:
 
 
 def _hole_counters(target, pin_dir: str) -> dict[str, int]:
-    rows = redirect.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_counters"])
+    rows = bpftool.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_counters"])
     values = {struct.unpack("<I", hex_bytes(r["key"]))[0]: struct.unpack("<Q", hex_bytes(r["value"]))[0]
               for r in rows}
     return {name: values[index] for index, name in enumerate(HOLE_COUNTERS)}
@@ -140,7 +140,7 @@ def _run_holes(kernel, target, cgroup, defines, artifacts, label):
     if expected is None or expected.outcome != "accepted":
         pytest.skip(f"{HOLES.name} is not expected to load on {target.kernel_release}")
     pin_dir = _install_holes(target, cgroup, defines)
-    dump = lambda state: redirect.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_hash"])
+    dump = lambda state: bpftool.bpftool_json(target, ["map", "dump", "pinned", f"{pin_dir}/maps/hole_hash"])
     pair, held = run_pair(target, nbytes=PAIR_BYTES, client_cgroup=cgroup, server_cgroup=cgroup,
                           while_open=dump)
     counters = _hole_counters(target, pin_dir)

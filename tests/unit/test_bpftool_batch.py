@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from lab import LabError
-from lab.bpf.redirect import bpftool_batch
+from lab.bpf.bpftool import bpftool_batch
 from lab.vm.target import Result, Target
 
 

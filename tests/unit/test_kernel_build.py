@@ -154,7 +154,7 @@ def test_a_source_tree_or_tarball_in_the_environment_is_a_build(fake_tree, tmp_p
     assert "config without build" in str(loaded.errors[0])
 
 
-def _patch(tmp_path, name: str, old: str, new: str, file: str = "net/ipv4/tcp_bpf.c") -> "Path":
+def _patch(tmp_path, name: str, old: str, new: str, file: str = "net/ipv4/tcp_bpf.c"):
     patch = tmp_path / name
     patch.write_text(f"From: lab\nSubject: [PATCH] {name}\n\n---\n--- a/{file}\n+++ b/{file}\n"
                      f"@@ -1 +1 @@\n-{old}\n+{new}\n")

@@ -16,12 +16,7 @@ LAB = Path(lab_init).parent
 LAYERS = {"lab.kernel": 1, "lab.vm": 2, "lab.matrix": 2, "lab.bpf": 3, "lab.api": 4,
           "lab.bench": 5, "lab.conformance": 5, "lab.scenario": 5,
           "lab.pytest_plugin": 6, "lab.pytest_xdist": 6, "lab.cli": 7}
-KNOWN_CYCLES = {
-    # lab/bpf/redirect.py is still the lab's bpftool/bpffs layer (JSON and batch helpers, pins,
-    # find) under a redirect name; policy builds on those helpers, and the installer and status use
-    # the policy. Moving the helpers into lab/bpf/bpftool.py breaks it (issue 24).
-    frozenset({"lab.bpf.policy", "lab.bpf.redirect"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()  # none left: keep it so
 
 
 def module_names() -> dict[str, Path]:
