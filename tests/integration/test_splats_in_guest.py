@@ -5,7 +5,6 @@ WARNING would appear, and read by the same dmesg the plugin reads after every gu
 
 from __future__ import annotations
 
-
 from inner_run import share_lab_cache
 
 from lab.kernel.catalog import test_id_of as kernel_test_id  # not collected as a test
