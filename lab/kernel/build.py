@@ -218,11 +218,15 @@ def patched_tree(pristine: Path, work: Path, patches: Sequence[Path], progress: 
     its failed hunks, and leaves the copy pristine."""
     tree = work / "patched"
     record = work / "patched.json"
+    wanted = _patches_digest(patches)
     if not tree.exists():
         progress(f"copying {pristine.name} for patching (hard links)")
         subprocess.run(["cp", "-al", str(pristine), str(tree)], check=True)
         atomic_write(record, json.dumps({"touched": []}))
-    _restore(tree, pristine, json.loads(record.read_text())["touched"])
+    applied = json.loads(record.read_text())
+    if applied.get("patches") == wanted:
+        return tree  # already pristine plus exactly these patches: nothing to touch
+    _restore(tree, pristine, applied["touched"])
     atomic_write(record, json.dumps({"touched": []}))
     touched: list[str] = []
     for patch in patches:
@@ -239,7 +243,7 @@ def patched_tree(pristine: Path, work: Path, patches: Sequence[Path], progress: 
                            f"{'; '.join(failed) or done.stdout.strip()[-500:] or done.stderr.strip()[-500:]}. "
                            "Fix: rebase the patch on this source (the earlier patches of the list applied first)")
         progress(f"applied {patch.name} ({', '.join(files)})")
-    atomic_write(record, json.dumps({"touched": sorted(set(touched))}))
+    atomic_write(record, json.dumps({"touched": sorted(set(touched)), "patches": wanted}))
     return tree
 
 

@@ -173,6 +173,9 @@ def test_patches_build_a_patched_copy_and_the_pristine_source_stays(fake_tree, t
     assert source.read_text() == "stock\n"  # the source tree is never written
     assert any("applied fix.patch (net/ipv4/tcp_bpf.c)" in line for line in lines)
     assert build.cached(fake_tree, "6.6-fix", patches=[first]) == built
+    lines.clear()
+    assert build.build_kernel(fake_tree, "6.6-fix", progress=lines.append, patches=[first]) == built
+    assert not any("applied" in line for line in lines)  # the same set again touches nothing
     assert build.cached(fake_tree, "6.6-fix") is None  # another patch set, another build
 
     second = _patch(tmp_path, "other.patch", "stock", "other")  # applies to pristine, not on top
