@@ -424,19 +424,9 @@ def slowreader_check(env: Env, v: Verdict) -> None:
     that (to the cap, or until TCP's global memory limit answers ENOMEM, an errno plain TCP never
     gives here) fails, named as the no-backpressure kernel defect where that is exactly what it
     did. What was queued must then arrive intact, and the fill phase must have bypassed TCP."""
-    cap = env.scale.slow_cap
-    inst = env.installed()
-    rounds = rounds_of(v, env.run(v.scenario, "slowreader", ["--cap", cap], inst))
-    base, red = rounds["baseline"], rounds["redirect"]
-    for view in (base, red):
-        client, server = view.results["client"], view.results["server"]
-        v.equal(f"{view.name}: bytes drained", server["received"], client["queued"], view.name, "data")
-        v.expect(client["sent_sha256"] == server["received_sha256"], f"{view.name}: drained bytes differ (SHA-256)",
-                 view.name, "data")
+    base, red = slowreader_rounds(env, v, env.run(v.scenario, "slowreader", ["--cap", env.scale.slow_cap],
+                                                  env.installed()))
     plain, sender = base.results["client"], red.results["client"]
-    v.expect(plain["stopped_by"] == "EAGAIN",
-             f"baseline: plain TCP stopped the sender by {plain['stopped_by']} after "
-             f"{plain['queued'] / MiB:.1f} MiB, not by EAGAIN: the measure has no reference", "baseline")
     bound = BACKPRESSURE_FACTOR * plain["queued"]
     if not (sender["stopped_by"] == "EAGAIN" and sender["queued"] <= bound):
         how = "the cap" if sender["stopped_by"] == "cap" else sender["stopped_by"]
@@ -475,8 +465,30 @@ def guarded_gate(env: Env) -> str | None:
     return None if installed.variant == "guarded" else installed.fallback_reason
 
 
-def guard_counters(env: Env, inst) -> dict[str, int]:
-    return redirect.status(env.target, inst.cgroup)["guard"] or {}
+def guarded_run(env: Env, program: str, args: list, label: str) -> tuple[dict, dict[str, int]]:
+    """A scenario program's run under the guarded variant, and what its guard counters grew by."""
+    inst = env.installed("guarded")
+    before = redirect.status(env.target, inst.cgroup)["guard"] or {}
+    result = env.run(label, program, args, inst)
+    after = redirect.status(env.target, inst.cgroup)["guard"] or {}
+    return result, {name: after[name] - before.get(name, 0) for name in after}
+
+
+def slowreader_rounds(env: Env, v: Verdict, result: dict) -> tuple[RoundView, RoundView]:
+    """The slowreader run's rounds: in each, the reader drained every queued byte intact; plain
+    TCP's sender was stopped by EAGAIN (the reference the redirect round is held to)."""
+    rounds = rounds_of(v, result)
+    base, red = rounds["baseline"], rounds["redirect"]
+    for view in (base, red):
+        client, server = view.results["client"], view.results["server"]
+        v.equal(f"{view.name}: bytes drained", server["received"], client["queued"], view.name, "data")
+        v.expect(client["sent_sha256"] == server["received_sha256"], f"{view.name}: drained bytes differ (SHA-256)",
+                 view.name, "data")
+    plain = base.results["client"]
+    v.expect(plain["stopped_by"] == "EAGAIN",
+             f"baseline: plain TCP stopped the sender by {plain['stopped_by']} after "
+             f"{plain['queued'] / MiB:.1f} MiB, not by EAGAIN: the measure has no reference", "baseline")
+    return base, red
 
 
 def guarded_slowreader_check(env: Env, v: Verdict) -> None:
@@ -484,21 +496,9 @@ def guarded_slowreader_check(env: Env, v: Verdict) -> None:
     the guard then sends the rest over TCP, whose window and send buffer stop the sender with
     EAGAIN within BACKPRESSURE_FACTOR of plain TCP's bytes in the same run; every byte is then
     drained intact and in order, and the guard's counters account for every byte sent."""
-    cap = env.scale.slow_cap
-    inst = env.installed("guarded")
-    before = guard_counters(env, inst)
-    rounds = rounds_of(v, env.run(v.scenario, "slowreader", ["--cap", cap], inst))
-    after = guard_counters(env, inst)
-    guard = {name: after[name] - before.get(name, 0) for name in after}
-    base, red = rounds["baseline"], rounds["redirect"]
-    for view in (base, red):
-        client, server = view.results["client"], view.results["server"]
-        v.equal(f"{view.name}: bytes drained", server["received"], client["queued"], view.name, "data")
-        v.expect(client["sent_sha256"] == server["received_sha256"], f"{view.name}: drained bytes differ (SHA-256)",
-                 view.name, "data")
+    result, guard = guarded_run(env, "slowreader", ["--cap", env.scale.slow_cap], v.scenario)
+    base, red = slowreader_rounds(env, v, result)
     plain, sender = base.results["client"], red.results["client"]
-    v.expect(plain["stopped_by"] == "EAGAIN", f"baseline: plain TCP stopped the sender by {plain['stopped_by']}, "
-                                             "not by EAGAIN: the measure has no reference", "baseline")
     bound = BACKPRESSURE_FACTOR * plain["queued"]
     v.expect(sender["stopped_by"] == "EAGAIN" and sender["queued"] <= bound,
              f"redirect: the guarded sender queued {sender['queued'] / MiB:.1f} MiB and was stopped by "
@@ -531,12 +531,9 @@ def switching_check(env: Env, v: Verdict) -> None:
     once, at its offset, with EOF after the last; the guard switched at least the scale's number of
     times and accounted for every byte."""
     scale = env.scale
-    inst = env.installed("guarded")
-    before = guard_counters(env, inst)
     args = ["--conns", scale.switch_conns, "--bytes", scale.switch_bytes, "--pause-ms", scale.switch_pause_ms]
-    rounds = rounds_of(v, env.run(v.scenario, "switching", args, inst))
-    after = guard_counters(env, inst)
-    guard = {name: after[name] - before.get(name, 0) for name in after}
+    result, guard = guarded_run(env, "switching", args, v.scenario)
+    rounds = rounds_of(v, result)
     for view in rounds.values():
         for role in ("client", "server"):
             report = view.results[role]

@@ -61,14 +61,16 @@ def test_bench_command_on_the_host(tmp_path):
     figures, plots = tmp_path / "bench.json", tmp_path / "plots"
     proc = subprocess.run(
         [sys.executable, "-m", "lab.cli", "bench", "redirect", "--kernel", "host", "--sizes", "1,64K",
-         "--pinning", "same-cpu,two-cpus", "--policy-check", "--seconds", "0.3", "--repeats", "3", "--peers", "none",
+         "--pinning", "same-cpu,two-cpus", "--policy-check", "--variant", "guarded", "--seconds", "0.3",
+         "--repeats", "3", "--peers", "none",
          "--json", str(figures), "--plot", str(plots)],
         capture_output=True, text=True, timeout=300)
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(figures.read_text())
     # With --policy-check the bench itself fails unless the redirect's counters saw exactly the
-    # redirect runs' bytes: the `excluded` runs (same cgroup, policy-excluded port) stayed on TCP.
+    # redirect runs' bytes: the `excluded` runs (same cgroup, policy-excluded port) stayed on TCP;
+    # the guarded variant's runs must be its redirected bytes plus what its guard sent over TCP.
     cells = check_figures(doc["results"], "host", 3, pinnings=("same-cpu", "two-cpus"),
                           transports=bench.TRANSPORTS)
     assert ratio(cells, "rr", 1) > 1.0, "the redirect no longer beats TCP for 1-byte round trips"
@@ -76,7 +78,8 @@ def test_bench_command_on_the_host(tmp_path):
     # The program's own cost, measured with bpf_stats: a positive average per call.
     stats = doc["bpf_stats"]["host"]
     assert stats["sredir_msg"]["run_cnt"] > 0 and stats["sredir_msg"]["avg_ns"] > 0, stats
-    assert "redir/TCP" in proc.stdout and "excl/TCP" in proc.stdout and "round 3/3" in proc.stderr
+    assert "redir/TCP" in proc.stdout and "excl/TCP" in proc.stdout and "guard/TCP" in proc.stdout
+    assert "round 3/3" in proc.stderr
     png = (plots / "bench-host.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
