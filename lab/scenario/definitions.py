@@ -512,9 +512,12 @@ def guarded_slowreader_check(env: Env, v: Verdict) -> None:
              f"the guard never sent over TCP for backpressure: {guard}", "redirect", "check", by_program=True)
     if delta is not None:
         carried = delta["bytes_redirected"] + guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
-        v.expect(0 <= carried - sender["queued"] <= SLOW_CHUNK,
+        # At most one write apart either way: the refused one was counted and not queued; and when
+        # TCP refuses part of a passed message (EAGAIN), tcp_bpf_send_verdict keeps the PASS verdict
+        # (psock->eval) for the next write, which then reaches TCP without the program seeing it.
+        v.expect(abs(carried - sender["queued"]) <= SLOW_CHUNK,
                  f"redirected {delta['bytes_redirected']} + over TCP {carried - delta['bytes_redirected']} bytes "
-                 f"vs {sender['queued']} queued (at most the refused write apart)", "redirect", "data",
+                 f"vs {sender['queued']} queued (at most one write apart)", "redirect", "data",
                  by_program=True)
         v.expect(delta["bytes_redirected"] > 0, "the guard redirected nothing: the reader's queue was never used",
                  "redirect", "check", by_program=True)
