@@ -210,7 +210,7 @@ def check_redirect_carried(before: dict, after: dict, expected_bytes: int, where
     delta = keys.counters_delta(before["counters"], after["counters"])
     guard = keys.counters_delta(before["guard"], after["guard"]) if before.get("guard") else {}
     moved, missed = delta["bytes_redirected"], delta["msgs_missed"]
-    over_tcp = guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+    over_tcp = keys.guard_tcp_bytes(guard)
     # Exact: more would mean runs of another transport (e.g. `excluded`) went through the redirect.
     if missed or moved + over_tcp != expected_bytes:
         raise LabError(f"the {after['variant']} redirect did not carry its runs on {where}: {moved} bytes "

@@ -53,6 +53,11 @@ GUARD_FIELDS = (
 )
 
 
+def guard_tcp_bytes(guard: dict[str, int]) -> int:
+    """Bytes the guard sent over TCP (for any reason), from its counters or a delta of them."""
+    return guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+
+
 class DecodeError(ValueError):
     pass
 

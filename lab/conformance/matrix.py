@@ -189,7 +189,7 @@ def guard_tcp_bytes(record: dict) -> int | None:
     if not dumps:
         return None
     before, after = (keys.decode_counters(dumps[when], keys.GUARD_FIELDS) for when in ("before", "after"))
-    return sum(after[name] - before[name] for name in ("bytes_backpressure", "bytes_in_order"))
+    return keys.guard_tcp_bytes(keys.counters_delta(before, after))
 
 
 def compare(cell: Cell, release: str, plain_path: dict | None, variant: str = "production",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lab import LabError
-from lab.bpf import redirect
+from lab.bpf import keys, redirect
 from lab.conformance import defects
 from lab.scenario import trace, xfail
 from lab.scenario.env import Env
@@ -511,7 +511,7 @@ def guarded_slowreader_check(env: Env, v: Verdict) -> None:
     v.expect(guard.get("leaves", 0) >= 1 and guard.get("bytes_backpressure", 0) > 0,
              f"the guard never sent over TCP for backpressure: {guard}", "redirect", "check", by_program=True)
     if delta is not None:
-        carried = delta["bytes_redirected"] + guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+        carried = delta["bytes_redirected"] + keys.guard_tcp_bytes(guard)
         # At most one write apart either way: the refused one was counted and not queued; and when
         # TCP refuses part of a passed message (EAGAIN), tcp_bpf_send_verdict keeps the PASS verdict
         # (psock->eval) for the next write, which then reaches TCP without the program seeing it.
@@ -554,7 +554,7 @@ def switching_check(env: Env, v: Verdict) -> None:
     delta = rounds["redirect"].counters_delta()
     if delta is not None:
         total = 2 * scale.switch_conns * scale.switch_bytes
-        over_tcp = guard.get("bytes_backpressure", 0) + guard.get("bytes_in_order", 0)
+        over_tcp = keys.guard_tcp_bytes(guard)
         check_counters(v, delta, msgs_missed=0)
         v.equal("bytes redirected + sent over TCP by the guard", delta["bytes_redirected"] + over_tcp, total,
                 "redirect", "data")
