@@ -143,6 +143,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="build linux-source-6.1 with `kernels build` (about 30 minutes on 2 cores, "
                          "cached after) and run the smoke and redirect tests on it "
                          "(tests/integration/test_kernel_from_source.py)")
+    group.addoption("--kernel-fixes", action="store_true",
+                    help="prove kernel-fixes/: build Debian's linux-source-6.12 stock and with the "
+                         "patches (about 20 minutes each on 2 cores, cached after), compare their "
+                         "conformance matrices and run the reproducers, scenarios and mutants on both "
+                         "(tests/integration/test_kernel_fix_proof.py)")
     group.addoption("--bench-all", action="store_true",
                     help="run the redirect bench's sanity test (tests/integration/test_bench.py) "
                          "and the real peers (test_bench_peers.py) on every kernel, not only the "

@@ -8,8 +8,10 @@ with plain TCP of the same kernel in the same run: pass, fail, or xfail naming t
 With ``--apps``, also nginx, redis and a splice(2) proxy over plain TCP and through the redirect.
 Exit status 1 when any cell failed (or a target could not be measured). ``--compare A B``
 (kernel ids, or ``--json`` documents of one kernel each) prints the cells whose outcome differs
-between A and B, with what each saw: how a kernel fix shows that it flipped its cells and nothing
-else (exit status 0; the cells' own failures are in each side's table).
+between A and B, with what each saw. When B is built with kernel-fixes/ patches A lacks, it also
+judges the fix: exit status 1 unless each fixed defect's xfail cells became passes and no other
+cell moved (bar an intermittent defect's xfail/xpass); otherwise 0 (each side's own failures are
+in its table).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lab import LabError, api
 from lab.bench.report import write_json
 from lab.cli import program_options
 from lab.cli.guest import target_ids
-from lab.conformance import apps, compare, matrix
+from lab.conformance import apps, compare, defects, matrix
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "xpass"}
 
@@ -115,10 +117,23 @@ def cmd_compare(args, behaviours) -> int:
     found = compare.differences(a_cells, b_cells)
     print(compare.format_differences(a_name, b_name, found, len({(c["behaviour"], c["situation"])
                                                                  for c in a_cells + b_cells})))
+    fixed = compare.fixed_between(patches_of(a_name, args.settings), patches_of(b_name, args.settings),
+                                  defects.KNOWN)
+    problems = compare.judge_fix(a_cells, b_cells, found, fixed) if fixed else []
+    if fixed:
+        print(f"{b_name} carries the fixes for {', '.join(d.name for d in fixed)}: "
+              + ("; ".join(problems) if problems else "they flipped their cells and nothing else moved"))
     if args.json:
         write_json({"a": {"kernel": a_name, "results": a_cells}, "b": {"kernel": b_name, "results": b_cells},
-                    "differences": [d.as_dict() for d in found]}, args.json)
-    return 0
+                    "differences": [d.as_dict() for d in found], "fixed": [d.name for d in fixed],
+                    "problems": problems}, args.json)
+    return 1 if problems else 0
+
+
+def patches_of(kernel: str, settings) -> frozenset[str]:
+    """The kernel-fixes/ patch names a catalogued kernel is built with (none for others)."""
+    entry = None if kernel == api.HOST else settings.catalog().find(kernel)
+    return frozenset(patch.name for patch in entry.patches) if entry else frozenset()
 
 
 def summary(records: list[dict]) -> str:
@@ -131,8 +146,7 @@ def measure(kernel: str, settings, behaviours, with_apps: bool,
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
-    entry = None if kernel == api.HOST else settings.catalog().find(kernel)
-    patches = frozenset(patch.name for patch in entry.patches) if entry else frozenset()
+    patches = patches_of(kernel, settings)
     with api.boot(kernel, settings) as target:
         cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant,
                            patches=patches)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 from lab import LabError
+from lab.conformance.defects import Defect
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,42 @@ def format_differences(a_name: str, b_name: str, found: list[Difference], compar
         lines.append(f"      {a_name}: {diff.a_observed}")
         lines.append(f"      {b_name}: {diff.b_observed}")
     return "\n".join(lines)
+
+
+def fixed_between(a_patches: frozenset[str], b_patches: frozenset[str], known: Sequence[Defect]) -> list[Defect]:
+    """The defects side ``b``'s kernel patches fix and side ``a``'s do not."""
+    return [d for d in known if d.fix_patch and d.fix_patch in b_patches and d.fix_patch not in a_patches]
+
+
+def judge_fix(a_cells: list[dict], b_cells: list[dict], found: list[Difference],
+              fixed: Sequence[Defect]) -> list[str]:
+    """What keeps ``found`` from proving "the fixes flipped their cells and nothing else": a
+    difference no fix explains, or a fixed defect's xfail cell that did not become a pass.
+
+    Explained: xfail -> pass in a behaviour and situation a fixed defect covers. Tolerated: a cell
+    moving between xfail and a non-strict xpass (an intermittent defect showing in one run only:
+    both kernels still carry it)."""
+    covered = {(b, s) for d in fixed for b in d.behaviours for s in d.situations}
+    problems = []
+    flipped = set()
+    for diff in found:
+        key = (diff.behaviour, diff.situation)
+        if key in covered and (diff.a_status, diff.b_status) == ("xfail", "pass"):
+            flipped.add(key)
+        elif {diff.a_status, diff.b_status} <= {"xfail", "xpass"} and not _strict(diff, a_cells + b_cells):
+            continue
+        else:
+            problems.append(f"{diff.behaviour} [{diff.situation}]: {diff.a_status} -> {diff.b_status}, "
+                            "which no fix explains")
+    for cell in a_cells:
+        key = (cell["behaviour"], cell["situation"])
+        if key in covered and cell["status"] == "xfail" and key not in flipped:
+            names = ", ".join(d.name for d in fixed if cell["behaviour"] in d.behaviours)
+            problems.append(f"{key[0]} [{key[1]}]: still not like plain TCP with the fix for {names}")
+    return problems
+
+
+def _strict(diff: Difference, cells: list[dict]) -> bool:
+    """Whether either side of this difference is a strict xpass (a defect that always shows did not)."""
+    return any(cell.get("strict") and cell["status"] == "xpass"
+               for cell in cells if (cell["behaviour"], cell["situation"]) == (diff.behaviour, diff.situation))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lab import LabError
-from lab.conformance import compare
+from lab.conformance import compare, defects
 
 
 def cell(behaviour, situation, status, observed, kernel="6.12-src"):
@@ -44,3 +44,42 @@ def test_a_side_is_one_kernels_document(tmp_path):
     bad.write_text("{}")
     with pytest.raises(LabError, match="not a conformance document"):
         compare.read_side(bad)
+
+
+FIX = compare.fixed_between(frozenset(), frozenset({defects.WAITALL_FIX}), defects.KNOWN)
+
+
+def test_the_fixed_defects_are_those_only_b_is_patched_for():
+    assert [d.name for d in FIX] == ["waitall-ignored"]
+    both = frozenset({defects.WAITALL_FIX})
+    assert compare.fixed_between(both, both, defects.KNOWN) == []
+
+
+def test_a_fix_is_proven_by_its_cell_flipping_and_nothing_else():
+    stock = [cell("msg_waitall", "redirected", "xfail", {"returned": 1024}),
+             cell("blocking_recv_stream", "redirected", "xfail", {"result": "EAGAIN"}),
+             cell("fionread", "redirected", "pass", {"fionread": 1024})]
+    fixed = [cell("msg_waitall", "redirected", "pass", {"returned": 4096}, "6.12-fix"),
+             cell("blocking_recv_stream", "redirected", "xpass", {"result": "ok"}, "6.12-fix"),
+             cell("fionread", "redirected", "pass", {"fionread": 1024}, "6.12-fix")]
+    found = compare.differences(stock, fixed)
+    # the intermittent defect's xfail -> non-strict xpass is both kernels' defect showing once
+    assert compare.judge_fix(stock, fixed, found, FIX) == []
+
+
+def test_another_cell_moving_or_the_fixed_cell_staying_disproves_the_fix():
+    stock = [cell("msg_waitall", "redirected", "xfail", {"returned": 1024}),
+             cell("fionread", "redirected", "pass", {"fionread": 1024})]
+    fixed = [cell("msg_waitall", "redirected", "xfail", {"returned": 2048}, "6.12-fix"),
+             cell("fionread", "redirected", "fail", {"fionread": 0}, "6.12-fix")]
+    problems = compare.judge_fix(stock, fixed, compare.differences(stock, fixed), FIX)
+    assert problems == [
+        "fionread [redirected]: pass -> fail, which no fix explains",
+        "msg_waitall [redirected]: still not like plain TCP with the fix for waitall-ignored"]
+
+
+def test_a_strict_xpass_is_never_noise():
+    stock = [cell("fionread", "redirected", "xfail", {"fionread": 0})]
+    fixed = [dict(cell("fionread", "redirected", "xpass", {"fionread": 8}, "6.12-fix"), strict=True)]
+    assert compare.judge_fix(stock, fixed, compare.differences(stock, fixed), FIX) == [
+        "fionread [redirected]: xfail -> xpass, which no fix explains"]
