@@ -19,6 +19,7 @@ import stat
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -300,23 +301,41 @@ class SSHTarget(Target):
             self._sftp = self._client.open_sftp()
         return self._sftp
 
+    @contextmanager
+    def _sftp_call(self, when: str):
+        """The sftp client, for one call: a missing file stays FileNotFoundError, other OSErrors
+        (permissions, not a directory) stay OSError while the connection lives, and every error of
+        a dead connection (paramiko raises SSHException, EOFError, or OSError "Socket is closed")
+        becomes TargetLost."""
+        try:
+            yield self._sftp_client()
+        except FileNotFoundError:
+            raise
+        except (self._paramiko.SSHException, EOFError) as exc:
+            raise self._lost(when, exc) from exc
+        except OSError as exc:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active() or "closed" in str(exc).lower():
+                raise self._lost(when, exc) from exc
+            raise
+
     def put(self, local: Path, remote: str) -> None:
         self.make_dirs(posixpath.dirname(remote) or "/")
         try:
-            self._sftp_client().put(str(local), remote)
-        except FileNotFoundError as exc:
+            with self._sftp_call(f"while copying {local} to {remote}") as sftp:
+                sftp.put(str(local), remote)
+        except OSError as exc:
             raise LabError(f"cannot copy {local} to {self.name}:{remote}: {exc}") from exc
-        except (self._paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(f"while copying {local} to {remote}", exc) from exc
 
     def get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._sftp_client().get(remote, str(local))
+            with self._sftp_call(f"while fetching {remote}") as sftp:
+                sftp.get(remote, str(local))
         except FileNotFoundError as exc:
             raise LabError(f"{self.name} has no file {remote} to fetch") from exc
-        except (self._paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(f"while fetching {remote}", exc) from exc
+        except OSError as exc:
+            raise LabError(f"cannot fetch {self.name}:{remote} to {local}: {exc}") from exc
 
     # Files through the long-lived sftp-server: no process starts in the guest (an exec such as
     # `mkdir` or `cat` costs ~0.04 s of TCG guest CPU, and the lab makes hundreds per kernel).
@@ -328,18 +347,16 @@ class SSHTarget(Target):
             remote = posixpath.dirname(remote)
         for directory in reversed(missing):
             try:
-                self._sftp_client().mkdir(directory)
-            except (self._paramiko.SSHException, EOFError) as exc:
-                raise self._lost(f"while making {directory}", exc) from exc
+                with self._sftp_call(f"while making {directory}") as sftp:
+                    sftp.mkdir(directory)
             except OSError as exc:
                 if not self.exists(directory):  # not made by someone else meanwhile
                     raise LabError(f"cannot make directory {self.name}:{directory}: {exc}") from exc
 
     def remove_dir(self, remote: str) -> bool:
         try:
-            self._sftp_client().rmdir(remote)
-        except (self._paramiko.SSHException, EOFError) as exc:
-            raise self._lost(f"while removing {remote}", exc) from exc
+            with self._sftp_call(f"while removing {remote}") as sftp:
+                sftp.rmdir(remote)
         except OSError:
             return False
         return True
@@ -354,31 +371,30 @@ class SSHTarget(Target):
     def _sftp_stat(self, remote: str):
         """The file's attributes (following symlinks), None when there is no such file."""
         try:
-            return self._sftp_client().stat(remote)
+            with self._sftp_call(f"while looking for {remote}") as sftp:
+                return sftp.stat(remote)
         except FileNotFoundError:
             return None
-        except (self._paramiko.SSHException, EOFError) as exc:
-            raise self._lost(f"while looking for {remote}", exc) from exc
+        except OSError as exc:
+            raise LabError(f"cannot look at {self.name}:{remote}: {exc}") from exc
 
     def put_text(self, text: str, remote: str) -> None:
         try:
-            with self._sftp_client().open(remote, "w") as handle:
+            with self._sftp_call(f"while writing {remote}") as sftp, sftp.open(remote, "w") as handle:
                 handle.write(text.encode())
-        except FileNotFoundError as exc:
+        except OSError as exc:
             raise LabError(f"cannot write {self.name}:{remote}: {exc}") from exc
-        except (self._paramiko.SSHException, EOFError) as exc:
-            raise self._lost(f"while writing {remote}", exc) from exc
 
     def read_text(self, remote: str) -> str | None:
         # Through the long-lived sftp-server: no process starts in the guest, so polling for a
         # file costs the guest next to nothing (a `cat` is an exec, ~0.04 s of TCG guest CPU).
         try:
-            with self._sftp_client().open(remote) as handle:
+            with self._sftp_call(f"while reading {remote}") as sftp, sftp.open(remote) as handle:
                 return handle.read().decode(errors="replace")
         except FileNotFoundError:
             return None
-        except (self._paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(f"while reading {remote}", exc) from exc
+        except OSError as exc:
+            raise LabError(f"cannot read {self.name}:{remote}: {exc}") from exc
 
     def close(self) -> None:
         with self._shells_lock:
