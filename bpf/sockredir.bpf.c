@@ -15,6 +15,9 @@
  *   -DSOCKREDIR_GUARD    the guarded variant: per message, TCP instead of the redirect where the
  *                        redirect would queue without bound, reorder, or lose to TCP
  *                        (sockredir_guard.h; with -DSOCKREDIR_READER=N, its read hook's form)
+ *   -DSOCKREDIR_WATCH    never redirect: sk_msg counts and passes every message (the shape of
+ *                        observability tools; sockredir_watch.h), with -DSOCKREDIR_SKB_VERDICT
+ *                        also an sk_skb stream verdict program that passes every skb
  *
  * Policy (sredir_policy, sredir_ports; managed by `sockredir-lab redirect policy`): which
  * connections go into the map at all, decided once per connection by its service port (the
@@ -41,7 +44,13 @@
 #define AF_INET6 10
 
 /* Program names tell the loader which variant is pinned (kernel names keep 15 characters). */
-#if defined(SOCKREDIR_GUARD) && defined(SOCKREDIR_NETNS)
+#if defined(SOCKREDIR_WATCH) && defined(SOCKREDIR_SKB_VERDICT)
+#define SOCKOPS_PROG sredir_ops_wv
+#define SKMSG_PROG sredir_msg_wv
+#elif defined(SOCKREDIR_WATCH)
+#define SOCKOPS_PROG sredir_ops_w
+#define SKMSG_PROG sredir_msg_w
+#elif defined(SOCKREDIR_GUARD) && defined(SOCKREDIR_NETNS)
 #define SOCKOPS_PROG sredir_ops_gn
 #define SKMSG_PROG sredir_msg_gn
 #elif defined(SOCKREDIR_GUARD)
@@ -171,6 +180,9 @@ static __always_inline void peer_key_from_msg(struct sk_msg_md *msg, struct sock
 #endif
 }
 
+#ifdef SOCKREDIR_WATCH
+#include "sockredir_watch.h"
+#endif
 #ifdef SOCKREDIR_GUARD
 #include "sockredir_guard.h"
 #endif
@@ -269,6 +281,10 @@ int SKMSG_PROG(struct sk_msg_md *msg)
 	__u32 size = CTX_U32(msg->size);
 	long verdict;
 
+#ifdef SOCKREDIR_WATCH
+	watch_msg(size);
+	return SK_PASS;
+#endif
 	peer_key_from_msg(msg, &peer, CTX_U32(msg->family));
 #ifdef SOCKREDIR_GUARD
 	struct sockredir_guard *state;

@@ -52,6 +52,14 @@ GUARD_FIELDS = (
     "state_failed",
 )
 
+# struct sockredir_watch_counters (bpf/sockredir_watch.h): the watching shapes' counters.
+WATCH_FIELDS = (
+    "msgs_passed",
+    "bytes_passed",
+    "skbs_passed",
+    "skb_bytes",
+)
+
 
 def guard_tcp_bytes(guard: dict[str, int]) -> int:
     """Bytes the guard sent over TCP (for any reason), from its counters or a delta of them."""

@@ -39,13 +39,17 @@ from lab.bpf.bpftool import bpftool_batch
 from lab.bpf import verifier_log
 from lab.vm.target import RUN_DIR, Result, Target
 
-VARIANTS = ("production", "netns", "guarded", "seed", "auto")
+VARIANTS = ("production", "netns", "guarded", "seed", "auto", "passthrough", "verdict")
+# Never chosen by auto: they do not redirect. The shapes of programs that only watch traffic
+# (bpf/sockredir_watch.h), installed like a redirect so the lab can compare them with plain TCP.
+WATCHING = ("passthrough", "verdict")
 PRIVATE_BPFFS = f"{RUN_DIR}/bpffs"
 PIN_PARENT = "sockredir-lab"
 
 # Program names of every variant: how uninstall recognises our programs even without pins.
 SOCKOPS_PROGRAMS = {"sredir_ops": "production", "sredir_ops_ns": "netns", "sredir_ops_g": "guarded",
-                    "sredir_ops_gn": "guarded", "bpf_sockmap": "seed"}
+                    "sredir_ops_gn": "guarded", "bpf_sockmap": "seed", "sredir_ops_w": "passthrough",
+                    "sredir_ops_wv": "verdict"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ READ_HOOKS = (
              "fexit on tcp_bpf_recvmsg (tracing programs allowed)"),
 )
 GUARD_COUNTERS_MAP = "sredir_guard_counters"
+WATCH_COUNTERS_MAP = "sredir_watch_counters"
 READ_HOOK_PROGRAMS = {"sredir_read_tp": "tracepoint sock_recv_length",
                       "sredir_read_fx": "fexit tcp_bpf_recvmsg"}
 
@@ -87,6 +92,8 @@ SOURCES = {
     "netns": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_NETNS",)),
     "guarded": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_GUARD",)),
     "seed": VariantSource(BPF_DIR / "seed" / "sockredir_seed.bpf.c"),
+    "passthrough": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_WATCH",)),
+    "verdict": VariantSource(BPF_DIR / "sockredir.bpf.c", ("SOCKREDIR_WATCH", "SOCKREDIR_SKB_VERDICT")),
 }
 
 
@@ -297,7 +304,11 @@ def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Progra
         sockhash = map_name
     else:
         sockhash, _ = _one(socket_maps, "SOCKHASH or SOCKMAP", pin_dir)
-    # Verdict first: a socket the sockops program inserts is redirected from its first sendmsg().
+    # Verdicts first: a socket the sockops program inserts is redirected from its first sendmsg().
+    for prog in programs.values():
+        if prog.type == "sk_skb":  # the watching `verdict` shape: before any socket joins the map
+            target.run(["bpftool", "prog", "attach", "pinned", prog.pin, "stream_verdict", "pinned",
+                        f"{pin_dir}/maps/{sockhash}"], check=True)
     target.run(["bpftool", "prog", "attach", "pinned", skmsg.pin, "msg_verdict", "pinned",
                 f"{pin_dir}/maps/{sockhash}"], check=True)
     target.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", sockops.pin, "multi"],
@@ -435,6 +446,10 @@ def attached_sockops(target: Target, cgroup: str) -> list[dict]:
     return [e for e in entries if e.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
 
 
+# The attach types (bpftool's words) of the programs the lab attaches to a socket map.
+MAP_ATTACH_TYPES = {"sk_msg": "msg_verdict", "sk_skb": "stream_verdict"}
+
+
 @dataclass(frozen=True)
 class Step:
     """One command of an uninstall: what it does, in words, and the argv that does it."""
@@ -456,12 +471,13 @@ def uninstall_plan(target: Target, cgroup: str) -> list[Step]:
     for pin_dir in existing_pin_dirs(target, cgroup):
         programs, maps = pinned(target, pin_dir)
         for prog in programs.values():
-            if prog.type != "sk_msg":
+            kind = MAP_ATTACH_TYPES.get(prog.type)
+            if kind is None:
                 continue
             for name, info in maps.items():
                 if info["type"] in SOCK_MAP_TYPES:
                     steps.append(Step(f"detached {prog.name} from {name}",
-                                      ["bpftool", "prog", "detach", "pinned", prog.pin, "msg_verdict",
+                                      ["bpftool", "prog", "detach", "pinned", prog.pin, kind,
                                        "pinned", f"{pin_dir}/maps/{name}"], required=False))
         for prog in programs.values():
             entry = attached.pop(prog.id, None)
@@ -531,11 +547,14 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
     entries: list[dict] = []
     counters: dict[str, int] = {}
     guard: dict[str, int] | None = None
+    watch: dict[str, int] | None = None
     for name in read:
         if maps[name]["type"] == "sockhash":
             entries += keys.decode_sockhash_dump(dumps[name])
         elif name == GUARD_COUNTERS_MAP:
             guard = keys.decode_counters(dumps[name], keys.GUARD_FIELDS)
+        elif name == WATCH_COUNTERS_MAP:
+            watch = keys.decode_counters(dumps[name], keys.WATCH_FIELDS)
         elif maps[name]["type"] == "percpu_array":
             counters = keys.decode_counters(dumps[name])
     attached_ids = {e["id"] for e in attached_sockops(target, cgroup)}
@@ -550,6 +569,7 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
         "entries": entries,
         "counters": counters,
         "guard": guard,
+        "watch": watch,
         "read_hook": next((READ_HOOK_PROGRAMS[n] for n in programs if n in READ_HOOK_PROGRAMS), None),
         "policy": port_policy,
     }

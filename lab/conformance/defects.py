@@ -76,6 +76,12 @@ def _blocking_recv_eagain(seen) -> bool:
             and sum(outcomes.values()) == 20)
 
 
+def _waitall_short(seen) -> bool:
+    """msg_waitall: recv(4096, MSG_WAITALL) returned part of the 4096 bytes, not all of them."""
+    return (_keys(seen) == {"returned", "intact"} and isinstance(seen["returned"], int)
+            and 0 < seen["returned"] < 4096 and seen["intact"] is False)
+
+
 # kernel-fixes/: the project's patches for defects below (git format-patch names)
 WAITALL_FIX = "0001-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg.patch"
 CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.patch"
@@ -87,10 +93,10 @@ KNOWN: tuple[Defect, ...] = (
            'fixed by 929e30f93125 "bpf, sockmap: Fix FIONREAD for sockmap" (first reported by '
            'Pengcheng Yang, "tcp: Add the data length in skmsg to SIOCINQ ioctl", bpf list, 2023-11)',
            fixed=(7, 0, 0), stable_fixed={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4}),
-    Defect("fionread-no-verdict", ("fionread", "fionread_after_partial_read"), ("peer_outside",),
+    Defect("fionread-no-verdict", ("fionread", "fionread_after_partial_read"), ("peer_outside", "passthrough"),
            "since the FIONREAD fix, FIONREAD counts only ingress_msg on a socket without a verdict "
            "program, so bytes that arrived over TCP read as 0 (nginx, Java, .NET clients stall: "
-           "grafana/beyla#2941)",
+           "grafana/beyla#2941; an sk_msg program that only passes messages is enough)",
            lambda seen: seen == {"fionread": 0},
            'regression of 929e30f93125; fixed by 04af4efde58a "bpf, sockmap: Account for receive '
            'queue in FIONREAD without a verdict program" (bpf tree, 2026-07; 7.2 passes here; '
@@ -99,10 +105,11 @@ KNOWN: tuple[Defect, ...] = (
            introduced=(7, 0, 0), fixed=(7, 2, 0),
            stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4},
            stable_fixed={(6, 12): 117}),
-    Defect("splice-read", ("splice_from_socket",), ("redirected",),
+    Defect("splice-read", ("splice_from_socket",), ("redirected", "verdict"),
            "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
            "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF, so a splicing "
-           "proxy forwards nothing and sees a normal end of stream (silent data loss)",
+           "proxy forwards nothing and sees a normal end of stream (silent data loss); an sk_skb "
+           "verdict program that passes every skb moves TCP's data to the same queue",
            lambda seen: _keys(seen) == {"hung"} or seen == {"spliced": 0, "intact": True},
            'reproducer: github.com/jschwinger233/bpf_msg_redirect_bug_reproducer ("Splice reads 0 '
            'bytes", 6.5 - bpf-next 6.9); dae disabled sockmap for it (daeuniverse/dae#518); fix '
@@ -130,19 +137,24 @@ KNOWN: tuple[Defect, ...] = (
     Defect("waitall-ignored", ("msg_waitall",), ("redirected",),
            "recv(MSG_WAITALL) returns what the first wake-up found: tcp_bpf_recvmsg has no "
            "MSG_WAITALL loop",
-           lambda seen: _keys(seen) == {"returned", "intact"} and isinstance(seen["returned"], int)
-           and 0 < seen["returned"] < 4096 and seen["intact"] is False,
+           _waitall_short,
            f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here); "
            "fixed by kernel-fixes/" + WAITALL_FIX, fix_patch=WAITALL_FIX),
+    Defect("waitall-ignored-verdict", ("msg_waitall",), ("verdict",),
+           "recv(MSG_WAITALL) returns what the first wake-up found on a socket whose map has an "
+           "sk_skb verdict program: its receive path, tcp_bpf_recvmsg_parser, has no MSG_WAITALL "
+           "loop either (kernel-fixes/0001 fixes tcp_bpf_recvmsg only)",
+           _waitall_short,
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on the host 6.18 here)"),
     Defect("rcvlowat-ignored", ("so_rcvlowat",), ("redirected",),
            "poll/select report a redirected socket readable below SO_RCVLOWAT (tcp_bpf readiness "
            "tests only that ingress_msg is non-empty)",
            lambda seen: seen == {"readable_below_lowat": True, "readable_above_lowat": True},
            f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
-    Defect("close-without-reset", ("close_with_unread_data",), ("redirected",),
+    Defect("close-without-reset", ("close_with_unread_data",), ("redirected", "verdict"),
            "closing a socket whose redirected data was never read sends FIN, not RST (tcp_close "
            "looks for unread data in sk_receive_queue only), so the sender sees EOF and its data "
-           "is silently dropped",
+           "is silently dropped; the same for data an sk_skb verdict program passed into the psock",
            lambda seen: _keys(seen) == {"recv", "send"} and seen["recv"] == "EOF"
            and seen["send"] in ("sent", "EPIPE", "ECONNRESET"),
            f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here); "

@@ -6,11 +6,15 @@ situations, compared with plain TCP of the same kernel in the same run.
                    observing anything, or a kernel whose TCP changed, shows up too.
     redirected     both ends in the redirect's cgroup (both sockets in the sockhash)
     peer_outside   the observed socket in the sockhash, its peer outside
+    passthrough    both ends in a cgroup where the sockets join a sockhash and an sk_msg program
+                   passes every message without redirecting (the observability tools' shape)
+    verdict        the same plus an sk_skb stream verdict program passing every skb
 
 Every cell first proves its situation from the kernel's own count of the TCP data segments each
 end sent (``path``, tcpi_data_segs_out: program-independent): ``redirected`` -> no end's payload
-took a segment; ``peer_outside`` -> every end that sent payload in plain TCP sent it over TCP
-again. A cell whose situation was not what it claims fails ("not redirected"), whatever it observed.
+took a segment; ``peer_outside``, ``passthrough``, ``verdict`` -> every end that sent payload in
+plain TCP sent it over TCP again. The lab's counters add, per situation: how many sockets went into
+the map, and that the watching programs ran (bpf/sockredir_watch.h) and redirected nothing. A cell whose situation was not what it claims fails ("not redirected"), whatever it observed.
 
 Then a cell is ``pass`` when the situation's observation equals plain TCP's; otherwise it is
 ``xfail`` if the difference is a known kernel defect's exact symptom (``lab.conformance.defects``,
@@ -22,6 +26,7 @@ date) unless every listed defect is intermittent. Nothing is retried and nothing
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -32,7 +37,9 @@ from lab.conformance import defects
 from lab.vm.staging import ensure_with_shared
 from lab.vm.target import Target
 
-SITUATIONS = ("plain", "redirected", "peer_outside")
+SITUATIONS = ("plain", "redirected", "peer_outside", "passthrough", "verdict")
+# Situations whose traffic must take TCP: the peer outside the map, or a program that only watches.
+OVER_TCP = ("peer_outside", "passthrough", "verdict")
 
 # What Linux TCP does on loopback, as the probes observe it (checked on the plain situation).
 EXPECTED_PLAIN = {
@@ -121,40 +128,59 @@ def inserted(counters: dict) -> int:
 
 
 def check_situation(situation: str, before: dict, after: dict, probes: int, where: str) -> None:
-    """The redirect's counters prove the situation was what it says: two sockets per connection
-    in the map when both ends are in its cgroup, one when the peer is outside, none in plain."""
-    wanted = {"plain": 0, "redirected": 2 * probes, "peer_outside": probes}[situation]
-    got = inserted(keys.counters_delta(before, after))
-    if got != wanted:
-        raise LabError(f"conformance on {where}, situation {situation}: the redirect inserted {got} "
-                       f"sockets for {probes} connections, expected {wanted}; the matrix would not "
-                       "describe the situation it names")
+    """The lab's counters (``redirect.status`` before and after the situation's probes) prove the
+    situation was what it says: two sockets per connection in the map when both ends are in its
+    cgroup, one when the peer is outside, none in plain; the watching programs ran (the verdict
+    program too in ``verdict``) and nothing was redirected."""
+    wanted = {"plain": 0, "peer_outside": probes}.get(situation, 2 * probes)
+    counted = keys.counters_delta(before["counters"], after["counters"])
+    problems = []
+    if inserted(counted) != wanted:
+        problems.append(f"the program inserted {inserted(counted)} sockets for {probes} connections, "
+                        f"expected {wanted}")
+    if situation in redirect.WATCHING:
+        watched = keys.counters_delta(before["watch"] or {}, after["watch"] or {})
+        if not watched.get("msgs_passed") or counted["msgs_redirected"]:
+            problems.append(f"its sk_msg program passed {watched.get('msgs_passed', 0)} messages and "
+                            f"{counted['msgs_redirected']} were redirected (expected some passed, none redirected)")
+        if situation == "verdict" and not watched.get("skbs_passed"):
+            problems.append("its sk_skb verdict program saw no skb")
+    if problems:
+        raise LabError(f"conformance on {where}, situation {situation}: {'; '.join(problems)}; the "
+                       "matrix would not describe the situation it names")
 
 
 def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (),
             progress: Callable[[str], None] = print,
             program: UserProgram | None = None, variant: str = "production") -> dict[str, dict[str, dict]]:
     """situation -> behaviour -> probe record, on ``target`` (the lab's redirect, or ``program``,
-    installed for the block). The lab's counters prove how many sockets each situation put in the
-    map; a program the lab did not write has none, and each cell's path evidence (``judge``) is
-    its proof."""
+    installed for the block; the watching situations always run the lab's watching programs). The
+    lab's counters prove each situation (``check_situation``); a program the lab did not write has
+    none, and each cell's path evidence (``judge``) is its proof there."""
     observed: dict[str, dict[str, dict]] = {}
-    with api.cgroup(target) as plain, api.redirected_cgroup(target, variant, program=program) as installed:
+    with ExitStack() as stack:
+        plain = stack.enter_context(api.cgroup(target))
+        installed = stack.enter_context(api.redirected_cgroup(target, variant, program=program))
         if program is None and installed.variant != variant:
             raise LabError(f"the {variant} variant is not offered on {target.name}: {installed.fallback_reason}")
+        watching = {shape: stack.enter_context(api.redirected_cgroup(target, shape)).cgroup
+                    for shape in redirect.WATCHING}
         accelerated = installed.cgroup
         guard_pin = (f"{installed.pin_dir}/maps/{redirect.GUARD_COUNTERS_MAP}"
                      if installed.variant == "guarded" else None)
-        places = {"plain": (plain, plain), "redirected": (accelerated, accelerated),
-                  "peer_outside": (accelerated, plain)}
-        for situation, (app, peer) in places.items():
-            before = redirect.status(target, accelerated)["counters"] if program is None else None
+        places = {"plain": (plain, plain, accelerated if program is None else None),
+                  "redirected": (accelerated, accelerated, accelerated if program is None else None),
+                  "peer_outside": (accelerated, plain, accelerated if program is None else None),
+                  **{shape: (where, where, where) for shape, where in watching.items()}}
+        for situation, (app, peer, counted) in places.items():
+            before = redirect.status(target, counted) if counted else None
             # The deliberate break applies where a difference is looked for, not to the reference.
             observed[situation] = run_probes(target, app, peer, behaviours,
-                                             broken if situation != "plain" else (), guard_pin)
+                                             broken if situation != "plain" else (),
+                                             guard_pin if counted == accelerated else None)
             if before is not None:
-                check_situation(situation, before, redirect.status(target, accelerated)["counters"],
-                                len(behaviours), target.name)
+                check_situation(situation, before, redirect.status(target, counted), len(behaviours),
+                                target.name)
             progress(f"{target.name}: {situation}: {len(behaviours)} behaviours probed")
     return observed
 
@@ -166,7 +192,7 @@ def judge(kernel: str, release: str, observed: dict[str, dict[str, dict]],
     cells = []
     for behaviour in next(iter(observed.values())):
         reference = observed["plain"][behaviour]
-        for situation in SITUATIONS:
+        for situation in (s for s in SITUATIONS if s in observed):  # plain always is
             record = observed[situation][behaviour]
             cell = Cell(kernel, behaviour, situation, "pass", observation(record), None,
                         seconds=record.get("seconds"), path=record.get("path"),
@@ -227,12 +253,14 @@ def path_error(situation: str, path: dict | None, plain_path: dict | None,
         if over_tcp and not guard_tcp_bytes:
             return (f"not redirected: TCP data segments {over_tcp} carried payload with both ends in "
                     f"the map (plain TCP: {plain_path}); the sk_msg program did not redirect it")
-    elif situation == "peer_outside":
+    elif situation in OVER_TCP:
         missing = [end for end in sent if not path[end]]
         if missing:
-            return (f"not the peer_outside situation: the {' and '.join(missing)} end sent payload in "
+            why = ("with the peer outside the map" if situation == "peer_outside"
+                   else "where the program only passes messages on")
+            return (f"not the {situation} situation: the {' and '.join(missing)} end sent payload in "
                     f"plain TCP ({plain_path}) but no TCP data segment here ({path}): it did not go "
-                    "over TCP, as it must with the peer outside the map")
+                    f"over TCP, as it must {why}")
     return None
 
 

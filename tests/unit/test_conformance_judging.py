@@ -21,7 +21,8 @@ def test_every_probe_has_an_expectation_and_no_expectation_lacks_a_probe():
 # TCP data segments per end as the probe reports them when each situation is what it says: the
 # peer sent payload; over TCP in plain and peer_outside, redirected (none) with both ends in the map.
 PATHS = {"plain": {"app": 0, "peer": 3}, "redirected": {"app": 0, "peer": 0},
-         "peer_outside": {"app": 0, "peer": 3}}
+         "peer_outside": {"app": 0, "peer": 3}, "passthrough": {"app": 0, "peer": 3},
+         "verdict": {"app": 0, "peer": 3}}
 
 
 def record(behaviour, observed, error=None, path=None):

@@ -149,10 +149,12 @@ def test_counters_of_the_captured_transfers():
     assert (mapped["inserted_v4"], mapped["inserted_v4mapped"], mapped["bytes_redirected"]) == (1, 1, 2000)
 
 
-@pytest.mark.parametrize("struct, fields", [("sockredir_counters", keys.COUNTER_FIELDS),
-                                            ("sockredir_guard_counters", keys.GUARD_FIELDS)])
-def test_counter_fields_follow_the_c_struct(struct, fields):
-    header = (BPF_DIR / "sockredir.h").read_text()
+@pytest.mark.parametrize("header, struct, fields", [
+    ("sockredir.h", "sockredir_counters", keys.COUNTER_FIELDS),
+    ("sockredir.h", "sockredir_guard_counters", keys.GUARD_FIELDS),
+    ("sockredir_watch.h", "sockredir_watch_counters", keys.WATCH_FIELDS)])
+def test_counter_fields_follow_the_c_struct(header, struct, fields):
+    header = (BPF_DIR / header).read_text()
     body = re.search(rf"struct {struct} \{{(.*?)\}};", header, re.S).group(1)
     assert tuple(re.findall(r"__u64 (\w+);", body)) == fields
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from lab import LabError
+from lab.bpf import keys
 from lab.conformance import defects, matrix
 from lab.scenario import xfail
 from lab.scenario.checks import Failure, Verdict
@@ -35,6 +37,8 @@ SYMPTOMS = {  # defect -> (behaviour, the exact symptom, near misses that are no
     "waitall-ignored": ("msg_waitall", {"returned": 1024, "intact": False},
                         [{"returned": 0, "intact": False}, {"returned": 4096, "intact": True},
                          {"returned": None, "intact": False}]),
+    "waitall-ignored-verdict": ("msg_waitall", {"returned": 1024, "intact": False},
+                                [{"returned": 0, "intact": False}, {"returned": 4096, "intact": True}]),
     "rcvlowat-ignored": ("so_rcvlowat", {"readable_below_lowat": True, "readable_above_lowat": True},
                          [{"readable_below_lowat": True, "readable_above_lowat": False}]),
     "close-without-reset": ("close_with_unread_data", {"recv": "EOF", "send": "sent"},
@@ -66,7 +70,8 @@ def test_every_defect_has_a_symptom_checked_here_and_the_stream_shape_too():
 
 def judged(behaviour, seen, situation="redirected", path=None, release=RELEASE):
     plain = {"app": 0, "peer": 3}
-    paths = {"plain": plain, "redirected": {"app": 0, "peer": 0}, "peer_outside": plain}
+    paths = {"plain": plain, "redirected": {"app": 0, "peer": 0}, "peer_outside": plain,
+             "passthrough": plain, "verdict": plain}
     if path is not None:
         paths[situation] = path
     reference = matrix.EXPECTED_PLAIN[behaviour]
@@ -101,6 +106,28 @@ def test_a_cell_whose_payload_took_tcp_is_not_redirected_whatever_it_observed():
     assert outside.status == "fail" and "not the peer_outside situation" in outside.reason
     unproven = judged("fionread", {"fionread": 1024}, path={"app": None, "peer": 0})
     assert unproven.status == "fail" and "no evidence of the path" in unproven.reason
+    for watching in ("passthrough", "verdict"):  # a program that only watches: the data takes TCP
+        redirected_anyway = judged("fionread", {"fionread": 1024}, watching, path={"app": 0, "peer": 0})
+        assert redirected_anyway.status == "fail", redirected_anyway
+        assert f"not the {watching} situation" in redirected_anyway.reason
+        assert judged("fionread", {"fionread": 1024}, watching).status == "pass"
+
+
+def test_a_watching_situation_is_proven_by_its_programs_counters():
+    def status(inserted, passed, redirected=0, skbs=0):
+        counters = dict.fromkeys(keys.COUNTER_FIELDS, 0)
+        after = dict(counters, inserted_v4=inserted, msgs_redirected=redirected)
+        return ({"counters": counters, "watch": dict.fromkeys(keys.WATCH_FIELDS, 0)},
+                {"counters": after, "watch": dict(dict.fromkeys(keys.WATCH_FIELDS, 0),
+                                                  msgs_passed=passed, skbs_passed=skbs)})
+    matrix.check_situation("passthrough", *status(6, 9), 3, "host")
+    matrix.check_situation("verdict", *status(6, 9, skbs=4), 3, "host")
+    for situation, counted, wrong in (("passthrough", status(4, 9), "inserted 4 sockets for 3"),
+                                      ("passthrough", status(6, 0), "passed 0 messages"),
+                                      ("passthrough", status(6, 9, redirected=1), "1 were redirected"),
+                                      ("verdict", status(6, 9), "verdict program saw no skb")):
+        with pytest.raises(LabError, match=wrong):
+            matrix.check_situation(situation, *counted, 3, "host")
 
 
 def test_source_built_kernels_are_judged_by_their_own_version_not_the_compilers():
