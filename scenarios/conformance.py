@@ -47,6 +47,7 @@ from common import SIOCINQ, SIOCOUTQ, bpftool_dumps, data_segs_out, join_cgroup,
 PROBE_SECONDS = 5           # a probe still blocked after this is reported as hung
 SETTLE = 0.2                # time for loopback delivery / ACKs before an observation
 BACKPRESSURE_CAP = 64 << 20  # a non-reading peer: stop queueing here if the kernel never says EAGAIN
+FILL_CAP = 4 << 20           # the write-readiness probes: TCP pushes back far below this (4 KiB SO_SNDBUF)
 PAYLOAD = bytes(range(256)) * 4  # 1000 + 24 bytes of known content
 PROBES = {}
 
@@ -528,20 +529,104 @@ def write_larger_than_sndbuf(pair: Pair, broken: set[str]) -> dict:
 def nonreading_peer(pair: Pair, broken: set[str]) -> dict:
     """Non-blocking 64 KiB writes to a peer that reads nothing: TCP pushes back with EAGAIN once
     the window and the send buffer are full; how far a sender gets without EAGAIN is bounded here."""
-    pair.app.setblocking(False)
-    chunk = b"\0" * (64 << 10)
-    queued, stopped_by = 0, "cap"
-    while queued < BACKPRESSURE_CAP:
-        try:
-            queued += pair.app.send(chunk)
-        except BlockingIOError:
-            stopped_by = "EAGAIN"
-            break
-        except OSError as exc:
-            stopped_by = errno_name(exc)
-            break
+    stopped_by, queued = fill(pair.app, BACKPRESSURE_CAP)
     # Stopping before 16 MiB is what TCP's buffers allow here; the exact figure varies with memory.
     return {"stopped_by": stopped_by, "queued_under_16mib": queued < (16 << 20)}
+
+
+def fill(sock: socket.socket, cap: int) -> tuple[str, int]:
+    """Non-blocking 64 KiB writes until the kernel pushes back: (what stopped them, bytes queued).
+    "cap" when it never did within ``cap`` bytes (the redirect has no backpressure)."""
+    sock.setblocking(False)
+    chunk = b"\0" * (64 << 10)
+    queued = 0
+    while queued < cap:
+        try:
+            queued += sock.send(chunk)
+        except BlockingIOError:
+            return "EAGAIN", queued
+        except OSError as exc:
+            return errno_name(exc), queued
+    return "cap", queued
+
+
+# ----------------------------------------------------------------------------- probes: writing
+
+def filled_sender(pair: Pair) -> str:
+    """The app's send buffer made small and filled against a peer that is not reading yet."""
+    pair.app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stopped_by, _ = fill(pair.app, FILL_CAP)
+    pair.mark_path()
+    return stopped_by
+
+
+def drain(sock: socket.socket) -> int:
+    """Read everything the peer has and will get, until nothing more arrives for a moment."""
+    total = 0
+    while wait_readable(sock, SETTLE * 2):
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+    return total
+
+
+@probe
+def epollout_level_after_drain(pair: Pair, broken: set[str]) -> dict:
+    """Level-triggered EPOLLOUT on a sender whose buffer is full: absent, then reported once the
+    peer has read everything (the write-space wake-up a server waits for before its next write)."""
+    filled_by = filled_sender(pair)
+    with select.epoll() as ep:
+        ep.register(pair.app.fileno(), select.EPOLLOUT)
+        before = epoll_events(ep, 0)
+        drain(pair.peer)
+        return {"filled_by": filled_by, "before_drain": before, "after_drain": epoll_events(ep, 2)}
+
+
+@probe
+def epollout_edge_after_drain(pair: Pair, broken: set[str]) -> dict:
+    """Edge-triggered EPOLLOUT on a full sender: no event, one event when the drain frees space,
+    then none until the buffer fills again (a lost edge stalls an event loop for good)."""
+    filled_by = filled_sender(pair)
+    with select.epoll() as ep:
+        ep.register(pair.app.fileno(), select.EPOLLOUT | select.EPOLLET)
+        before = epoll_events(ep, 0)
+        drain(pair.peer)
+        after = epoll_events(ep, 2)
+        return {"filled_by": filled_by, "before_drain": before, "after_drain": after,
+                "no_new_space": epoll_events(ep, 0.2)}
+
+
+@probe
+def blocking_writer_woken(pair: Pair, broken: set[str]) -> dict:
+    """A blocking sendall() of 1 MiB with a minimal send buffer blocks while the peer does not read,
+    and completes, intact, once the peer reads (the drain wakes the writer)."""
+    pair.app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    content = os.urandom(1 << 20)
+    writer = threading.Thread(target=pair.app.sendall, args=(content,), daemon=True)
+    writer.start()
+    writer.join(SETTLE * 2)
+    blocked = writer.is_alive()
+    pair.peer.settimeout(PROBE_SECONDS - 1)
+    data = bytearray()
+    while len(data) < len(content):
+        chunk = pair.peer.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    writer.join(1)
+    return {"blocked_until_read": blocked, "completed": not writer.is_alive(), "intact": bytes(data) == content}
+
+
+@probe
+def siocoutq_drains(pair: Pair, broken: set[str]) -> dict:
+    """SIOCOUTQ of a full sender: bytes are waiting in its queue, and none once the peer has read
+    everything (how a sender learns its data left)."""
+    filled_by = filled_sender(pair)
+    waiting = ioctl_int(pair.app, SIOCOUTQ)
+    drain(pair.peer)
+    time.sleep(SETTLE)
+    return {"filled_by": filled_by, "waiting_when_full": waiting > 0, "after_drain": ioctl_int(pair.app, SIOCOUTQ)}
 
 
 # ----------------------------------------------------------------------------- driver

@@ -71,6 +71,11 @@ EXPECTED_PLAIN = {
     "small_buffer_reads": {"sizes": [100] * 10 + [24], "intact": True},
     "write_larger_than_sndbuf": {"received": 1 << 20, "intact": True},
     "nonreading_peer": {"stopped_by": "EAGAIN", "queued_under_16mib": True},
+    "epollout_level_after_drain": {"filled_by": "EAGAIN", "before_drain": [], "after_drain": ["OUT"]},
+    "epollout_edge_after_drain": {"filled_by": "EAGAIN", "before_drain": [], "after_drain": ["OUT"],
+                                  "no_new_space": []},
+    "blocking_writer_woken": {"blocked_until_read": True, "completed": True, "intact": True},
+    "siocoutq_drains": {"filled_by": "EAGAIN", "waiting_when_full": True, "after_drain": 0},
 }
 BEHAVIOURS = tuple(EXPECTED_PLAIN)
 PROGRAM = "conformance.py"

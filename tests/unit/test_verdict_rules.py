@@ -250,3 +250,12 @@ def test_a_kill_needs_evidence_a_user_or_the_kernel_shows():
     assert kill(lab)[0] == "error"
     named_defect = Verdict("slowreader", status="xfail", failures=seen.failures)
     assert kill(named_defect) is None
+
+
+def test_a_sender_never_pushed_back_is_no_backpressure_in_every_write_probe_and_only_that():
+    defect = defects.by_name("no-backpressure")
+    for behaviour, symptom in defects.NO_BACKPRESSURE_WRITES.items():
+        assert behaviour in defect.behaviours and defect.matches(symptom)
+        assert not defect.matches(matrix.EXPECTED_PLAIN[behaviour])  # TCP's own answer is no symptom
+    # a lost EPOLLOUT after a real drain (the pass-through stall) is not this defect
+    assert not defect.matches({"filled_by": "EAGAIN", "before_drain": [], "after_drain": []})
