@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     install.add_argument("--variant", choices=redirect.VARIANTS, default="production",
                          help="production (default), netns, guarded (production plus a per-message guard: "
                               "bounded like TCP, never slower; needs a read hook), seed (the design "
-                              "document's code) or auto")
+                              "document's code), auto; or a shape that only watches (never redirects): "
+                              "passthrough (sk_msg passes every message), verdict (plus an sk_skb "
+                              "verdict passing every skb)")
     install.add_argument("--max-entries", type=int, help="sockhash size (compiled in; default 65535)")
     install.add_argument("--json", action="store_true", help="print the installation as JSON")
     _policy_options(install)
@@ -124,6 +126,10 @@ def cmd_status(args) -> int:
     if report["guard"] is not None:
         print(f"guard (read hook: {report['read_hook']}), all CPUs:")
         for name, value in report["guard"].items():
+            print(f"  {name:18} {value}")
+    if report["watch"] is not None:
+        print("watching programs, all CPUs:")
+        for name, value in report["watch"].items():
             print(f"  {name:18} {value}")
     return 0
 
