@@ -114,6 +114,15 @@ KNOWN: tuple[Defect, ...] = (
            introduced=(7, 0, 0), fixed=(7, 2, 0),
            stable_introduced={(6, 6): 128, (6, 12): 75, (6, 18): 14, (6, 19): 4},
            stable_fixed={(6, 12): 117}),
+    Defect("fionread-verdict", ("fionread", "fionread_after_partial_read"), ("verdict",),
+           "FIONREAD/SIOCINQ reports 0 on a socket whose map has an sk_skb verdict program: the skb "
+           "it passes moves to the psock's ingress_msg queue, which FIONREAD did not count, with "
+           "copied_seq already advanced past it",
+           lambda seen: seen == {"fionread": 0},
+           "the same root as fionread-sockmap (929e30f93125 made FIONREAD count ingress_msg); seen "
+           "on 5.10.223 here, while 6.1.176 and later pass here (their verdict path leaves copied_seq "
+           "to the reader); the release between that changed it is not known here",
+           fixed=(6, 1, 0)),
     Defect("splice-read", ("splice_from_socket",), ("redirected", "verdict"),
            "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
            "sk_receive_queue; tcp_bpf has no splice_read): blocks, or returns 0 at EOF, so a splicing "

@@ -59,7 +59,7 @@ def test_each_matcher_takes_its_exact_symptom_and_nothing_else(name):
 
 
 def test_every_defect_has_a_symptom_checked_here_and_the_stream_shape_too():
-    assert set(SYMPTOMS) | {"fionread-no-verdict"} == {d.name for d in defects.KNOWN}
+    assert set(SYMPTOMS) | {"fionread-no-verdict", "fionread-verdict"} == {d.name for d in defects.KNOWN}
     eagain = defects.by_name("blocking-eagain")
     assert eagain.matches({"result": "EAGAIN"}) and not eagain.matches({"result": "ECONNRESET"})
     assert eagain.intermittent and not defects.by_name("waitall-ignored").intermittent
