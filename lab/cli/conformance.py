@@ -3,7 +3,7 @@
     sockredir-lab conformance [--kernel ID|host|all ...] [--behaviour NAME ...] [--apps] [--json FILE]
     sockredir-lab conformance --compare A B [--behaviour NAME ...] [--json FILE]
 
-Per target, every behaviour in three situations (plain, redirected, peer_outside), each compared
+Per target, every behaviour in five situations (plain, redirected, peer_outside, passthrough, verdict), compared
 with plain TCP of the same kernel in the same run: pass, fail, or xfail naming the kernel defect.
 With ``--apps``, also nginx, redis and a splice(2) proxy over plain TCP and through the redirect.
 Exit status 1 when any cell failed (or a target could not be measured). ``--compare A B``
@@ -137,7 +137,7 @@ def patches_of(kernel: str, settings) -> frozenset[str]:
 
 
 def summary(records: list[dict]) -> str:
-    results = [r for r in records if r["transport"] == "redirect"]
+    results = [r for r in records if r["transport"] != "tcp"]  # each carries its app's verdict there
     return ", ".join(f"{sum(r['status'] == status for r in results)} {status}" for status in ("pass", "fail", "xfail"))
 
 
@@ -154,18 +154,20 @@ def measure(kernel: str, settings, behaviours, with_apps: bool,
 
 
 def run_apps(target, kernel: str, progress) -> list[dict]:
-    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
-        return apps.run_apps(target, plain, installed.cgroup, kernel, progress=progress)
+    with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed, \
+            api.redirected_cgroup(target, "passthrough") as watching:
+        return apps.run_apps(target, plain, installed.cgroup, kernel, progress=progress,
+                             passthrough_cgroup=watching.cgroup)
 
 
 def format_apps(records: list[dict]) -> str:
-    lines = ["  applications (redirect run against the plain-TCP run):"]
+    lines = ["  applications (each run against the plain-TCP run):"]
     for app in apps.APPS:
         mine = [r for r in records if r["app"] == app]
-        if not mine:
-            continue
-        result = apps.verdict(mine, app)
-        lines.append(f"  {app:14} {STATUS_MARK[result['status']]:6} {result['seconds']:.1f}s  {result['reason']}".rstrip())
+        for result in mine:
+            reason = result["reason"] if result["transport"] != "tcp" or result["status"] != "pass" else ""
+            lines.append(f"  {app:14} {result['transport']:12} {STATUS_MARK[result['status']]:6} "
+                         f"{result['seconds'] or 0:.1f}s  {reason}".rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -1,13 +1,16 @@
 """Does an application survive the redirect? Real programs through it and without it, judged by bytes.
 
-    nginx          serves a 16 MiB file with sendfile(2) to curl, twice over one keep-alive connection
+    nginx          serves a 64 MiB file with sendfile(2) to curl, twice over one keep-alive connection,
+                   then to a curl that reads slowly (nginx waits for write space: EPOLLOUT)
     redis          redis-server under redis-benchmark's pipelined SET/GET, then known values written
                    with ``redis-cli --pipe`` and read back with one MGET
     splice_proxy   scenarios/splice_proxy.py copies between two TCP sockets with splice(2) (like Go's
                    io.Copy or haproxy), 16 MiB from a client to an echo server and back
 
-Each runs twice on the target, every process of a run in one cgroup: the plain one (``tcp``, the
-reference, nothing attached) and the one the caller installed the redirect on (``redirect``). A run
+Each runs on the target once per transport, every process of a run in one cgroup: the plain one
+(``tcp``, the reference, nothing attached), the one the caller installed the redirect on
+(``redirect``) and, when the caller gives one, a cgroup with the lab's pass-only watching programs
+(``passthrough``: the sockets in a sockhash, an sk_msg program that passes every message). A run
 is one bench/peer.sh round trip, like the bench's real peers: the server in the background, the
 client once it listens, the server stopped by its PID on every path; every step has a time limit,
 and a hang is a result, never retried.
@@ -16,9 +19,13 @@ What is compared (``checked``) is bytes and counts: SHA-256 of what arrived agai
 HTTP statuses, connections made, requests the server executed. A tcp run must show what the
 application has to do (``expected``); if it does not, the app fails as a set-up problem. A redirect
 run must show the same as the tcp run of the same kernel, and the redirect's counters must have
-grown by at least the bytes the application moved (so the run really went through it). A redirect
+grown by at least the bytes the application moved (so the run really went through it); a
+passthrough run's watching program must have passed bytes and redirected none (not all bytes: see
+``watched``). A
 run that differs is a failure, unless it is exactly the symptom of the known kernel defect
-splice-read (``lab.conformance.defects``): then it is an xfail naming it.
+splice-read (``lab.conformance.defects``): then it is an xfail naming it. A run that moved the same
+bytes but took more than twice plain TCP's time (plus a second, for runs of a second or less) is a
+stall, and a failure too (a lost wake-up shows as a stall, not as wrong bytes).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ from lab.vm.staging import SCENARIOS_ON_TARGET, ensure_on_target
 from lab.vm.target import CommandTimeout, Result, Target
 
 APPS = ("nginx", "redis", "splice_proxy")
+TRANSPORTS = ("tcp", "redirect", "passthrough")   # tcp is the reference of the others
+STALL_FACTOR = 2      # a run slower than this times plain TCP's, plus STALL_GRACE seconds, stalled
+STALL_GRACE = 1.0
 # Copied to the target (scenarios/...): the apps' shell halves, nginx's configuration, the proxy.
 FILES = ("apps/nginx.conf", "apps/nginx-serve.sh", "apps/nginx-fetch.sh", "apps/redis-check.sh",
          "splice_proxy.py")
@@ -48,11 +58,12 @@ APPS_ON_TARGET = f"{SCENARIOS_ON_TARGET}/apps"
 PROXY_ON_TARGET = f"{SCENARIOS_ON_TARGET}/splice_proxy.py"
 SERVED_DIR = f"{RUN_DIR}/www"   # nginx's root: made once per run_apps, removed after
 
-# nginx: a file large enough that sendfile(2) moves it in many pieces (and 3-4 times the socket
-# buffers TCP grows to here); in a TCG guest one run (two transfers and two SHA-256 sums) takes
-# about 2 s.
-NGINX_FILE_MIB = 16
+# nginx: a multi-MB response (the size users saw stall under pass-through programs, grafana/beyla
+# #2941), large enough that sendfile(2) moves it in many pieces; the slow reader takes it at 32 MiB/s,
+# so nginx runs out of send buffer and waits for EPOLLOUT again and again (about 2 s).
+NGINX_FILE_MIB = 64
 NGINX_FILE = f"{NGINX_FILE_MIB}MiB.bin"
+NGINX_SLOW_RATE = "32M"
 CURL_MAX_TIME = 60
 # redis: 24000 pipelined SETs and GETs of 256 bytes (thousands of pipelined batches of 16, a few
 # seconds in a TCG guest); 10000 known values
@@ -87,7 +98,7 @@ class App:
 class AppResult:
     kernel: str
     app: str
-    transport: str                           # tcp | redirect
+    transport: str                           # tcp | redirect | passthrough
     status: str                              # pass | fail | xfail
     observed: dict
     expected: dict
@@ -165,9 +176,11 @@ def observe_nginx(output: str, file_sha256: str) -> dict:
 
 
 def nginx_expected(size: int) -> dict:
-    return {"curl_exit": 0, "http_status": [200, 200], "body_bytes": [size, size],
-            "bodies_match_file": [True, True], "connections": 1,
-            "nginx_served": [[1, 200, size], [2, 200, size]], "nginx_connections": 1, "nginx_errors": []}
+    """Two transfers over one keep-alive connection, then the slow reader's on a connection of its own."""
+    return {"curl_exit": 0, "http_status": [200] * 3, "body_bytes": [size] * 3,
+            "bodies_match_file": [True] * 3, "connections": 2,
+            "nginx_served": [[1, 200, size], [2, 200, size], [1, 200, size]], "nginx_connections": 2,
+            "nginx_errors": []}
 
 
 COMMANDSTAT = re.compile(r"^cmdstat_([\w|]+):calls=(\d+),", re.M)
@@ -281,8 +294,8 @@ def nginx_app(file_sha256: str) -> App:
     return App(
         "nginx", {"nginx": "nginx", "curl": "curl"},
         shlex.join(["sh", f"{APPS_ON_TARGET}/nginx-serve.sh", SERVED_DIR]),
-        shlex.join(["sh", f"{APPS_ON_TARGET}/nginx-fetch.sh", NGINX_FILE, str(CURL_MAX_TIME)]),
-        CURL_MAX_TIME + SLACK, functools.partial(observe_nginx, file_sha256=file_sha256),
+        shlex.join(["sh", f"{APPS_ON_TARGET}/nginx-fetch.sh", NGINX_FILE, str(CURL_MAX_TIME), NGINX_SLOW_RATE]),
+        2 * CURL_MAX_TIME + SLACK, functools.partial(observe_nginx, file_sha256=file_sha256),
         nginx_expected(size), lambda checked: sum(checked["body_bytes"]))
 
 
@@ -360,6 +373,31 @@ def carried(app: App, checked: dict, delta: dict) -> str:
     return ""
 
 
+def watched(app: App, checked: dict, delta: dict, watch: dict) -> str:
+    """Why the watching programs' counters do not show the run went through them, or "".
+
+    Not "every byte": after a passed message that TCP took only in part (a non-blocking sender, a
+    full send buffer), tcp_bpf keeps the verdict and sends the next write without running the
+    program (seen: nginx's sendfile on the host, 89 KB of 32 MiB), so a pass-only program sees
+    most bytes, not all; run_app records the rest as ``unseen_bytes``."""
+    moved = app.moved(checked)
+    if inserted(delta) < 2 or not watch.get("bytes_passed") or delta["bytes_redirected"]:
+        return (f"the watching programs' counters do not show this run went through them: "
+                f"{inserted(delta)} sockets inserted (at least 2 expected), {watch.get('bytes_passed', 0)} "
+                f"bytes passed (of {moved} the application moved), {delta['bytes_redirected']} "
+                "redirected (none expected)")
+    return ""
+
+
+def stalled(result: AppResult, reference: AppResult) -> str:
+    """Why ``result`` took too long against plain TCP's run, or ""."""
+    limit = STALL_FACTOR * (reference.seconds or 0) + STALL_GRACE
+    if result.seconds is not None and result.seconds > limit:
+        return (f"stalled: {result.seconds:.1f} s against plain TCP's {reference.seconds:.1f} s in the same "
+                f"run (more than {STALL_FACTOR}x + {STALL_GRACE:.0f} s), although the bytes were the same")
+    return ""
+
+
 def judge_tcp(result: AppResult) -> None:
     checked = result.observed["checked"]
     if checked != result.expected:
@@ -368,19 +406,26 @@ def judge_tcp(result: AppResult) -> None:
                          f"(the redirect is not involved): {differences(checked, result.expected)}")
 
 
-def judge_redirect(app: App, result: AppResult, reference: AppResult, release: str) -> None:
+def judge_through(app: App, result: AppResult, reference: AppResult, release: str) -> None:
+    """A redirect or passthrough run against the tcp run of the same kernel."""
     checked = result.observed["checked"]
     result.expected = reference.observed["checked"]
     if reference.status != "pass":
         result.status, result.reason = "fail", f"the reference run over plain TCP failed: {reference.reason}"
         return
-    not_carried = carried(app, checked, result.observed["redirect_counters"])
-    if not_carried:
-        result.status, result.reason = "fail", not_carried
+    counters = result.observed["redirect_counters"]
+    not_through = (carried(app, checked, counters) if result.transport == "redirect"
+                   else watched(app, checked, counters, result.observed.get("watch_counters") or {}))
+    if not_through:
+        result.status, result.reason = "fail", not_through
         return
     if checked == result.expected:
+        slow = stalled(result, reference)
+        if slow:
+            result.status, result.reason = "fail", slow
         return
-    defect = splice_read_defect(checked, release) if app.name == "splice_proxy" else None
+    defect = (splice_read_defect(checked, release)
+              if app.name == "splice_proxy" and result.transport == "redirect" else None)
     if defect:
         result.status, result.reason = "xfail", defect.describe()
     else:
@@ -407,36 +452,51 @@ def run_once(target: Target, app: App, transport: str, cgroup: str, kernel: str)
                      seconds=round(time.monotonic() - started, 2))
 
 
-def run_app(target: Target, app: App, plain_cgroup: str, redirect_cgroup: str, kernel: str,
-            release: str, progress: Progress) -> list[AppResult]:
+def run_app(target: Target, app: App, cgroups: dict[str, str], kernel: str, release: str,
+            progress: Progress) -> list[AppResult]:
+    """``app`` over each transport of ``cgroups`` (transport -> cgroup; tcp first, the reference)."""
     missing = peers.missing_package(target, app.binaries)
     if missing:
-        reference = AppResult(kernel, app.name, "tcp", "fail", {}, app.expected, reason=missing)
-        redirected = AppResult(kernel, app.name, "redirect", "fail", {}, {},
-                               reason=f"the reference run over plain TCP failed: {missing}")
-        return [reference, redirected]
-    reference = run_once(target, app, "tcp", plain_cgroup, kernel)
+        return [AppResult(kernel, app.name, "tcp", "fail", {}, app.expected, reason=missing)] + [
+            AppResult(kernel, app.name, transport, "fail", {}, {},
+                      reason=f"the reference run over plain TCP failed: {missing}")
+            for transport in cgroups if transport != "tcp"]
+    reference = run_once(target, app, "tcp", cgroups["tcp"], kernel)
     judge_tcp(reference)
-    before = api.redirect_status(target, redirect_cgroup)["counters"]
-    redirected = run_once(target, app, "redirect", redirect_cgroup, kernel)
-    redirected.observed["redirect_counters"] = keys.counters_delta(
-        before, api.redirect_status(target, redirect_cgroup)["counters"])
-    judge_redirect(app, redirected, reference, release)
-    for result in (reference, redirected):
+    results = [reference]
+    for transport, cgroup in cgroups.items():
+        if transport == "tcp":
+            continue
+        before = api.redirect_status(target, cgroup)
+        result = run_once(target, app, transport, cgroup, kernel)
+        after = api.redirect_status(target, cgroup)
+        result.observed["redirect_counters"] = keys.counters_delta(before["counters"], after["counters"])
+        if transport == "passthrough":
+            watch = keys.counters_delta(before["watch"], after["watch"])
+            result.observed["watch_counters"] = watch
+            result.observed["figures"]["unseen_bytes"] = max(0, app.moved(result.observed["checked"])
+                                                             - watch["bytes_passed"])
+        judge_through(app, result, reference, release)
+        results.append(result)
+    for result in results:
         progress(f"apps: {app.name} over {result.transport}: {result.status} ({result.seconds} s)"
                  + (f": {result.reason}" if result.reason else ""))
-    return [reference, redirected]
+    return results
 
 
 def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: str,
-             apps: Sequence[str] = APPS, progress: Progress = print) -> list[dict]:
-    """Records of every app in ``apps`` on ``target``: over plain TCP (in ``plain_cgroup``) and
-    through the redirect the caller installed on ``redirect_cgroup`` (``lab.api.install_redirect``).
+             apps: Sequence[str] = APPS, progress: Progress = print,
+             passthrough_cgroup: str | None = None) -> list[dict]:
+    """Records of every app in ``apps`` on ``target``: over plain TCP (in ``plain_cgroup``),
+    through the redirect the caller installed on ``redirect_cgroup`` (``lab.api.install_redirect``)
+    and, given ``passthrough_cgroup`` (the ``passthrough`` variant installed there), through the
+    watching programs.
 
     A record: kernel, app, transport (tcp | redirect), status (pass | fail | xfail), observed
     ({"checked": what is compared, "figures": digests and rates, "redirect_counters": the counters'
-    growth during a redirect run}), expected (tcp: what the app must do; redirect: the tcp run's
-    checked), reason, seconds. The redirect record carries the app's verdict."""
+    growth during a redirect or passthrough run, "watch_counters": the watching programs' during a
+    passthrough run}), expected (tcp: what the app must do; the others: the tcp run's checked),
+    reason, seconds. Each transport's record carries the app's verdict there."""
     unknown = [name for name in apps if name not in APPS]
     if unknown:
         raise LabError(f"unknown app(s) {', '.join(unknown)}; the apps are {', '.join(APPS)}")
@@ -444,17 +504,19 @@ def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: st
     peers.install_peer_script(target)
     for name in FILES:
         ensure_on_target(target, name)
+    cgroups = {"tcp": plain_cgroup, "redirect": redirect_cgroup}
+    if passthrough_cgroup is not None:
+        cgroups["passthrough"] = passthrough_cgroup
     results: list[AppResult] = []
     try:
         for name in apps:
-            results += run_app(target, make_app(target, name), plain_cgroup, redirect_cgroup, kernel,
-                               release, progress)
+            results += run_app(target, make_app(target, name), cgroups, kernel, release, progress)
     finally:
         target.run(["rm", "-rf", SERVED_DIR])
     return [result.as_dict() for result in results]
 
 
-def verdict(records: Sequence[dict], app: str) -> dict:
-    """The app's result among ``run_apps``' records: its redirect record (which fails when the
+def verdict(records: Sequence[dict], app: str, transport: str = "redirect") -> dict:
+    """The app's result over ``transport`` among ``run_apps``' records (which fails when the
     reference failed)."""
-    return next(r for r in records if r["app"] == app and r["transport"] == "redirect")
+    return next(r for r in records if r["app"] == app and r["transport"] == transport)

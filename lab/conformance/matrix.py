@@ -1,4 +1,4 @@
-"""The conformance matrix on one target: every behaviour of ``scenarios/conformance.py`` in three
+"""The conformance matrix on one target: every behaviour of ``scenarios/conformance.py`` in five
 situations, compared with plain TCP of the same kernel in the same run.
 
     plain          both ends in a cgroup without the redirect: the reference. Its own cell is

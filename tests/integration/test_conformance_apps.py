@@ -1,8 +1,8 @@
 """Applications through the redirect (lab/conformance/apps.py), one test per app and kernel
-(``test_app[kernel_6_1-nginx]``): nginx's sendfile over keep-alive, redis pipelined and read back,
-a splice(2) proxy. Each runs over plain TCP (the reference) and through the redirect, judged by
-bytes; a redirect run that differs fails, unless it is exactly a known kernel defect's symptom
-(then an xfail naming it).
+(``test_app[kernel_6_1-nginx-redirect]``): nginx's sendfile over keep-alive, redis pipelined and
+read back, a splice(2) proxy. Each runs over plain TCP (the reference), through the redirect and
+through the pass-only watching programs, judged by bytes and time; a run that differs or stalls
+fails, unless it is exactly a known kernel defect's symptom (then an xfail naming it).
 
 The apps of a kernel are measured once (3 s on the host, about 25 s in a TCG guest)
 and shared by its tests. By default the host and the 6.1 guest run them; ``--conformance-all`` runs
@@ -31,17 +31,21 @@ def records_of(kernel, lab, request) -> list[dict]:
                     "guest); run with --conformance-all")
     target = request.getfixturevalue("target")  # after the skip: no guest boots for nothing
     if kernel.id not in _measured:
-        with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed:
-            _measured[kernel.id] = apps.run_apps(target, plain, installed.cgroup, kernel.id)
+        with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed, \
+                api.redirected_cgroup(target, "passthrough") as watching:
+            _measured[kernel.id] = apps.run_apps(target, plain, installed.cgroup, kernel.id,
+                                                 passthrough_cgroup=watching.cgroup)
     return _measured[kernel.id]
 
 
+@pytest.mark.parametrize("transport", [t for t in apps.TRANSPORTS if t != "tcp"])
 @pytest.mark.parametrize("app", apps.APPS)
-def test_app(kernel, lab, request, app):
-    """The app does over the redirect what it does over plain TCP (or a named kernel defect)."""
-    record = apps.verdict(records_of(kernel, lab, request), app)
+def test_app(kernel, lab, request, app, transport):
+    """The app does over the redirect, and through a pass-only sk_msg program, what it does over
+    plain TCP in no more than twice its time (or a named kernel defect)."""
+    record = apps.verdict(records_of(kernel, lab, request), app, transport)
     if record["status"] == "xfail":
         pytest.xfail(record["reason"])
     if record["status"] == "fail":
-        pytest.fail(f"{app} through the redirect on {record['kernel']}: {record['reason']}\n"
+        pytest.fail(f"{app} over {transport} on {record['kernel']}: {record['reason']}\n"
                     f"observed: {record['observed']}", pytrace=False)

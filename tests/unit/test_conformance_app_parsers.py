@@ -13,7 +13,7 @@ from lab.conformance import apps, defects
 from lab.vm.target import Result, Target
 
 OUTPUTS = Path(__file__).parent / "app_outputs"
-NGINX_FILE_SHA256 = "8a34adf65ceab3038ed1c9a096b9e64fc8ae45e1bfcd7e2f73dd4c4c07dc5950"
+NGINX_FILE_SHA256 = "c5e9fd550b89692b95dcc80d37cde35c67706efd4177ec2dcf5979c3cf557d1c"
 SIZE = 64 << 20  # the captured nginx outputs served a file of this size
 REDIS_REQUESTS = 100_000  # and the captured redis-benchmark made this many requests
 
@@ -35,16 +35,16 @@ def test_sections_split_on_their_headers():
     assert apps.sections("noise\n### a\n1\n2\n### b\n### c\nx\n") == {"a": "1\n2", "b": "", "c": "x"}
 
 
-def test_nginx_output_shows_both_bodies_intact_over_one_connection():
+def test_nginx_output_shows_three_bodies_intact_two_over_one_connection():
     observed = apps.observe_nginx(output("nginx-fetch.txt"), NGINX_FILE_SHA256)
     assert observed["checked"] == apps.nginx_expected(SIZE)
-    assert observed["figures"]["body_sha256"] == [NGINX_FILE_SHA256] * 2
-    assert observed["figures"]["client_ports"] == [51532, 51532]
+    assert observed["figures"]["body_sha256"] == [NGINX_FILE_SHA256] * 3
+    assert observed["figures"]["client_ports"] == [49182, 49182, 49184]  # the slow reader: its own
 
 
 def test_nginx_bodies_are_compared_with_the_served_file():
     checked = apps.observe_nginx(output("nginx-fetch.txt"), "0" * 64)["checked"]
-    assert checked["bodies_match_file"] == [False, False]
+    assert checked["bodies_match_file"] == [False] * 3
 
 
 def test_curl_transfers_and_a_timed_out_fetch():
@@ -154,16 +154,19 @@ def test_other_differences_are_not_the_splice_read_defect():
 
 # ----------------------------------------------------------------------------- judging
 
-COUNTERS = {"inserted_v4": 2, "inserted_v6": 0, "inserted_v4mapped": 0, "bytes_redirected": 134218428,
+COUNTERS = {"inserted_v4": 2, "inserted_v6": 0, "inserted_v4mapped": 0, "bytes_redirected": 201327592,
             "msgs_missed": 0}
 
 
-def results(app: apps.App, tcp_checked: dict, redirect_checked: dict, counters=COUNTERS, release="6.1.176"):
-    tcp = apps.AppResult("6.1", app.name, "tcp", "pass", {"checked": tcp_checked, "figures": {}}, app.expected)
+def results(app: apps.App, tcp_checked: dict, redirect_checked: dict, counters=COUNTERS, release="6.1.176",
+            transport="redirect", watch=None, seconds=(2.0, 2.0)):
+    tcp = apps.AppResult("6.1", app.name, "tcp", "pass", {"checked": tcp_checked, "figures": {}}, app.expected,
+                         seconds=seconds[0])
     apps.judge_tcp(tcp)
-    redirect = apps.AppResult("6.1", app.name, "redirect", "pass",
-                              {"checked": redirect_checked, "figures": {}, "redirect_counters": counters}, {})
-    apps.judge_redirect(app, redirect, tcp, release)
+    redirect = apps.AppResult("6.1", app.name, transport, "pass",
+                              {"checked": redirect_checked, "figures": {}, "redirect_counters": counters,
+                               "watch_counters": watch}, {}, seconds=seconds[1])
+    apps.judge_through(app, redirect, tcp, release)
     return tcp, redirect
 
 
@@ -184,11 +187,11 @@ def test_same_as_tcp_and_carried_by_the_redirect_passes():
 
 
 def test_a_difference_from_tcp_fails_and_says_what_differs():
-    bad = dict(apps.nginx_expected(SIZE), connections=2)
+    bad = dict(apps.nginx_expected(SIZE), connections=3)
     _, redirect = results(NGINX, apps.nginx_expected(SIZE), bad)
     assert redirect.status == "fail"
     assert redirect.reason == ("differs from plain TCP on the same kernel; no known kernel defect explains "
-                               "it: connections: 2, expected 1")
+                               "it: connections: 3, expected 2")
 
 
 def test_a_failed_reference_fails_the_app_as_a_set_up_problem():
@@ -203,8 +206,34 @@ def test_a_run_the_redirect_did_not_carry_fails():
     _, redirect = results(NGINX, good, dict(good), counters=dict(COUNTERS, bytes_redirected=1000))
     assert redirect.status == "fail"
     assert redirect.reason == ("the redirect's counters do not show it carried this run: 2 sockets inserted "
-                               "(at least 2 expected), 1000 bytes redirected for 134217728 bytes the "
+                               "(at least 2 expected), 1000 bytes redirected for 201326592 bytes the "
                                "application moved")
+
+
+def test_the_same_bytes_in_more_than_twice_plain_tcps_time_is_a_stall():
+    good = apps.nginx_expected(SIZE)
+    assert results(NGINX, good, dict(good), seconds=(2.0, 4.9))[1].status == "pass"
+    _, slow = results(NGINX, good, dict(good), seconds=(2.0, 5.2))
+    assert slow.status == "fail" and slow.reason.startswith("stalled: 5.2 s against plain TCP's 2.0 s")
+
+
+PASSED = {"msgs_passed": 4000, "bytes_passed": 201327592, "skbs_passed": 0, "skb_bytes": 0}
+WATCHED = dict(COUNTERS, bytes_redirected=0)
+
+
+def test_a_passthrough_run_is_judged_by_the_watching_programs_counters():
+    good = apps.nginx_expected(SIZE)
+    _, passed = results(NGINX, good, dict(good), counters=WATCHED, transport="passthrough", watch=PASSED)
+    assert (passed.status, passed.reason) == ("pass", "")
+    for counters, watch in ((WATCHED, dict(PASSED, bytes_passed=0)), (COUNTERS, PASSED)):
+        _, missed = results(NGINX, good, dict(good), counters=counters, transport="passthrough", watch=watch)
+        assert missed.status == "fail" and missed.reason.startswith("the watching programs' counters do not show")
+    # the splice-read defect is the redirect's: a passthrough run that loses the data fails
+    proxy = apps.splice_proxy_app()
+    lost = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
+    _, passed = results(proxy, proxy.expected, lost, counters=WATCHED, transport="passthrough",
+                        watch=dict(PASSED, bytes_passed=16 << 20))
+    assert passed.status == "fail"
 
 
 def test_splice_read_symptom_is_an_xfail_naming_the_defect():
@@ -262,8 +291,10 @@ def fake_runs(monkeypatch, answer):
 
     def redirect_status(target, cgroup):
         reads[0] += 1
+        watching = cgroup == "watching"  # the passthrough cgroup: its program passes, never redirects
         return {"counters": {"inserted_v4": 2 * reads[0], "inserted_v6": 0, "inserted_v4mapped": 0,
-                             "bytes_redirected": reads[0] << 30, "msgs_missed": 0}}
+                             "bytes_redirected": 0 if watching else reads[0] << 30, "msgs_missed": 0},
+                "watch": {"msgs_passed": reads[0], "bytes_passed": reads[0] << 30} if watching else None}
 
     monkeypatch.setattr(peers, "run_peer_script", run_peer_script)
     monkeypatch.setattr(api, "redirect_status", redirect_status)
@@ -290,6 +321,16 @@ def test_run_apps_records_every_app_over_tcp_then_the_redirect(monkeypatch):
     assert records[1]["observed"]["redirect_counters"]["bytes_redirected"] == 1 << 30
     assert apps.verdict(records, "splice_proxy")["reason"].startswith("kernel defect splice-read: ")
     assert target.commands[-1] == f"rm -rf {apps.SERVED_DIR}"
+
+
+def test_run_apps_adds_the_passthrough_transport_when_given_its_cgroup(monkeypatch):
+    calls = fake_runs(monkeypatch, lambda name, cgroup: captured(name, "plain" if cgroup == "watching" else cgroup))
+    records = apps.run_apps(FakeTarget(), "plain", "fast", "6.1", progress=lambda _: None,
+                            passthrough_cgroup="watching")
+    assert calls == [(name, cgroup) for name in apps.APPS for cgroup in ("plain", "fast", "watching")]
+    passthrough = [r for r in records if r["transport"] == "passthrough"]
+    assert [(r["app"], r["status"]) for r in passthrough] == [(name, "pass") for name in apps.APPS]
+    assert passthrough[0]["observed"]["watch_counters"]["bytes_passed"] == 1 << 30
 
 
 def test_a_run_peer_sh_had_to_cut_is_a_difference(monkeypatch):
