@@ -6,6 +6,11 @@
                    with ``redis-cli --pipe`` and read back with one MGET
     splice_proxy   scenarios/splice_proxy.py copies between two TCP sockets with splice(2) (like Go's
                    io.Copy or haproxy), 16 MiB from a client to an echo server and back
+    go_http        Go's net/http: a server and a keep-alive client, 8 x 4 MiB (scenarios/apps/goapps)
+    go_proxy       Go's io.Copy between two TCP connections (splice(2) on Linux), 16 MiB to an echo
+                   upstream and back
+    node_http      Node.js's http module: a server and a keep-alive client, 8 x 2 MiB
+                   (scenarios/apps/node-http.js)
 
 Each runs on the target once per transport, every process of a run in one cgroup: the plain one
 (``tcp``, the reference, nothing attached), the one the caller installed the redirect on
@@ -42,20 +47,21 @@ from lab import LabError, api
 from lab.bench import peers
 from lab.bpf import keys
 from lab.bpf.redirect import RUN_DIR
-from lab.conformance import defects
+from lab.conformance import defects, gobuild
 from lab.conformance.matrix import inserted
 from lab.vm.staging import SCENARIOS_ON_TARGET, ensure_on_target
 from lab.vm.target import CommandTimeout, Result, Target
 
-APPS = ("nginx", "redis", "splice_proxy")
+APPS = ("nginx", "redis", "splice_proxy", "go_http", "go_proxy", "node_http")
 TRANSPORTS = ("tcp", "redirect", "passthrough")   # tcp is the reference of the others
 STALL_FACTOR = 2      # a run slower than this times plain TCP's, plus STALL_GRACE seconds, stalled
 STALL_GRACE = 1.0
 # Copied to the target (scenarios/...): the apps' shell halves, nginx's configuration, the proxy.
 FILES = ("apps/nginx.conf", "apps/nginx-serve.sh", "apps/nginx-fetch.sh", "apps/redis-check.sh",
-         "splice_proxy.py")
+         "apps/node-http.js", "splice_proxy.py")
 APPS_ON_TARGET = f"{SCENARIOS_ON_TARGET}/apps"
 PROXY_ON_TARGET = f"{SCENARIOS_ON_TARGET}/splice_proxy.py"
+GOAPPS_ON_TARGET = f"{APPS_ON_TARGET}/goapps"   # built on the host (lab/conformance/gobuild.py)
 SERVED_DIR = f"{RUN_DIR}/www"   # nginx's root: made once per run_apps, removed after
 
 # nginx: a multi-MB response (the size users saw stall under pass-through programs, grafana/beyla
@@ -78,6 +84,13 @@ REDIS_TOOL_LIMIT = 60     # seconds for each of redis-check.sh's five tool invoc
 SPLICE_BYTES = 16 << 20
 SPLICE_DEADLINE = 20
 SLACK = 30                # seconds peer.sh gives a client beyond its own limits before cutting it
+# The runtimes: HTTP bodies over one keep-alive connection, and Go's io.Copy proxy (which gives up
+# after GO_PROXY_DEADLINE: under the redirect its splice never sees the client's data).
+GO_HTTP_REQUESTS, GO_HTTP_BYTES = 8, 4 << 20
+NODE_HTTP_REQUESTS, NODE_HTTP_BYTES = 8, 2 << 20
+GO_PROXY_BYTES = 16 << 20
+GO_PROXY_DEADLINE = 10
+RUNTIME_LIMIT = 60         # seconds for an HTTP client
 
 Progress = Callable[[str], None]
 
@@ -92,6 +105,8 @@ class App:
     observe: Callable[[str], dict]           # client output -> {"checked": {...}, "figures": {...}}
     expected: dict                           # what "checked" must be over plain TCP
     moved: Callable[[dict], int]             # checked -> bytes the app moved (the redirect's minimum)
+    # The known defect whose exact symptom a redirect run shows (checked, kernel release), if any.
+    defect: Callable[[dict, str], "defects.Defect | None"] = lambda checked, release: None
 
 
 @dataclass
@@ -246,8 +261,8 @@ def redis_moved(checked: dict) -> int:
             + 2 * REDIS_KNOWN_VALUE_BYTES * (checked["readback_values"] or 0))
 
 
-def parse_proxy_report(text: str) -> dict:
-    """The last JSON object splice_proxy.py's client printed, or {"error": why there is none}."""
+def last_json(text: str, program: str) -> dict:
+    """The last JSON object a client printed, or {"error": why there is none}."""
     for line in reversed(text.strip().splitlines()):
         try:
             doc = json.loads(line)
@@ -255,11 +270,11 @@ def parse_proxy_report(text: str) -> dict:
             continue
         if isinstance(doc, dict):
             return doc
-    return {"error": f"splice_proxy.py printed no JSON result: {text.strip()[-300:]!r}"}
+    return {"error": f"{program} printed no JSON result: {text.strip()[-300:]!r}"}
 
 
 def observe_splice_proxy(output: str) -> dict:
-    doc = parse_proxy_report(output)
+    doc = last_json(output, "splice_proxy.py")
     if "error" in doc:
         return {"checked": {"error": doc["error"]}, "figures": {}}
     upstream = doc.get("upstream") or {}
@@ -285,6 +300,52 @@ def splice_proxy_expected(size: int) -> dict:
     done = {"spliced_in": size, "spliced_out": size, "state": "done"}
     return {"finished": True, "sent": size, "echoed": size, "echo_intact": True, "upstream_received": size,
             "upstream_intact": True, "proxy": {"client->upstream": done, "upstream->client": done}}
+
+
+def observe_http_client(output: str, program: str) -> dict:
+    """goapps http-client's or node-http.js client's report: statuses, bodies intact (against the
+    server's own SHA-256 of what it serves), bytes, connections opened."""
+    doc = last_json(output, program)
+    checked = {key: doc.get(key) for key in ("statuses", "intact", "bytes", "connections")}
+    if "error" in doc:
+        checked["error"] = doc["error"]
+    return {"checked": checked, "figures": {}}
+
+
+def http_client_expected(requests: int, size: int) -> dict:
+    return {"statuses": [200] * requests, "intact": [True] * requests, "bytes": requests * size,
+            "connections": 1}
+
+
+def observe_go_proxy(output: str) -> dict:
+    doc = last_json(output, "goapps proxy-client")
+    keys_ = ("sent", "echoed", "intact", "finished", "proxy")
+    checked = {key: doc.get(key) for key in keys_}
+    if "error" in doc:
+        checked["error"] = doc["error"]
+    return {"checked": checked, "figures": {}}
+
+
+def go_proxy_expected(size: int) -> dict:
+    done = {"copied": size, "done": True}
+    return {"sent": size, "echoed": size, "intact": True, "finished": True,
+            "proxy": {"client_to_upstream": done, "upstream_to_client": done}}
+
+
+def go_splice_read_defect(checked: dict, release: str) -> defects.Defect | None:
+    """splice-read in Go's io.Copy: the client sent its bytes, but the copy from the client's socket
+    (a splice) moved nothing: it blocked (the client gave up at its deadline) or met EOF at once (the
+    client's FIN came over TCP; the proxy closed as after an empty stream, the client read a clean
+    EOF: silent data loss, seen on the host), and nothing came back."""
+    proxy = checked.get("proxy")
+    if not isinstance(proxy, dict) or not isinstance(proxy.get("client_to_upstream"), dict):
+        return None
+    from_client = proxy["client_to_upstream"]
+    symptom = ((checked.get("sent") or 0) > 0 and from_client.get("copied") == 0
+               and from_client.get("done") in (True, False) and checked.get("echoed") == 0
+               and checked.get("finished") in (True, False))
+    defect = defects.by_name("splice-read")
+    return defect if symptom and defect.affects(defects.kernel_version(release)) else None
 
 
 # ----------------------------------------------------------------------------- the apps
@@ -319,7 +380,36 @@ def splice_proxy_app() -> App:
         shlex.join(["python3", "-S", PROXY_ON_TARGET, "echo"]) + f' --port "$PORT" --report {report}',
         client + f' --upstream-port "$PORT" --upstream-report {report}',
         SPLICE_DEADLINE + SLACK, observe_splice_proxy, splice_proxy_expected(SPLICE_BYTES),
-        lambda checked: checked.get("sent") or 0)
+        lambda checked: checked.get("sent") or 0, splice_read_defect)
+
+
+def go_http_app() -> App:
+    return App(
+        "go_http", {},
+        f'{GOAPPS_ON_TARGET} http-server --port "$PORT" --bytes {GO_HTTP_BYTES}',
+        f'{GOAPPS_ON_TARGET} http-client --port "$PORT" --requests {GO_HTTP_REQUESTS} --deadline {RUNTIME_LIMIT}s',
+        RUNTIME_LIMIT + SLACK, functools.partial(observe_http_client, program="goapps http-client"),
+        http_client_expected(GO_HTTP_REQUESTS, GO_HTTP_BYTES), lambda checked: checked.get("bytes") or 0)
+
+
+def go_proxy_app() -> App:
+    return App(
+        "go_proxy", {},
+        f'{GOAPPS_ON_TARGET} echo --port "$PORT"',
+        f'{GOAPPS_ON_TARGET} proxy-client --upstream-port "$PORT" --bytes {GO_PROXY_BYTES} '
+        f'--deadline {GO_PROXY_DEADLINE}s',
+        GO_PROXY_DEADLINE + SLACK, observe_go_proxy, go_proxy_expected(GO_PROXY_BYTES),
+        lambda checked: checked.get("sent") or 0, go_splice_read_defect)
+
+
+def node_http_app() -> App:
+    script = f"{APPS_ON_TARGET}/node-http.js"
+    return App(
+        "node_http", {"node": "nodejs"},
+        f'node {script} server "$PORT" {NODE_HTTP_BYTES}',
+        f'node {script} client "$PORT" {NODE_HTTP_REQUESTS}',
+        RUNTIME_LIMIT + SLACK, functools.partial(observe_http_client, program="node-http.js client"),
+        http_client_expected(NODE_HTTP_REQUESTS, NODE_HTTP_BYTES), lambda checked: checked.get("bytes") or 0)
 
 
 def serve_file(target: Target) -> str:
@@ -335,7 +425,11 @@ def serve_file(target: Target) -> str:
 def make_app(target: Target, name: str) -> App:
     if name == "nginx":
         return nginx_app(serve_file(target))
-    return {"redis": redis_app, "splice_proxy": splice_proxy_app}[name]()
+    if name.startswith("go_"):
+        target.put(gobuild.goapps_binary(), GOAPPS_ON_TARGET)
+        target.run(["chmod", "+x", GOAPPS_ON_TARGET], check=True)
+    return {"redis": redis_app, "splice_proxy": splice_proxy_app, "go_http": go_http_app,
+            "go_proxy": go_proxy_app, "node_http": node_http_app}[name]()
 
 
 # ----------------------------------------------------------------------------- judging
@@ -424,8 +518,7 @@ def judge_through(app: App, result: AppResult, reference: AppResult, release: st
         if slow:
             result.status, result.reason = "fail", slow
         return
-    defect = (splice_read_defect(checked, release)
-              if app.name == "splice_proxy" and result.transport == "redirect" else None)
+    defect = app.defect(checked, release) if result.transport == "redirect" else None
     if defect:
         result.status, result.reason = "xfail", defect.describe()
     else:

@@ -122,7 +122,7 @@ def test_splice_proxy_through_the_redirect_lost_everything_silently():
 def test_splice_proxy_garbage_is_an_error_observation():
     assert apps.observe_splice_proxy("Traceback (most recent call last):\n  boom\n")["checked"] == {
         "error": "splice_proxy.py printed no JSON result: 'Traceback (most recent call last):\\n  boom'"}
-    assert apps.parse_proxy_report('noise\n{"finished": false}\n') == {"finished": False}
+    assert apps.last_json('noise\n{"finished": false}\n', "splice_proxy.py") == {"finished": False}
 
 
 # ----------------------------------------------------------------------------- the splice-read symptom
@@ -236,6 +236,35 @@ def test_a_passthrough_run_is_judged_by_the_watching_programs_counters():
     assert passed.status == "fail"
 
 
+def test_the_runtimes_http_clients_report_every_body_intact_over_one_connection():
+    for name, requests, size in (("go_http", apps.GO_HTTP_REQUESTS, apps.GO_HTTP_BYTES),
+                                 ("node_http", apps.NODE_HTTP_REQUESTS, apps.NODE_HTTP_BYTES)):
+        checked = apps.observe_http_client(output(f"{name}-tcp.txt"), name)["checked"]
+        assert checked == apps.http_client_expected(requests, size)
+    broken = apps.observe_http_client('{"statuses": [200], "intact": [false], "bytes": 5, "connections": 2, '
+                                      '"error": "GET /body #2: EOF"}', "x")["checked"]
+    assert broken["error"] == "GET /body #2: EOF" and broken != apps.http_client_expected(1, 5)
+    assert apps.observe_http_client("panic: boom", "goapps http-client")["checked"]["error"].startswith(
+        "goapps http-client printed no JSON result")
+
+
+def test_go_io_copy_meeting_splice_read_is_its_named_xfail_and_nothing_else_is():
+    tcp = apps.observe_go_proxy(output("go_proxy-tcp.txt"))["checked"]
+    assert tcp == apps.go_proxy_expected(apps.GO_PROXY_BYTES)
+    lost = apps.observe_go_proxy(output("go_proxy-redirect.txt"))["checked"]   # the host, 6.18.44: EOF at once
+    assert apps.go_splice_read_defect(lost, "6.18.44").name == "splice-read"
+    hung = dict(lost, finished=False, proxy={"client_to_upstream": {"copied": 0, "done": False},
+                                             "upstream_to_client": {"copied": 0, "done": False}})
+    assert apps.go_splice_read_defect(hung, "6.1.176").name == "splice-read"
+    for near_miss in (dict(lost, echoed=5), dict(lost, sent=0), tcp,
+                      dict(lost, proxy={"client_to_upstream": {"copied": 7, "done": True}})):
+        assert apps.go_splice_read_defect(near_miss, "6.18.44") is None
+    assert apps.go_splice_read_defect(lost, "4.19.0") is None   # before tcp_bpf_recvmsg existed
+    app = apps.go_proxy_app()
+    _, redirect = results(app, app.expected, lost, counters=dict(COUNTERS, bytes_redirected=16 << 20))
+    assert redirect.status == "xfail" and redirect.reason == defects.by_name("splice-read").describe()
+
+
 def test_splice_read_symptom_is_an_xfail_naming_the_defect():
     proxy = apps.splice_proxy_app()
     lost = apps.observe_splice_proxy(output("splice-proxy-redirect.json"))["checked"]
@@ -276,7 +305,8 @@ class FakeTarget(Target):
         pass
 
 
-CAPTURED = {"nginx": "nginx-fetch.txt", "redis": "redis-check.txt"}
+CAPTURED = {"nginx": "nginx-fetch.txt", "redis": "redis-check.txt", "go_http": "go_http-tcp.txt",
+            "go_proxy": "go_proxy-tcp.txt", "node_http": "node_http-tcp.txt"}
 
 
 def fake_runs(monkeypatch, answer):
@@ -302,9 +332,11 @@ def fake_runs(monkeypatch, answer):
 
 
 def captured(name: str, cgroup: str) -> Result:
+    if name in ("splice_proxy", "go_proxy") and cgroup == "fast":  # the redirect: splice-read
+        return Result("", 0, output({"splice_proxy": "splice-proxy-redirect.json",
+                                     "go_proxy": "go_proxy-redirect.txt"}[name]), "")
     if name == "splice_proxy":
-        name = "splice-proxy-tcp.json" if cgroup == "plain" else "splice-proxy-redirect.json"
-        return Result("", 0, output(name), "")
+        return Result("", 0, output("splice-proxy-tcp.json"), "")
     return Result("", 0, output(CAPTURED[name]), "")
 
 
@@ -315,7 +347,9 @@ def test_run_apps_records_every_app_over_tcp_then_the_redirect(monkeypatch):
     assert calls == [(name, cgroup) for name in apps.APPS for cgroup in ("plain", "fast")]
     assert [(r["app"], r["transport"], r["status"]) for r in records] == [
         ("nginx", "tcp", "pass"), ("nginx", "redirect", "pass"), ("redis", "tcp", "pass"),
-        ("redis", "redirect", "pass"), ("splice_proxy", "tcp", "pass"), ("splice_proxy", "redirect", "xfail")]
+        ("redis", "redirect", "pass"), ("splice_proxy", "tcp", "pass"), ("splice_proxy", "redirect", "xfail"),
+        ("go_http", "tcp", "pass"), ("go_http", "redirect", "pass"), ("go_proxy", "tcp", "pass"),
+        ("go_proxy", "redirect", "xfail"), ("node_http", "tcp", "pass"), ("node_http", "redirect", "pass")]
     assert set(records[0]) == {"kernel", "app", "transport", "status", "observed", "expected", "reason",
                                "seconds"}
     assert records[1]["observed"]["redirect_counters"]["bytes_redirected"] == 1 << 30
@@ -357,5 +391,5 @@ def test_a_missing_binary_fails_both_runs_and_runs_nothing(monkeypatch):
 
 
 def test_unknown_app_is_refused():
-    with pytest.raises(apps.LabError, match="unknown app.s. haproxy; the apps are nginx, redis, splice_proxy"):
+    with pytest.raises(apps.LabError, match="unknown app.s. haproxy; the apps are nginx, redis, splice_proxy, go_http"):
         apps.run_apps(FakeTarget(), "plain", "fast", "6.1", apps=("haproxy",))

@@ -1,0 +1,3 @@
+module sockredir-lab/goapps
+
+go 1.19
