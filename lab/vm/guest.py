@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from lab.vm import capacity
 from lab.vm import initramfs
 from lab.vm import reaper
 from lab.vm import snapshot as snapshots
+from lab.vm import watchdog
 from lab.vm.image import GUEST_INIT_PATH, GUEST_RESTORED_PATH, GuestImage
 from lab.vm.target import SSHTarget
 
@@ -117,6 +119,8 @@ class Guest:
         self._marker = reaper.new_marker()  # on QEMU's command line: how the reaper knows it
         self._run_dir: Path | None = None   # QMP socket (a short path, as sockets need) and RAM file
         self._abandoned: str | None = None  # why the lab gave up on a guest whose QEMU still ran
+        self._watchdog: watchdog.Watchdog | None = None
+        self._abandon_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -140,12 +144,12 @@ class Guest:
         self._run_dir = _new_run_dir(self.memory_mb)
         key = self.snapshot_key = self._snapshot_key(boot) if self.snapshot == "auto" else None
         saved = snapshots.find(key) if key is not None else None
-        if saved is not None and self._restore(boot, key, saved):
-            return
-        self._cold_boot(boot, key)
-        connected = time.monotonic()
-        self._target = self._connect(deadline=max(self._started + self.boot_timeout, connected + 30))
-        self.ssh_seconds = time.monotonic() - connected
+        if saved is None or not self._restore(boot, key, saved):
+            self._cold_boot(boot, key)
+            connected = time.monotonic()
+            self._target = self._connect(deadline=max(self._started + self.boot_timeout, connected + 30))
+            self.ssh_seconds = time.monotonic() - connected
+        self._watchdog = self._new_watchdog().start()
 
     def _cold_boot(self, boot: initramfs.BootFiles, key: "snapshots.Key | None") -> None:
         for boot_try in range(1, BOOT_TRIES + 1):
@@ -300,6 +304,9 @@ class Guest:
         return f"{what}: {self._qemu_output() or exc}"
 
     def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._target is not None:
             self._request_poweroff()
             with contextlib.suppress(Exception):
@@ -339,15 +346,35 @@ class Guest:
 
     def abandon(self, why: str) -> None:
         """Give up on a guest that stopped answering while its QEMU runs on: stop that QEMU, so
-        its later tests fail at once (each would wait out its own timeout) and it burns no CPU."""
-        if not self.alive:
-            return
-        cpu = _cpu_seconds(self._proc.pid)
-        self._abandoned = (f"it stopped answering over SSH while QEMU still ran ({why.strip()[:300]}; "
-                           f"QEMU had used {cpu} of CPU time); the lab stopped QEMU (pid "
-                           f"{self._proc.pid})")
-        self.progress(f"guest {self.kernel.id}: {self._abandoned}")
-        self._stop_qemu()
+        its later tests fail at once (each would wait out its own timeout) and it burns no CPU.
+        Called by the lab after a lost connection or a timed-out command, and by the guest's
+        watchdog (lab/vm/watchdog.py), whichever notices first."""
+        with self._abandon_lock:
+            if not self.alive:
+                return
+            if self._watchdog is not None and not self._watchdog.capture.exists():
+                why = f"{self._watchdog.record(why)}; what QEMU could still tell is in {self._watchdog.capture}"
+            cpu = _cpu_seconds(self._proc.pid)
+            self._abandoned = (f"it stopped answering over SSH while QEMU still ran ({why.strip()[:400]}; "
+                               f"QEMU had used {cpu} of CPU time); the lab stopped QEMU (pid "
+                               f"{self._proc.pid})")
+            self.progress(f"guest {self.kernel.id}: {self._abandoned}")
+            self._stop_qemu()
+
+    def qmp(self, command: str, **args):
+        """One QMP command to this guest's QEMU (tests freeze a guest with ``stop``)."""
+        monitor = snapshots.Monitor(self._qmp_socket, lambda: self.alive, timeout=watchdog.PROBE_SECONDS)
+        try:
+            return monitor.cmd(command, **args)
+        finally:
+            monitor.close()
+
+    def _new_watchdog(self) -> watchdog.Watchdog:
+        return watchdog.Watchdog(
+            lambda: self.alive, lambda: self.qmp("query-status")["status"],
+            lambda: self.qmp("human-monitor-command", **{"command-line": "info registers -a"}),
+            self.target.oldest_command, self.answers, lambda: self.console_tail(60),
+            self.console_log.parent, self.abandon)
 
     @property
     def pid(self) -> int | None:

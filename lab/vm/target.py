@@ -232,8 +232,26 @@ class SSHTarget(Target):
         self._sftp = None
         self._shells_lock = threading.Lock()
         self._idle_shells: list[_KeptShell] = []
+        self._in_flight: dict[object, float] = {}   # running commands -> when they started
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        token = object()
+        with self._shells_lock:
+            self._in_flight[token] = time.monotonic()
+        try:
+            return self._run_tracked(cmd, timeout, input)
+        finally:
+            with self._shells_lock:
+                self._in_flight.pop(token, None)
+
+    def oldest_command(self) -> float | None:
+        """Seconds the longest-waiting command has waited so far (None: none is running): how the
+        guest's watchdog (lab/vm/watchdog.py) knows when to ask whether the guest still answers."""
+        with self._shells_lock:
+            started = min(self._in_flight.values(), default=None)
+        return None if started is None else time.monotonic() - started
+
+    def _run_tracked(self, cmd: str, timeout: float, input: str | None) -> Result:
         if input is not None:
             return self._run_session(cmd, timeout, input)  # stdin of its own: a session of its own
         shell = self._take_shell(timeout)
