@@ -58,6 +58,10 @@ def register(subparsers) -> None:
     parser.add_argument("--variant", choices=("production", "guarded"), default="production",
                         help="the lab's variant to judge (default production)")
     program_options.add(parser, families=False)  # the probes are IPv4
+    parser.add_argument("--program-situation", choices=matrix.PROGRAM_SITUATIONS, default="redirected",
+                        help="with --program: judge it as a redirect (redirected, default) or as a "
+                             "program that only watches and passes every message on (passthrough, in "
+                             "place of the lab's watching program)")
     parser.set_defaults(func=cmd_conformance)
 
 
@@ -66,6 +70,8 @@ def cmd_conformance(args) -> int:
     if args.compare:
         return cmd_compare(args, behaviours)
     program = program_options.program_of(args)
+    if args.program_situation != "redirected" and not program:
+        raise LabError("--program-situation says where a --program is judged; name the program")
     if program and args.apps:
         raise LabError("--apps runs the lab's own redirect; judge a --program's behaviours without it")
     if program and args.variant != "production":
@@ -77,7 +83,7 @@ def cmd_conformance(args) -> int:
         print(f"== {kernel}", file=sys.stderr, flush=True)
         try:
             release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps, program,
-                                                  args.variant)
+                                                  args.variant, args.program_situation)
         except LabError as exc:
             doc["errors"][kernel] = str(exc)
             print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
@@ -110,7 +116,7 @@ def cmd_compare(args, behaviours) -> int:
             continue
         print(f"== {side}", file=sys.stderr, flush=True)
         release, cells, _ = measure(side, args.settings, behaviours, False, program_options.program_of(args),
-                                    args.variant)
+                                    args.variant, args.program_situation)
         print(format_table(side, release, cells), flush=True)
         sides.append((side, [cell.as_dict() for cell in cells]))
     (a_name, a_cells), (b_name, b_cells) = sides
@@ -142,13 +148,15 @@ def summary(records: list[dict]) -> str:
 
 
 def measure(kernel: str, settings, behaviours, with_apps: bool,
-            program=None, variant: str = "production") -> tuple[str, list[matrix.Cell], list[dict]]:
+            program=None, variant: str = "production",
+            program_situation: str = "redirected") -> tuple[str, list[matrix.Cell], list[dict]]:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
     patches = patches_of(kernel, settings)
     with api.boot(kernel, settings) as target:
         cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant,
+                           program_situation=program_situation,
                            patches=patches)
         return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
 

@@ -40,6 +40,8 @@ from lab.vm.target import Target
 SITUATIONS = ("plain", "redirected", "peer_outside", "passthrough", "verdict")
 # Situations whose traffic must take TCP: the peer outside the map, or a program that only watches.
 OVER_TCP = ("peer_outside", "passthrough", "verdict")
+# Where a program the lab did not write can be judged: as a redirect, or as one that only watches.
+PROGRAM_SITUATIONS = ("redirected", "passthrough")
 
 # What Linux TCP does on loopback, as the probes observe it (checked on the plain situation).
 EXPECTED_PLAIN = {
@@ -157,32 +159,41 @@ def check_situation(situation: str, before: dict, after: dict, probes: int, wher
 
 def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (),
             progress: Callable[[str], None] = print,
-            program: UserProgram | None = None, variant: str = "production") -> dict[str, dict[str, dict]]:
-    """situation -> behaviour -> probe record, on ``target`` (the lab's redirect, or ``program``,
-    installed for the block; the watching situations always run the lab's watching programs). The
-    lab's counters prove each situation (``check_situation``); a program the lab did not write has
+            program: UserProgram | None = None, variant: str = "production",
+            program_situation: str = "redirected") -> dict[str, dict[str, dict]]:
+    """situation -> behaviour -> probe record, on ``target``: the lab's programs installed for the
+    block, or ``program`` in their place in ``program_situation`` (``redirected``: judged as a
+    redirect; ``passthrough``: as a program that only watches). The lab's counters prove each
+    situation its own programs make (``check_situation``); a program the lab did not write has
     none, and each cell's path evidence (``judge``) is its proof there."""
+    if program_situation not in PROGRAM_SITUATIONS:
+        raise LabError(f"a program is judged in {' or '.join(PROGRAM_SITUATIONS)}, not {program_situation!r}")
+    as_redirect = program if program_situation == "redirected" else None
+    as_watcher = program if program_situation == "passthrough" else None
     observed: dict[str, dict[str, dict]] = {}
     with ExitStack() as stack:
         plain = stack.enter_context(api.cgroup(target))
-        installed = stack.enter_context(api.redirected_cgroup(target, variant, program=program))
-        if program is None and installed.variant != variant:
+        installed = stack.enter_context(api.redirected_cgroup(target, variant, program=as_redirect))
+        if as_redirect is None and installed.variant != variant:
             raise LabError(f"the {variant} variant is not offered on {target.name}: {installed.fallback_reason}")
-        watching = {shape: stack.enter_context(api.redirected_cgroup(target, shape)).cgroup
+        watching = {shape: stack.enter_context(api.redirected_cgroup(
+                        target, shape, program=as_watcher if shape == "passthrough" else None)).cgroup
                     for shape in redirect.WATCHING}
         accelerated = installed.cgroup
+        ours = accelerated if as_redirect is None else None   # the lab's counters, when its program
         guard_pin = (f"{installed.pin_dir}/maps/{redirect.GUARD_COUNTERS_MAP}"
                      if installed.variant == "guarded" else None)
-        places = {"plain": (plain, plain, accelerated if program is None else None),
-                  "redirected": (accelerated, accelerated, accelerated if program is None else None),
-                  "peer_outside": (accelerated, plain, accelerated if program is None else None),
-                  **{shape: (where, where, where) for shape, where in watching.items()}}
+        places = {"plain": (plain, plain, ours),
+                  "redirected": (accelerated, accelerated, ours),
+                  "peer_outside": (accelerated, plain, ours),
+                  **{shape: (where, where, None if shape == "passthrough" and as_watcher else where)
+                     for shape, where in watching.items()}}
         for situation, (app, peer, counted) in places.items():
             before = redirect.status(target, counted) if counted else None
             # The deliberate break applies where a difference is looked for, not to the reference.
             observed[situation] = run_probes(target, app, peer, behaviours,
                                              broken if situation != "plain" else (),
-                                             guard_pin if counted == accelerated else None)
+                                             guard_pin if app == accelerated else None)
             if before is not None:
                 check_situation(situation, before, redirect.status(target, counted), len(behaviours),
                                 target.name)
@@ -271,9 +282,11 @@ def path_error(situation: str, path: dict | None, plain_path: dict | None,
 
 def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, broken: Sequence[str] = (),
         progress: Callable[[str], None] = print, program: UserProgram | None = None,
-        variant: str = "production", patches: frozenset[str] = frozenset()) -> list[Cell]:
+        variant: str = "production", patches: frozenset[str] = frozenset(),
+        program_situation: str = "redirected") -> list[Cell]:
     """``patches``: the file names of the patches the kernel was built with (its catalog entry),
-    so that a defect one of them fixes is not listed for it."""
+    so that a defect one of them fixes is not listed for it. ``program`` is judged in
+    ``program_situation`` (see ``observe``)."""
     unknown = [name for name in behaviours if name not in EXPECTED_PLAIN]
     if unknown:
         raise LabError(f"unknown behaviour(s) {unknown}; the behaviours are {', '.join(BEHAVIOURS)}")
@@ -281,5 +294,6 @@ def run(target: Target, kernel: str, behaviours: Sequence[str] = BEHAVIOURS, bro
     if missing:
         raise LabError(f"the redirect cannot run here: {missing}")
     return judge(kernel, defects.upstream_version(target),
-                 observe(target, behaviours, broken, progress, program, variant), variant, patches)
+                 observe(target, behaviours, broken, progress, program, variant, program_situation),
+                 variant, patches)
 

@@ -105,3 +105,29 @@ def test_a_program_that_redirects_nothing_fails_every_redirected_cell(kernel, la
             assert redirected.status == "fail" and redirected.reason.startswith("not redirected"), redirected
         # the peer outside: TCP either way, proven; a named defect of this kernel may show there
         assert cells[(behaviour, "peer_outside")].status in ("pass", "xfail"), cells[(behaviour, "peer_outside")]
+
+
+def test_a_users_watching_program_is_judged_in_the_passthrough_situation(kernel, lab, request):
+    """`conformance --program FILE --program-situation passthrough`: a user's pass-only program
+    (bpf/examples/watcher.bpf.c, Beyla's shape) takes the place of the lab's watching program and is
+    judged like it: every passthrough cell that moved payload proves it went over TCP, and the
+    kernel's defects for that situation are its named xfails. A redirect posing as a watcher
+    (classic_sockhash) fails those cells as "not the passthrough situation". The host and 6.1 by
+    default."""
+    kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
+    if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
+        pytest.skip(f"on the host and {DEFAULT_GUEST} by default; run with --conformance-all")
+    target = request.getfixturevalue("target")
+    behaviours = ["fionread", "msg_peek", "shutdown_eof"]
+    examples = Path(__file__).resolve().parents[2] / "bpf" / "examples"
+    for program, judged_as_watcher in ((UserProgram(examples / "watcher.bpf.c"), True),
+                                       (UserProgram(examples / "classic_sockhash.bpf.c"), False)):
+        cells = {c.behaviour: c for c in matrix.run(target, kernel_id, behaviours, progress=print, program=program,
+                                                    program_situation="passthrough")
+                 if c.situation == "passthrough"}
+        for behaviour, cell in cells.items():
+            print(program.name, behaviour, cell.status, cell.path, cell.reason[:120])
+            if judged_as_watcher:
+                assert cell.status in ("pass", "xfail") and not cell.reason.startswith("not the"), cell
+            else:
+                assert cell.status == "fail" and cell.reason.startswith("not the passthrough situation"), cell
