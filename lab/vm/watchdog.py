@@ -5,7 +5,8 @@ or running a kernel that no longer answers (seen: QEMU spinning at 90% CPU, no S
 command sent to it then waits out its own timeout (minutes), and each of the kernel's remaining
 tests after it. A daemon thread per guest checks, every CHECK_SECONDS:
 
-- QMP ``query-status``: anything but "running" means the guest cannot answer;
+- QMP ``query-status``: anything but "running", or no answer at all (QEMU itself stopped), means the
+  guest cannot answer;
 - when a command has waited more than PROBE_AFTER seconds: does the guest run ``true`` within
   PROBE_SECONDS on a session of its own?
 
@@ -64,7 +65,7 @@ class Watchdog:
     def check(self) -> str | None:
         """Why the guest cannot answer (after capturing its state), or None while it can."""
         try:
-            status = self._status()
+            status = within(self._status, PROBE_SECONDS)
         except Exception as exc:
             if self._stopped.is_set() or not self._alive():  # QEMU ended: its own exit says why
                 return None
@@ -84,9 +85,30 @@ class Watchdog:
         for title, read in (("QEMU status", self._status), ("registers (info registers -a)", self._registers),
                             ("console tail", self._console_tail)):
             try:
-                parts.append(f"--- {title} ---\n{read()}")
+                parts.append(f"--- {title} ---\n{within(read, PROBE_SECONDS)}")
             except Exception as exc:
-                parts.append(f"--- {title} ---\n(could not be read: {exc})")
+                parts.append(f"--- {title} ---\n(could not be read: {type(exc).__name__}: {exc})")
         self.capture.parent.mkdir(parents=True, exist_ok=True)
         self.capture.write_text("\n".join(parts) + "\n")
         return why
+
+
+def within(read: Callable[[], object], seconds: float) -> object:
+    """``read()``, or TimeoutError after ``seconds``: a QEMU stopped as a whole (SIGSTOP) accepts a
+    QMP connection and never greets, and nothing here may wait on it for ever. The reading thread
+    is left behind; it ends when that QEMU does."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = read()
+        except BaseException as exc:
+            outcome["error"] = exc
+    reader = threading.Thread(target=run, name="guest-watchdog-read", daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():
+        raise TimeoutError(f"no answer within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]

@@ -4,6 +4,8 @@ up with its state captured; a busy guest that answers, or one whose QEMU has end
 
 from __future__ import annotations
 
+import time
+
 from lab.vm import watchdog
 
 
@@ -61,3 +63,15 @@ def test_the_thread_gives_the_guest_up_once_naming_the_capture(tmp_path, monkeyp
     dog._thread.join(5)
     assert stand.given_up == [f"QEMU reports the VM 'paused', not running; what QEMU could still tell is in "
                               f"{tmp_path / watchdog.CAPTURE_NAME}"]
+
+
+def test_a_qemu_that_never_answers_its_monitor_is_lost_and_never_blocks_the_capture(tmp_path, monkeypatch):
+    # A QEMU stopped whole (SIGSTOP) accepts the QMP connection and never greets.
+    monkeypatch.setattr(watchdog, "PROBE_SECONDS", 0.2)
+    stand = Stand()
+    stand.status = lambda: time.sleep(30)
+    dog = stand.dog(tmp_path)
+    started = time.monotonic()
+    assert dog.check().startswith("its QMP monitor did not answer (no answer within 0 s)")
+    assert time.monotonic() - started < 2
+    assert "(could not be read: TimeoutError" in dog.capture.read_text()
