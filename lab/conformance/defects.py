@@ -121,7 +121,8 @@ KNOWN: tuple[Defect, ...] = (
            lambda seen: seen == {"fionread": 0},
            "the same root as fionread-sockmap (929e30f93125 made FIONREAD count ingress_msg); seen "
            "on 5.10.223 here, while 6.1.176 and later pass here (their verdict path leaves copied_seq "
-           "to the reader); the release between that changed it is not known here",
+           "to the reader); which release between changed it is not known here, so the table counts "
+           "every release before 6.1 as affected",
            fixed=(6, 1, 0)),
     Defect("splice-read", ("splice_from_socket",), ("redirected", "verdict"),
            "splice(2) from a redirected socket never sees the data (tcp_splice_read reads only "
