@@ -182,6 +182,8 @@ def concurrent_check(env: Env, v: Verdict) -> None:
                 view.name, "data")
     sockets = red.sockets["client"]["sockets"] + red.sockets["server"]["sockets"]
     check_entries(v, red, "connected", sockets)
+    # two per connection, whatever the scenario reported of its sockets
+    v.equal("map entries connected, two per connection", len(red.entries("connected")), 2 * conns)
     check_entries(v, red, "open", sockets)
     check_no_entries(v, red)
     check_counters(v, red.counters_delta(), inserted_v4=2 * conns, insert_failed=0,
