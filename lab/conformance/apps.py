@@ -302,28 +302,25 @@ def splice_proxy_expected(size: int) -> dict:
             "upstream_intact": True, "proxy": {"client->upstream": done, "upstream->client": done}}
 
 
-def observe_http_client(output: str, program: str) -> dict:
-    """goapps http-client's or node-http.js client's report: statuses, bodies intact (against the
-    server's own SHA-256 of what it serves), bytes, connections opened."""
+def observe_json_client(output: str, program: str, fields: tuple[str, ...]) -> dict:
+    """A client that reports one JSON object (goapps, node-http.js): ``fields`` of it are what is
+    compared, and its "error" when it has one."""
     doc = last_json(output, program)
-    checked = {key: doc.get(key) for key in ("statuses", "intact", "bytes", "connections")}
+    checked = {key: doc.get(key) for key in fields}
     if "error" in doc:
         checked["error"] = doc["error"]
     return {"checked": checked, "figures": {}}
+
+
+# goapps http-client's and node-http.js client's report: statuses, bodies intact (against the
+# server's own SHA-256 of what it serves), bytes, connections opened.
+HTTP_CLIENT_FIELDS = ("statuses", "intact", "bytes", "connections")
+GO_PROXY_FIELDS = ("sent", "echoed", "intact", "finished", "proxy")
 
 
 def http_client_expected(requests: int, size: int) -> dict:
     return {"statuses": [200] * requests, "intact": [True] * requests, "bytes": requests * size,
             "connections": 1}
-
-
-def observe_go_proxy(output: str) -> dict:
-    doc = last_json(output, "goapps proxy-client")
-    keys_ = ("sent", "echoed", "intact", "finished", "proxy")
-    checked = {key: doc.get(key) for key in keys_}
-    if "error" in doc:
-        checked["error"] = doc["error"]
-    return {"checked": checked, "figures": {}}
 
 
 def go_proxy_expected(size: int) -> dict:
@@ -388,7 +385,8 @@ def go_http_app() -> App:
         "go_http", {},
         f'{GOAPPS_ON_TARGET} http-server --port "$PORT" --bytes {GO_HTTP_BYTES}',
         f'{GOAPPS_ON_TARGET} http-client --port "$PORT" --requests {GO_HTTP_REQUESTS} --deadline {RUNTIME_LIMIT}s',
-        RUNTIME_LIMIT + SLACK, functools.partial(observe_http_client, program="goapps http-client"),
+        RUNTIME_LIMIT + SLACK,
+        functools.partial(observe_json_client, program="goapps http-client", fields=HTTP_CLIENT_FIELDS),
         http_client_expected(GO_HTTP_REQUESTS, GO_HTTP_BYTES), lambda checked: checked.get("bytes") or 0)
 
 
@@ -398,7 +396,9 @@ def go_proxy_app() -> App:
         f'{GOAPPS_ON_TARGET} echo --port "$PORT"',
         f'{GOAPPS_ON_TARGET} proxy-client --upstream-port "$PORT" --bytes {GO_PROXY_BYTES} '
         f'--deadline {GO_PROXY_DEADLINE}s',
-        GO_PROXY_DEADLINE + SLACK, observe_go_proxy, go_proxy_expected(GO_PROXY_BYTES),
+        GO_PROXY_DEADLINE + SLACK,
+        functools.partial(observe_json_client, program="goapps proxy-client", fields=GO_PROXY_FIELDS),
+        go_proxy_expected(GO_PROXY_BYTES),
         lambda checked: checked.get("sent") or 0, go_splice_read_defect)
 
 
@@ -408,7 +408,8 @@ def node_http_app() -> App:
         "node_http", {"node": "nodejs"},
         f'node {script} server "$PORT" {NODE_HTTP_BYTES}',
         f'node {script} client "$PORT" {NODE_HTTP_REQUESTS}',
-        RUNTIME_LIMIT + SLACK, functools.partial(observe_http_client, program="node-http.js client"),
+        RUNTIME_LIMIT + SLACK,
+        functools.partial(observe_json_client, program="node-http.js client", fields=HTTP_CLIENT_FIELDS),
         http_client_expected(NODE_HTTP_REQUESTS, NODE_HTTP_BYTES), lambda checked: checked.get("bytes") or 0)
 
 
@@ -425,9 +426,6 @@ def serve_file(target: Target) -> str:
 def make_app(target: Target, name: str) -> App:
     if name == "nginx":
         return nginx_app(serve_file(target))
-    if name.startswith("go_"):
-        target.put(gobuild.goapps_binary(), GOAPPS_ON_TARGET)
-        target.run(["chmod", "+x", GOAPPS_ON_TARGET], check=True)
     return {"redis": redis_app, "splice_proxy": splice_proxy_app, "go_http": go_http_app,
             "go_proxy": go_proxy_app, "node_http": node_http_app}[name]()
 
@@ -585,7 +583,7 @@ def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: st
     and, given ``passthrough_cgroup`` (the ``passthrough`` variant installed there), through the
     watching programs.
 
-    A record: kernel, app, transport (tcp | redirect), status (pass | fail | xfail), observed
+    A record: kernel, app, transport (tcp | redirect | passthrough), status (pass | fail | xfail), observed
     ({"checked": what is compared, "figures": digests and rates, "redirect_counters": the counters'
     growth during a redirect or passthrough run, "watch_counters": the watching programs' during a
     passthrough run}), expected (tcp: what the app must do; the others: the tcp run's checked),
@@ -597,6 +595,9 @@ def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: st
     peers.install_peer_script(target)
     for name in FILES:
         ensure_on_target(target, name)
+    if any(name.startswith("go_") for name in apps):  # one binary serves every Go app
+        target.put(gobuild.goapps_binary(), GOAPPS_ON_TARGET)
+        target.run(["chmod", "+x", GOAPPS_ON_TARGET], check=True)
     cgroups = {"tcp": plain_cgroup, "redirect": redirect_cgroup}
     if passthrough_cgroup is not None:
         cgroups["passthrough"] = passthrough_cgroup

@@ -14,7 +14,8 @@ Every cell first proves its situation from the kernel's own count of the TCP dat
 end sent (``path``, tcpi_data_segs_out: program-independent): ``redirected`` -> no end's payload
 took a segment; ``peer_outside``, ``passthrough``, ``verdict`` -> every end that sent payload in
 plain TCP sent it over TCP again. The lab's counters add, per situation: how many sockets went into
-the map, and that the watching programs ran (bpf/sockredir_watch.h) and redirected nothing. A cell whose situation was not what it claims fails ("not redirected"), whatever it observed.
+the map, and that the watching programs ran (bpf/sockredir_watch.h) and redirected nothing. A cell
+whose situation was not what it claims fails ("not redirected"), whatever it observed.
 
 Then a cell is ``pass`` when the situation's observation equals plain TCP's; otherwise it is
 ``xfail`` if the difference is a known kernel defect's exact symptom (``lab.conformance.defects``,
@@ -176,18 +177,18 @@ def observe(target: Target, behaviours: Sequence[str], broken: Sequence[str] = (
         installed = stack.enter_context(api.redirected_cgroup(target, variant, program=as_redirect))
         if as_redirect is None and installed.variant != variant:
             raise LabError(f"the {variant} variant is not offered on {target.name}: {installed.fallback_reason}")
-        watching = {shape: stack.enter_context(api.redirected_cgroup(
-                        target, shape, program=as_watcher if shape == "passthrough" else None)).cgroup
-                    for shape in redirect.WATCHING}
         accelerated = installed.cgroup
         ours = accelerated if as_redirect is None else None   # the lab's counters, when its program
         guard_pin = (f"{installed.pin_dir}/maps/{redirect.GUARD_COUNTERS_MAP}"
                      if installed.variant == "guarded" else None)
+        # situation -> (the app's cgroup, the peer's, the cgroup whose lab counters prove it or None)
         places = {"plain": (plain, plain, ours),
                   "redirected": (accelerated, accelerated, ours),
-                  "peer_outside": (accelerated, plain, ours),
-                  **{shape: (where, where, None if shape == "passthrough" and as_watcher else where)
-                     for shape, where in watching.items()}}
+                  "peer_outside": (accelerated, plain, ours)}
+        for shape in redirect.WATCHING:
+            theirs = as_watcher if shape == "passthrough" else None
+            where = stack.enter_context(api.redirected_cgroup(target, shape, program=theirs)).cgroup
+            places[shape] = (where, where, None if theirs else where)
         for situation, (app, peer, counted) in places.items():
             before = redirect.status(target, counted) if counted else None
             # The deliberate break applies where a difference is looked for, not to the reference.

@@ -352,8 +352,10 @@ class Guest:
         with self._abandon_lock:
             if not self.alive:
                 return
-            if self._watchdog is not None and not self._watchdog.capture.exists():
-                why = f"{self._watchdog.record(why)}; what QEMU could still tell is in {self._watchdog.capture}"
+            if self._watchdog is not None:
+                if not self._watchdog.capture.exists():  # the watchdog's own finding is captured already
+                    self._watchdog.record(why)
+                why = f"{why}; what QEMU could still tell is in {self._watchdog.capture}"
             cpu = _cpu_seconds(self._proc.pid)
             self._abandoned = (f"it stopped answering over SSH while QEMU still ran ({why.strip()[:400]}; "
                                f"QEMU had used {cpu} of CPU time); the lab stopped QEMU (pid "

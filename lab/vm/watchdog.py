@@ -59,7 +59,7 @@ class Watchdog:
                 return
             why = self.check()
             if why and not self._stopped.is_set():
-                self._give_up(f"{why}; what QEMU could still tell is in {self.capture}")
+                self._give_up(why)  # the guest names the capture in its death
                 return
 
     def check(self) -> str | None:

@@ -239,19 +239,21 @@ def test_a_passthrough_run_is_judged_by_the_watching_programs_counters():
 def test_the_runtimes_http_clients_report_every_body_intact_over_one_connection():
     for name, requests, size in (("go_http", apps.GO_HTTP_REQUESTS, apps.GO_HTTP_BYTES),
                                  ("node_http", apps.NODE_HTTP_REQUESTS, apps.NODE_HTTP_BYTES)):
-        checked = apps.observe_http_client(output(f"{name}-tcp.txt"), name)["checked"]
+        checked = apps.observe_json_client(output(f"{name}-tcp.txt"), name, apps.HTTP_CLIENT_FIELDS)["checked"]
         assert checked == apps.http_client_expected(requests, size)
-    broken = apps.observe_http_client('{"statuses": [200], "intact": [false], "bytes": 5, "connections": 2, '
-                                      '"error": "GET /body #2: EOF"}', "x")["checked"]
+    broken = apps.observe_json_client('{"statuses": [200], "intact": [false], "bytes": 5, "connections": 2, '
+                                      '"error": "GET /body #2: EOF"}', "x", apps.HTTP_CLIENT_FIELDS)["checked"]
     assert broken["error"] == "GET /body #2: EOF" and broken != apps.http_client_expected(1, 5)
-    assert apps.observe_http_client("panic: boom", "goapps http-client")["checked"]["error"].startswith(
+    assert apps.observe_json_client("panic: boom", "goapps http-client",
+                                    apps.HTTP_CLIENT_FIELDS)["checked"]["error"].startswith(
         "goapps http-client printed no JSON result")
 
 
 def test_go_io_copy_meeting_splice_read_is_its_named_xfail_and_nothing_else_is():
-    tcp = apps.observe_go_proxy(output("go_proxy-tcp.txt"))["checked"]
+    proxy = apps.go_proxy_app()
+    tcp = proxy.observe(output("go_proxy-tcp.txt"))["checked"]
     assert tcp == apps.go_proxy_expected(apps.GO_PROXY_BYTES)
-    lost = apps.observe_go_proxy(output("go_proxy-redirect.txt"))["checked"]   # the host, 6.18.44: EOF at once
+    lost = proxy.observe(output("go_proxy-redirect.txt"))["checked"]   # the host, 6.18.44: EOF at once
     assert apps.go_splice_read_defect(lost, "6.18.44").name == "splice-read"
     hung = dict(lost, finished=False, proxy={"client_to_upstream": {"copied": 0, "done": False},
                                              "upstream_to_client": {"copied": 0, "done": False}})
