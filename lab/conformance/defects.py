@@ -145,16 +145,20 @@ KNOWN: tuple[Defect, ...] = (
            '"still a few problems about what to do when limits are reached") and #6438; '
            'd888b7af7c14 "tcp_bpf: Add sk_rmem_alloc related logic" accounts, does not limit',
            worked_around_by=("guarded",)),
-    Defect("blocking-eagain", ("blocking_recv", "blocking_recv_stream"), ("redirected", "peer_outside", "passthrough"),
-           "a blocking recv() fails with EAGAIN: tcp_bpf_recvmsg waits once (tcp_msg_wait_data) and "
-           "returns -EAGAIN when that wait ends without data for it, e.g. woken by write space on the "
-           "shared wait queue while data flows both ways, where tcp_recvmsg keeps waiting; it is the "
-           "receive path of every socket in a sockmap without a verdict program, so a pass-only sk_msg "
-           "program brings it too",
+    Defect("blocking-eagain", ("blocking_recv", "blocking_recv_stream"),
+           ("redirected", "peer_outside", "passthrough", "verdict"),
+           "a blocking recv() fails with EAGAIN: tcp_bpf_recvmsg (and, with an sk_skb verdict "
+           "program, tcp_bpf_recvmsg_parser) waits once (tcp_msg_wait_data) and returns -EAGAIN when "
+           "that wait ends without data in the psock, e.g. woken by write space on the shared wait "
+           "queue while data flows both ways, or by an skb the verdict program has not moved into "
+           "the psock yet, where tcp_recvmsg keeps waiting; it is the receive path of every socket "
+           "in a sockmap, so a pass-only sk_msg program brings it too",
            lambda seen: _blocking_recv_eagain(seen),
            f"{TCP_BPF_ORIGIN}; 5b2c5540b811 \"bpf, sockmap: Fix return codes from "
-           "tcp_bpf_recvmsg_parser()\" (2022) fixed the same return for the parser path only; "
-           "intermittent: blocking_recv_stream (32 MiB both ways) shows it in most host runs, and "
+           "tcp_bpf_recvmsg_parser()\" (2022) fixed the parser's returns for a closed or "
+           "non-blocking socket but kept the -EAGAIN after a wait; "
+           "intermittent: blocking_recv_stream (32 MiB both ways) shows it in most host runs, "
+           "with a verdict program on the host once in CI (2026-12-08), and "
            "a one-vCPU guest's transfers both ways often (5.10's outside-* scenarios in 3 of 6)",
            intermittent=True),
     Defect("waitall-ignored", ("msg_waitall",), ("redirected",),
