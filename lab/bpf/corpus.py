@@ -260,6 +260,38 @@ def _check_outcome(value: Any, fail) -> None:
         raise fail(f"outcome {value!r} is not one of {', '.join(OUTCOMES)}")
 
 
+# ----------------------------------------------------------------------------- judging
+
+@dataclass
+class Judgement:
+    """A verdict against what was expected of it on that kernel."""
+
+    verdict: ObjectVerdict
+    expected: Expectation
+    problems: list[str]
+
+    @property
+    def held(self) -> bool:
+        return not self.problems
+
+
+def judge(verdict: ObjectVerdict, kernel_id: str, case: Case | None, expect: str | None,
+          target=None) -> Judgement:
+    """``--expect`` if given, else the corpus case's expectation for the kernel, else accepted."""
+    if expect:
+        expected = Expectation(expect, "--expect")
+    else:
+        expected = (case.expectation(kernel_id, verdict.kernel_release, target) if case is not None else None) \
+            or Expectation("accepted", "default (no --expect, not a corpus case)")
+    if case is not None and not expect:
+        problems = case.check(verdict, expected)
+    elif verdict.outcome != expected.outcome:
+        problems = [f"outcome {verdict.outcome}, expected {expected.outcome}"]
+    else:
+        problems = []
+    return Judgement(verdict, expected, problems)
+
+
 # ----------------------------------------------------------------------------- recording
 
 def record(case: Case, kernel_id: str, verdict: ObjectVerdict) -> None:

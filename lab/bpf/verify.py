@@ -319,3 +319,24 @@ def only_section(obj: Path, keep: str, sections: list[str], outdir: Path) -> Pat
     if proc.returncode != 0:
         raise LabError(f"{OBJCOPY} could not split {obj} at section {keep}: {proc.stderr.strip()}")
     return out
+
+
+# ----------------------------------------------------------------------------- logs
+
+def save_logs(verdict: ObjectVerdict, directory: Path) -> None:
+    """bpftool's whole output, one verifier log per program, and the verdict as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bpftool-loadall.txt").write_text(verdict.bpftool_output)
+    for section, output in verdict.solo_outputs.items():
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", section)
+        (directory / f"bpftool-loadall-only-{safe}.txt").write_text(output)
+    for prog in verdict.programs:
+        if prog.log:
+            (directory / f"{prog.name}.log").write_text(prog.log)
+    (directory / "verdict.json").write_text(json.dumps(verdict.as_dict(), indent=2) + "\n")
+
+
+def full_log_path(verdict: ObjectVerdict, directory: Path) -> Path:
+    if verdict.outcome == "rejected":
+        return directory / f"{verdict.rejected[0].name}.log"
+    return directory / "bpftool-loadall.txt"

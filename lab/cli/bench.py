@@ -14,16 +14,15 @@ import dataclasses
 import datetime
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from lab import LabError, api
+from lab import LabError, api, per_kernel
 from lab.bench import redirect as bench
 from lab.bench import report
 from lab.cache import cache_dir
-from lab.cli.guest import available_kernel_ids, target_ids
+from lab.cli import targets
 
 PEER_TOOLS = ("iperf3", "sockperf", "redis")
 
@@ -44,8 +43,7 @@ def register(subparsers) -> None:
         description="Measures, on each target, plain loopback TCP, TCP through the production "
                     "redirect and AF_UNIX side by side, interleaved and repeated, and real peers "
                     "with and without the redirect. Guests under TCG give ratios, not absolute figures.")
-    speed.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
-                       help="catalog kernel id or host (repeatable, or `all`; default host)")
+    targets.add_kernel_option(speed)
     speed.add_argument("--sizes", default=",".join(report.format_size(s) for s in bench.DEFAULT_SIZES),
                        help="message sizes, K/M suffixes (default %(default)s)")
     speed.add_argument("--modes", default=",".join(bench.MODES), help="rr and/or stream (default %(default)s)")
@@ -105,17 +103,17 @@ def new_document(options: bench.Options) -> dict:
 def cmd_bench_redirect(args) -> int:
     options = options_from(args)
     doc = new_document(options)
-    for kernel in target_ids(args):
-        started = time.monotonic()
-        print(f"== {kernel}", file=sys.stderr, flush=True)
-        try:
-            bench_one(kernel, args.settings, options, doc)
-        except LabError as exc:
-            # The rest of the run goes on; the document and the exit status say what failed.
-            doc["errors"][kernel] = str(exc)
-            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
-        else:
-            print_target(doc, kernel, time.monotonic() - started)
+
+    def work(kernel: str, target) -> bench.TargetRun:
+        return bench.bench_target(target, kernel, options, targets.progress)
+
+    for run in per_kernel.run_each(targets.kernel_ids(args), args.settings, work,
+                                   artifacts_of=targets.artifacts_of(args, "bench")):
+        if run.result is not None:
+            record(doc, run)
+            print_target(doc, run.kernel, run.seconds)
+        if run.problem:  # the rest of the run goes on; the document and the exit status say what failed
+            doc["errors"][run.kernel] = run.problem
         if args.json:
             report.write_json(doc, args.json)
     if args.plot:
@@ -125,25 +123,15 @@ def cmd_bench_redirect(args) -> int:
     return 1 if doc["errors"] else 0
 
 
-def bench_one(kernel: str, settings, options: bench.Options, doc: dict) -> None:
-    def progress(message: str) -> None:
-        print(f"  {message}", file=sys.stderr, flush=True)
-
-    def measure(target, accel: str) -> None:
-        outcome = bench.bench_target(target, kernel, options, progress)
-        doc["results"] += outcome.results
-        doc["peers"] += outcome.peers
-        doc["bpf_stats"][kernel] = outcome.bpf_stats
-        doc["meta"]["accel"][kernel] = accel
-        doc["meta"]["release"][kernel] = target.kernel_release
-        doc["meta"]["cpus"][kernel] = len(outcome.cpus)
-        doc["meta"]["notes"][kernel] = outcome.notes
-
-    if kernel == api.HOST:
-        measure(api.host(), "native")
-        return
-    with api.guest(kernel, settings) as guest:  # its console and logs go with it afterwards
-        measure(guest.target, guest.accel.name)
+def record(doc: dict, run: per_kernel.KernelRun) -> None:
+    outcome, kernel = run.result, run.kernel
+    doc["results"] += outcome.results
+    doc["peers"] += outcome.peers
+    doc["bpf_stats"][kernel] = outcome.bpf_stats
+    doc["meta"]["accel"][kernel] = run.accel
+    doc["meta"]["release"][kernel] = run.release
+    doc["meta"]["cpus"][kernel] = len(outcome.cpus)
+    doc["meta"]["notes"][kernel] = outcome.notes
 
 
 def print_target(doc: dict, kernel: str, seconds: float) -> None:
@@ -174,7 +162,7 @@ def cmd_bench_boot(args) -> int:
         raise LabError("--runs must be at least 1")
     settings = args.settings
     cold_settings = dataclasses.replace(settings, cold_boot=True)
-    ids = args.kernels or available_kernel_ids(settings)
+    ids = [kernel for kernel in targets.kernel_ids(args, default=["all"]) if kernel != api.HOST]  # guests boot
     image = api.guest_image(settings)
     rows: list[BootRow] = []
     for kernel_id in ids:

@@ -17,13 +17,12 @@ in its table).
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
+from typing import Iterator
 
-from lab import LabError, api
+from lab import LabError, api, per_kernel
 from lab.bench.report import write_json
-from lab.cli import program_options
-from lab.cli.guest import target_ids
+from lab.cli import program_options, targets
 from lab.conformance import apps, compare, defects, matrix
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "xpass"}
@@ -45,8 +44,7 @@ def register(subparsers) -> None:
         description="Probes FIONREAD, poll/epoll, MSG_PEEK/WAITALL, timeouts, EOF and resets, splice, "
                     "sendfile, backpressure... on connections with both ends redirected and with one "
                     "end in the map, against plain TCP of the same kernel in the same run.")
-    parser.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
-                        help="catalog kernel id, host, or all (repeatable; default host)")
+    targets.add_kernel_option(parser)
     parser.add_argument("--behaviour", dest="behaviours", action="append", choices=matrix.BEHAVIOURS,
                         metavar="NAME", help="probe only these (repeatable; default all)")
     parser.add_argument("--apps", action="store_true",
@@ -79,21 +77,18 @@ def cmd_conformance(args) -> int:
     doc = {"results": [], "apps": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
-    for kernel in target_ids(args):
-        print(f"== {kernel}", file=sys.stderr, flush=True)
-        try:
-            release, cells, app_records = measure(kernel, args.settings, behaviours, args.apps, program,
-                                                  args.variant, args.program_situation)
-        except LabError as exc:
-            doc["errors"][kernel] = str(exc)
-            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
-        else:
-            doc["meta"]["release"][kernel] = release
+    for run in measure(targets.kernel_ids(args), args.settings, behaviours, targets.artifacts_of(args, "conformance"),
+                       args.apps, program, args.variant, args.program_situation):
+        if run.result is not None:
+            cells, app_records = run.result
+            doc["meta"]["release"][run.kernel] = run.release
             doc["results"] += [cell.as_dict() for cell in cells]
             doc["apps"] += app_records
-            print(format_table(kernel, release, cells), flush=True)
+            print(format_table(run.kernel, run.release, cells), flush=True)
             if app_records:
                 print(format_apps(app_records), flush=True)
+        if run.problem:
+            doc["errors"][run.kernel] = run.problem
         if args.json:
             write_json(doc, args.json)
     failed = [r for r in doc["results"] + doc["apps"] if failing(r)]
@@ -110,14 +105,17 @@ def cmd_compare(args, behaviours) -> int:
     if args.kernels or args.apps:
         raise LabError("--compare A B names the two sides itself; drop --kernel and --apps")
     sides = []
+    artifacts_of = targets.artifacts_of(args, "conformance-compare")
     for side in args.compare:
         if Path(side).is_file():
             sides.append(compare.read_side(Path(side)))
             continue
-        print(f"== {side}", file=sys.stderr, flush=True)
-        release, cells, _ = measure(side, args.settings, behaviours, False, program_options.program_of(args),
-                                    args.variant, args.program_situation)
-        print(format_table(side, release, cells), flush=True)
+        run = next(measure([side], args.settings, behaviours, artifacts_of, False,
+                           program_options.program_of(args), args.variant, args.program_situation))
+        if run.problem:  # a splat on either side is no proof of anything
+            raise LabError(f"--compare: {side} could not be measured: {run.problem}")
+        cells, _ = run.result
+        print(format_table(side, run.release, cells), flush=True)
         sides.append((side, [cell.as_dict() for cell in cells]))
     (a_name, a_cells), (b_name, b_cells) = sides
     found = compare.differences(a_cells, b_cells)
@@ -147,18 +145,19 @@ def summary(records: list[dict]) -> str:
     return ", ".join(f"{sum(r['status'] == status for r in results)} {status}" for status in ("pass", "fail", "xfail"))
 
 
-def measure(kernel: str, settings, behaviours, with_apps: bool,
-            program=None, variant: str = "production",
-            program_situation: str = "redirected") -> tuple[str, list[matrix.Cell], list[dict]]:
-    def progress(message: str) -> None:
-        print(f"  {message}", file=sys.stderr, flush=True)
+Measured = tuple[list[matrix.Cell], list[dict]]  # the cells, the applications' records
 
-    patches = patches_of(kernel, settings)
-    with api.boot(kernel, settings) as target:
-        cells = matrix.run(target, kernel, behaviours, progress=progress, program=program, variant=variant,
-                           program_situation=program_situation,
-                           patches=patches)
-        return target.kernel_release, cells, run_apps(target, kernel, progress) if with_apps else []
+
+def measure(kernels: list[str], settings, behaviours, artifacts_of, with_apps: bool, program=None,
+            variant: str = "production",
+            program_situation: str = "redirected") -> Iterator[per_kernel.KernelRun[Measured]]:
+    def work(kernel: str, target) -> Measured:
+        cells = matrix.run(target, kernel, behaviours, progress=targets.progress, program=program,
+                           variant=variant, program_situation=program_situation,
+                           patches=patches_of(kernel, settings))
+        return cells, run_apps(target, kernel, targets.progress) if with_apps else []
+
+    return per_kernel.run_each(kernels, settings, work, artifacts_of=artifacts_of)
 
 
 def run_apps(target, kernel: str, progress) -> list[dict]:

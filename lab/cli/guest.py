@@ -30,18 +30,6 @@ def register(subparsers) -> None:
     shell.set_defaults(func=cmd_shell)
 
 
-def available_kernel_ids(settings) -> list[str]:
-    return [e.id for e in settings.catalog().entries if not e.unavailable_reason()]
-
-
-def target_ids(args) -> list[str]:
-    """The targets of a command's repeatable ``--kernel ID|host|all`` (default: the host)."""
-    wanted = args.kernels or [api.HOST]
-    if "all" in wanted:
-        return available_kernel_ids(args.settings) + [api.HOST]
-    return list(dict.fromkeys(wanted))
-
-
 def cmd_shell(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     workdir = Path(tempfile.mkdtemp(prefix=f"shell-{args.kernel}-", dir=cache_dir("run")))

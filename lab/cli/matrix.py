@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from lab import LabError
-from lab.cli.guest import available_kernel_ids
+from lab import LabError, api
+from lab.cli import targets
 from lab.matrix import report as matrix_report
 from lab.matrix import run as matrix_run
 from lab.vm import capacity
@@ -63,11 +63,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    kernels = args.kernels or available_kernel_ids(args.settings) + ["host"]
-    unknown = [k for k in kernels if k != "host" and args.settings.catalog().find(k) is None]
-    if unknown:
-        raise LabError(f"--kernel {', '.join(unknown)}: not in the catalog "
-                       f"(known: {', '.join(args.settings.catalog().ids + ['host'])})")
+    kernels = targets.kernel_ids(args, default=["all"])
     fits = capacity.this_machine()
     jobs = args.jobs or fits.guests
     if jobs < 1:
@@ -77,7 +73,7 @@ def cmd_matrix(args) -> int:
     def say(message: str) -> None:
         print(f"[matrix {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    guest_cpus = fits.guest_cpus(min(jobs, sum(1 for kernel in kernels if kernel != "host")))
+    guest_cpus = fits.guest_cpus(min(jobs, sum(1 for kernel in kernels if kernel != api.HOST)))
     say(f"{len(kernels)} kernel(s): {', '.join(kernels)}; {jobs} at once "
         f"({fits.explain() if not args.jobs else 'as asked'}), {guest_cpus} vCPU(s) each "
         f"(-- --guest-cpus N to choose); runs in {out}")

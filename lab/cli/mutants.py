@@ -13,10 +13,10 @@ import datetime
 import sys
 from pathlib import Path
 
-from lab import LabError, api
+from lab import per_kernel
 from lab.bench.report import write_json
 from lab.bpf import mutants
-from lab.cli.guest import target_ids
+from lab.cli import targets
 from lab.scenario import mutants as mutant_runs
 
 
@@ -26,8 +26,7 @@ def register(subparsers) -> None:
         description="Installs each mutant of the production redirect in place of the real one and "
                     "runs the scenarios until one fails: a mutant that passes them all is a hole in "
                     "the checks.")
-    parser.add_argument("--kernel", dest="kernels", action="append", metavar="ID|host",
-                        help="catalog kernel id, host, or all (repeatable; default host)")
+    targets.add_kernel_option(parser)
     parser.add_argument("--mutant", dest="names", action="append", metavar="NAME",
                         help="only this mutant (repeatable; default every one)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results here (after each target)")
@@ -38,7 +37,7 @@ def register(subparsers) -> None:
 
 def cmd_mutants(args) -> int:
     chosen = [mutants.find(name) for name in args.names] if args.names else mutants.load_mutants()
-    kernels = target_ids(args)
+    kernels = targets.kernel_ids(args)
     doc = {"results": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
     results: list[mutant_runs.MutantResult] = []
@@ -46,16 +45,15 @@ def cmd_mutants(args) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    for kernel in kernels:
-        print(f"== {kernel}: {len(chosen)} mutants", file=sys.stderr, flush=True)
-        try:
-            with api.boot(kernel, args.settings) as target:
-                controls: dict = {}
-                for mutant in chosen:
-                    results.append(mutant_runs.run_mutant(target, kernel, mutant, progress, controls))
-        except LabError as exc:
-            doc["errors"][kernel] = str(exc)
-            print(f"sockredir-lab: {kernel}: {exc}", file=sys.stderr, flush=True)
+    def work(kernel: str, target) -> None:
+        progress(f"== {kernel}: {len(chosen)} mutants")
+        controls: dict = {}
+        for mutant in chosen:  # into results at once: a guest lost later keeps these
+            results.append(mutant_runs.run_mutant(target, kernel, mutant, progress, controls))
+
+    for run in per_kernel.run_each(kernels, args.settings, work, artifacts_of=targets.artifacts_of(args, "mutants")):
+        if run.problem:
+            doc["errors"][run.kernel] = run.problem
         doc["results"] = [r.as_dict() for r in results]
         if args.json:
             write_json(doc, args.json)

@@ -16,29 +16,12 @@ import argparse
 import json
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from lab import LabError, api
+from lab import LabError, api, per_kernel
 from lab.bpf import corpus, verify
 
-HOST = api.HOST
-
-
-@dataclass
-class KernelRun:
-    kernel: str
-    verdict: verify.ObjectVerdict | None = None
-    expected: corpus.Expectation | None = None
-    problems: list[str] | None = None
-    error: str | None = None
-    log_dir: Path | None = None
-
-    @property
-    def held(self) -> bool | None:
-        if self.verdict is None or self.expected is None:
-            return None
-        return not self.problems
+Run = per_kernel.KernelRun[corpus.Judgement]
 
 
 def register(subparsers) -> None:
@@ -77,36 +60,41 @@ def cmd_verify(args) -> int:
     capabilities = _capabilities(args.caps, case)
     obj = _object(source, tuple(args.define) + (case.defines if case else ()))
     args.settings.progress = _progress
-    kernel_ids = _kernel_ids(args.kernel, args.settings)
+    kernel_ids = per_kernel.resolve(args.kernel, args.settings)
     # Relative to the working directory, not to the package: an installed copy has no checkout to write into.
     log_root = (args.log_dir or Path("artifacts") / "verify" / (
         f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     print(f"verifying {source.name} ({obj}) on {', '.join(kernel_ids)}; logs in {log_root}")
+
+    def work(kernel: str, target) -> corpus.Judgement:
+        verdict = verify.verify_object(target, obj, capabilities)
+        verify.save_logs(verdict, log_root / kernel)
+        return corpus.judge(verdict, kernel, case, args.expect, target)
+
     runs = []
-    for kernel_id in kernel_ids:
-        run = KernelRun(kernel_id, log_dir=log_root / kernel_id)
-        try:
-            _run_kernel(run, obj, capabilities, case, args.expect, args.settings)
-        except LabError as exc:
-            run.error = str(exc)
+    for run in per_kernel.run_each(kernel_ids, args.settings, work, artifacts_of=lambda kernel: log_root / kernel):
         runs.append(run)
-        print_run(run)
-        if args.record and run.verdict is not None:
-            if kernel_id == HOST:
-                print("  (not recorded: the host is not a corpus kernel)")
-            else:
-                try:
-                    corpus.record(case, kernel_id, run.verdict)
-                    print(f"  recorded in {case.sidecar}")
-                except corpus.CorpusError as exc:  # the outcome did not show what the case is about
-                    run.error = str(exc)
-                    print(f"  {exc}")
+        print_run(run, log_root / run.kernel)
+        if args.record and run.result is not None and not run.problem:
+            _record(case, run)
     print_summary(runs)
     if args.json:
-        print(json.dumps([_run_dict(r) for r in runs], indent=2))
-    if any(r.error for r in runs):
+        print(json.dumps([_run_dict(r, log_root) for r in runs], indent=2))
+    if any(r.problem for r in runs):
         return 2
-    return 0 if all(r.held for r in runs) else 1
+    return 0 if all(r.result.held for r in runs) else 1
+
+
+def _record(case: corpus.Case, run: Run) -> None:
+    if run.kernel == api.HOST:
+        print("  (not recorded: the host is not a corpus kernel)")
+        return
+    try:
+        corpus.record(case, run.kernel, run.result.verdict)
+        print(f"  recorded in {case.sidecar}")
+    except corpus.CorpusError as exc:  # the outcome did not show what the case is about
+        run.error = str(exc)
+        print(f"  {exc}")
 
 
 # ----------------------------------------------------------------------------- steps
@@ -132,78 +120,17 @@ def _stem(source: Path) -> str:
     return source.name.removesuffix(".o").removesuffix(".c").removesuffix(".bpf")
 
 
-def _kernel_ids(requested: list[str], settings) -> list[str]:
-    catalog = settings.catalog()
-    ids: list[str] = []
-    for kernel in requested:
-        if kernel == "all":
-            for entry in catalog.entries:
-                reason = entry.unavailable_reason()
-                if reason:
-                    print(f"skipping kernel {entry.id}: {reason}")
-                else:
-                    ids.append(entry.id)
-        elif kernel == HOST or catalog.find(kernel):
-            ids.append(kernel)
-        else:
-            raise LabError(f"--kernel {kernel}: not in the catalog (known: {', '.join(catalog.ids)}, "
-                           f"or `all`, or `host`)")
-    return list(dict.fromkeys(ids))
-
-
-def _run_kernel(run: KernelRun, obj: Path, capabilities, case, expect: str | None, settings) -> None:
-    run.log_dir.mkdir(parents=True, exist_ok=True)
-    with api.boot(run.kernel, settings, workdir=run.log_dir / "guest") as target:
-        _verify_on(run, target, obj, capabilities, case, expect)
-
-
-def _verify_on(run: KernelRun, target, obj: Path, capabilities, case, expect: str | None) -> None:
-    run.verdict = verify.verify_object(target, obj, capabilities)
-    save_logs(run.verdict, run.log_dir)
-    if expect:
-        run.expected = corpus.Expectation(expect, "--expect")
-    elif case is not None:
-        run.expected = case.expectation(run.kernel, run.verdict.kernel_release, target)
-    if run.expected is None:
-        run.expected = corpus.Expectation("accepted", "default (no --expect, not a corpus case)")
-    if case is not None and not expect:
-        run.problems = case.check(run.verdict, run.expected)
-    elif run.verdict.outcome != run.expected.outcome:
-        run.problems = [f"outcome {run.verdict.outcome}, expected {run.expected.outcome}"]
-    else:
-        run.problems = []
-
-
-def save_logs(verdict: verify.ObjectVerdict, directory: Path) -> None:
-    """bpftool's whole output, one verifier log per program, and the verdict as JSON."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "bpftool-loadall.txt").write_text(verdict.bpftool_output)
-    for section, output in verdict.solo_outputs.items():
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", section)
-        (directory / f"bpftool-loadall-only-{safe}.txt").write_text(output)
-    for prog in verdict.programs:
-        if prog.log:
-            (directory / f"{prog.name}.log").write_text(prog.log)
-    (directory / "verdict.json").write_text(json.dumps(verdict.as_dict(), indent=2) + "\n")
-
-
-def full_log_path(verdict: verify.ObjectVerdict, directory: Path) -> Path:
-    if verdict.outcome == "rejected":
-        return directory / f"{verdict.rejected[0].name}.log"
-    return directory / "bpftool-loadall.txt"
-
-
 # ----------------------------------------------------------------------------- output
 
 def _progress(message: str) -> None:
     print(f"  [{message}]", flush=True)
 
 
-def print_run(run: KernelRun) -> None:
-    if run.verdict is None:
-        print(f"== kernel {run.kernel}: NOT CHECKED\n  {run.error}", flush=True)
+def print_run(run: Run, log_dir: Path) -> None:
+    if run.result is None:
+        print(f"== kernel {run.kernel}: NOT CHECKED\n  {run.problem}", flush=True)
         return
-    verdict = run.verdict
+    verdict, expected = run.result.verdict, run.result.expected
     print(f"== kernel {run.kernel}: {verdict.kernel_release}")
     headline = {"accepted": "ACCEPTED: every program passed the verifier",
                 "rejected": f"REJECTED by the verifier: {verdict.key_line}",
@@ -213,10 +140,9 @@ def print_run(run: KernelRun) -> None:
         print(f"  (loaded with only CAP_{', CAP_'.join(c.upper() for c in verdict.capabilities)})")
     for prog in verdict.programs:
         print("  " + format_program(prog))
-    expected = run.expected
-    state = "held" if run.held else "DID NOT HOLD: " + "; ".join(run.problems or [])
+    state = "held" if run.result.held else "DID NOT HOLD: " + "; ".join(run.result.problems)
     print(f"  expected {expected.outcome} ({expected.source}): {state}")
-    print(f"  full log: {full_log_path(verdict, run.log_dir)}", flush=True)
+    print(f"  full log: {verify.full_log_path(verdict, log_dir)}", flush=True)
 
 
 def format_program(prog: verify.ProgramVerdict) -> str:
@@ -232,20 +158,23 @@ def format_program(prog: verify.ProgramVerdict) -> str:
     return f"{prog.section:10} {prog.name:20} {prog.outcome:10} {', '.join(counts) or '-'}{note}{reason}"
 
 
-def print_summary(runs: list[KernelRun]) -> None:
+def print_summary(runs: list[Run]) -> None:
     print("\nkernel   outcome    expected   held  key line / insns")
     for run in runs:
-        if run.verdict is None:
-            print(f"{run.kernel:8} {'-':10} {'-':10} {'-':5} not checked: {run.error.splitlines()[0]}")
+        if run.result is None:
+            print(f"{run.kernel:8} {'-':10} {'-':10} {'-':5} not checked: {run.problem.splitlines()[0]}")
             continue
-        detail = run.verdict.key_line or ", ".join(
-            f"{p.name}={p.processed_insns}" for p in run.verdict.programs)
-        print(f"{run.kernel:8} {run.verdict.outcome:10} {run.expected.outcome:10} "
-              f"{'yes' if run.held else 'NO':5} {detail}")
+        verdict = run.result.verdict
+        detail = verdict.key_line or ", ".join(f"{p.name}={p.processed_insns}" for p in verdict.programs)
+        if run.problem:
+            detail += f" (but: {run.problem.splitlines()[0]})"
+        print(f"{run.kernel:8} {verdict.outcome:10} {run.result.expected.outcome:10} "
+              f"{'yes' if run.result.held else 'NO':5} {detail}")
 
 
-def _run_dict(run: KernelRun) -> dict:
-    return {"kernel": run.kernel, "error": run.error, "held": run.held,
-            "expected": run.expected.__dict__ if run.expected else None, "problems": run.problems,
-            "log_dir": str(run.log_dir),
-            "verdict": run.verdict.as_dict() if run.verdict else None}
+def _run_dict(run: Run, log_root: Path) -> dict:
+    judged = run.result
+    return {"kernel": run.kernel, "error": run.problem, "held": judged.held if judged else None,
+            "expected": judged.expected.__dict__ if judged else None,
+            "problems": judged.problems if judged else None, "log_dir": str(log_root / run.kernel),
+            "verdict": judged.verdict.as_dict() if judged else None}

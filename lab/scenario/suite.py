@@ -1,22 +1,21 @@
 """The same-host scenario suite on kernels: boot each, run the scenario checks, print the table.
 
 ``run_suite`` boots a guest per kernel (or uses the host), runs the chosen scenarios of
-``lab.scenario.definitions`` in one ``Env`` per kernel, scans the guest's dmesg for kernel splats, and
+``lab.scenario.definitions`` in one ``Env`` per kernel (the per-kernel loop, its splat scan and its error
+boundary are ``lab.per_kernel``'s), and
 ``format_table`` prints the kernel x scenario matrix with each scenario's figures or failures.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from lab import LabError, api
+from lab import api, per_kernel
 from lab.cache import atomic_write
 from lab.kernel.catalog import test_id_of
-from lab.vm.dmesg import find_splats, load_allowed
 from lab.bpf.mutants import Mutant
 from lab.bpf.program import UserProgram
 from lab.scenario.env import Env
@@ -24,7 +23,6 @@ from lab.scenario.checks import Verdict
 from lab.scenario.definitions import run_check
 
 DEFAULT_KERNEL = "6.1"
-HOST_ID = api.HOST
 
 
 @dataclass
@@ -36,6 +34,12 @@ class KernelReport:
     unavailable: str | None = None    # not provided (e.g. 5.15 without a .deb)
     splats: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    accepted_splats: list[tuple[str, str]] = field(default_factory=list)  # (line, why it is accepted)
+
+    @classmethod
+    def of(cls, run: per_kernel.KernelRun[list[Verdict]]) -> "KernelReport":
+        return cls(run.kernel, run.release, run.result or [], run.error, run.unavailable, run.splats,
+                   run.seconds, run.accepted_splats)
 
     @property
     def failed(self) -> bool:
@@ -43,8 +47,9 @@ class KernelReport:
 
     def as_dict(self) -> dict:
         return {"kernel": self.kernel, "release": self.release, "error": self.error,
-                "unavailable": self.unavailable, "splats": self.splats, "seconds": round(self.seconds, 1),
-                "verdicts": [v.as_dict() for v in self.verdicts]}
+                "unavailable": self.unavailable, "splats": self.splats,
+                "accepted_splats": [{"line": line, "reason": why} for line, why in self.accepted_splats],
+                "seconds": round(self.seconds, 1), "verdicts": [v.as_dict() for v in self.verdicts]}
 
 
 def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None]) -> list[Verdict]:
@@ -59,35 +64,6 @@ def run_checks(env: Env, scenario_ids: list[str], progress: Callable[[str], None
     return verdicts
 
 
-def run_kernel(kernel_id: str, scenario_ids: list[str], artifacts: Path, mutant: Mutant | None,
-               settings: api.Settings, program: UserProgram | None = None,
-               switches: int | None = None) -> KernelReport:
-    from lab.kernel.fetch import KernelUnavailable
-
-    progress = settings.progress
-    report = KernelReport(kernel_id)
-    started = time.monotonic()
-    try:
-        with api.boot(kernel_id, settings, workdir=artifacts / "guest") as target:
-            report.release = target.kernel_release
-            progress(f"kernel {kernel_id} ({report.release}): {len(scenario_ids)} scenarios")
-            if target.name != HOST_ID:
-                target.run(["dmesg", "-c"], timeout=30)  # the boot's messages are not ours
-            with Env(target, artifacts=artifacts / "scenarios", mutant=mutant, program=program,
-                     progress=progress, switches=switches) as env:
-                report.verdicts = run_checks(env, scenario_ids, progress)
-            if target.name != HOST_ID:
-                dmesg = target.run(["dmesg"], timeout=30).stdout
-                (artifacts / "dmesg.txt").write_text(dmesg)
-                report.splats = find_splats(dmesg, kernel_id, load_allowed())
-    except KernelUnavailable as exc:
-        report.unavailable = str(exc)
-    except LabError as exc:
-        report.error = str(exc)
-    report.seconds = time.monotonic() - started
-    return report
-
-
 def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
               mutant: Mutant | None = None, settings: api.Settings | None = None,
               program: UserProgram | None = None, switches: int | None = None) -> list[KernelReport]:
@@ -95,12 +71,22 @@ def run_suite(kernel_ids: list[str], scenario_ids: list[str], artifacts: Path,
     measured."""
     settings = settings or api.Settings(progress=print)
     reports = []
-    for kernel_id in kernel_ids:
-        report = run_kernel(kernel_id, scenario_ids, artifacts / test_id_of(kernel_id),
-                            mutant, settings, program, switches)
+    for report in _reports(kernel_ids, scenario_ids, lambda kernel: artifacts / test_id_of(kernel),
+                           mutant, settings, program, switches):
         reports.append(report)
         atomic_write(artifacts / "suite.json", json.dumps([r.as_dict() for r in reports], indent=1))
     return reports
+
+
+def _reports(kernel_ids, scenario_ids, artifacts_of, mutant, settings, program, switches) -> Iterator[KernelReport]:
+    def work(kernel: str, target) -> list[Verdict]:
+        settings.progress(f"kernel {kernel}: {len(scenario_ids)} scenarios")
+        with Env(target, artifacts=artifacts_of(kernel) / "scenarios", mutant=mutant,
+                 program=program, progress=settings.progress, switches=switches) as env:
+            return run_checks(env, scenario_ids, settings.progress)
+
+    for run in per_kernel.run_each(kernel_ids, settings, work, artifacts_of=artifacts_of):
+        yield KernelReport.of(run)
 
 
 def status_cell(report: KernelReport, scenario_id: str) -> str:
@@ -116,7 +102,7 @@ def status_cell(report: KernelReport, scenario_id: str) -> str:
 
 def format_table(reports: list[KernelReport], scenario_ids: list[str]) -> str:
     """The kernel x scenario matrix, then per kernel each scenario's key figures or reason."""
-    width = max(len(s) for s in scenario_ids) + 2
+    width = max(len(s) for s in [*scenario_ids, "scenario"]) + 2
     header = "scenario".ljust(width) + "".join(r.kernel.ljust(8) for r in reports)
     lines = [header, "-" * len(header)]
     for scenario_id in scenario_ids:
@@ -137,4 +123,5 @@ def format_table(reports: list[KernelReport], scenario_ids: list[str]) -> str:
             lines.append(f"  {verdict.scenario.ljust(width)}{status_cell(report, verdict.scenario):<6} {detail}")
             lines += [f"  {'':{width}}      FAIL: {failure}" for failure in verdict.failures]
         lines += [f"  kernel splat in dmesg: {splat}" for splat in report.splats[:10]]
+        lines += [f"  accepted splat: {line} ({why})" for line, why in report.accepted_splats[:10]]
     return "\n".join(lines)

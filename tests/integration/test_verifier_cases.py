@@ -30,7 +30,7 @@ from lab.bpf import bpftool, redirect
 from lab.bpf import verify
 from lab.bpf.keys import hex_bytes
 from lab.scenario.runner import run_pair, socket_tuples
-from lab.cli.verify import save_logs
+from lab.bpf.verify import save_logs
 from lab.kernel.config import REDIRECT
 from lab.pytest_plugin import HostKernel
 
