@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import LabError, api
+from lab import LabError, api, pytest_events
 from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry
 from lab.vm import dmesg as dmesg_mod
 from lab.vm.target import CommandTimeout, TargetLost
@@ -152,6 +152,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the redirect bench's sanity test (tests/integration/test_bench.py) "
                          "and the real peers (test_bench_peers.py) on every kernel, not only the "
                          "host and the default guest (the peers: the host)")
+    group.addoption("--progress-fd", type=int, default=None, metavar="N",
+                    help="write the run's progress as JSON lines to file descriptor N (typed events "
+                         "for a program that follows the run: sockredir-lab matrix; lab/matrix/events.py)")
     group.addoption("--splats-allowed", default=None, metavar="FILE",
                     help="kernel splats accepted per kernel (TOML; ini: sockredir_splats_allowed; "
                          "default: the lab's images/splats-allowed.toml)")
@@ -195,6 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.splats_allowed or ini_splats:
         lab.splats_allowed_file = Path(config.option.splats_allowed or ini_splats[0])
     config.stash[LAB_KEY] = lab
+    pytest_events.register(config)
 
 
 def _run_name(config: pytest.Config) -> str:

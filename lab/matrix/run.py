@@ -3,14 +3,15 @@ merged report (``lab.matrix.report``).
 
 Each kernel's run is ``pytest --kernel ID -k kernel_ID`` in the working directory (the kernel's
 tests only; tests that take no kernel are not the matrix's), with its own JUnit XML, artifact tree
-and output log under ``OUT/ID/``. A run is a separate process with its own guest, reaper and
+and output log under ``OUT/ID/``. Its progress arrives as typed events on a pipe
+(``--progress-fd``, ``lab.matrix.events``); its output is only kept, never parsed. A run is a separate process with its own guest, reaper and
 tracing instances, so runs never share a guest. Interrupted, the matrix ends the runs it started
 (by PID); each run's reaper then ends its QEMU.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 import sys
 import threading
@@ -21,11 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from lab.kernel.catalog import test_id_of
-
-RESULT_RE = re.compile(r"^(?P<nodeid>\S+::\S+) (?P<word>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
-SELECTED_RE = re.compile(r"collected (?P<collected>\d+) items?(?: / (?P<deselected>\d+) deselected)?")
-STATUS_OF = {"PASSED": "pass", "FAILED": "fail", "ERROR": "error", "SKIPPED": "skip",
-             "XFAIL": "xfail", "XPASS": "xpass"}
+from lab.matrix import events
 PROGRESS_EVERY = 20.0  # seconds between progress lines while nothing else is said
 
 
@@ -102,13 +99,39 @@ def _next_startable(waiting: list[KernelRun], running: list[KernelRun], jobs: in
     return None
 
 
-def _follow(run: KernelRun, on_line: Callable[[KernelRun, str], None]) -> None:
+def _keep_output(run: KernelRun) -> None:
     assert run.proc is not None and run.proc.stdout is not None
     with open(run.log, "w") as log:
         for line in run.proc.stdout:
             log.write(line)
             log.flush()
-            on_line(run, line.rstrip("\n"))
+
+
+def _follow_events(run: KernelRun, stream, on_event: Callable[[KernelRun, events.Event], None]) -> None:
+    with stream:
+        for line in stream:
+            event = events.parse(line)
+            if event is not None:
+                on_event(run, event)
+
+
+def _start(run: KernelRun, on_event) -> list[threading.Thread]:
+    """The run's pytest, its output kept in its log, its events followed; the threads that do it."""
+    read_end, write_end = os.pipe()
+    try:
+        run.proc = subprocess.Popen([*run.argv, f"--progress-fd={write_end}"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                    bufsize=1, pass_fds=(write_end,))
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)  # pytest holds it now: the stream ends when pytest does
+    threads = [threading.Thread(target=_keep_output, args=(run,), daemon=True),
+               threading.Thread(target=_follow_events, args=(run, os.fdopen(read_end), on_event), daemon=True)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> list[KernelRun]:
@@ -117,24 +140,20 @@ def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> 
     progress)."""
     lock = threading.Lock()
 
-    def on_line(run: KernelRun, line: str) -> None:
+    def on_event(run: KernelRun, event: events.Event) -> None:
         with lock:
-            selected = SELECTED_RE.search(line)
-            if selected and run.selected is None:
-                run.selected = int(selected["collected"]) - int(selected["deselected"] or 0)
-            result = RESULT_RE.match(line)
-            if result:
-                status = STATUS_OF[result["word"]]
-                run.counts[status] += 1
-                if status in ("fail", "error"):
-                    run.failures.append(result["nodeid"])
-                    say(f"{run.kernel}: {status.upper()} {result['nodeid']}")
-                elif status == "xpass":  # a strict one is pytest's FAILED, above
-                    say(f"{run.kernel}: XPASS {result['nodeid']} (a listed intermittent kernel defect "
-                        "did not show)")
+            if isinstance(event, events.Selected):
+                run.selected = event.count
+                return
+            run.counts[event.status] += 1
+            if event.status in ("fail", "error"):
+                run.failures.append(event.nodeid)
+                say(f"{run.kernel}: {event.status.upper()} {event.nodeid}")
+            elif event.status == "xpass":  # a strict one is pytest's failure, above
+                say(f"{run.kernel}: XPASS {event.nodeid} (a listed intermittent kernel defect did not show)")
 
     waiting, running, finished = list(runs), [], []
-    readers: dict[str, threading.Thread] = {}
+    readers: dict[str, list[threading.Thread]] = {}
     last_progress = time.monotonic()
     try:
         while waiting or running:
@@ -142,15 +161,13 @@ def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> 
                 waiting.remove(run)
                 run.out.mkdir(parents=True, exist_ok=True)
                 run.started = time.monotonic()
-                run.proc = subprocess.Popen(run.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
-                readers[run.kernel] = threading.Thread(target=_follow, args=(run, on_line), daemon=True)
-                readers[run.kernel].start()
+                readers[run.kernel] = _start(run, on_event)
                 running.append(run)
                 say(f"{run.kernel}: started (pid {run.proc.pid}; log {run.log})")
             time.sleep(0.5)
             for run in [r for r in running if r.proc.poll() is not None]:
-                readers[run.kernel].join()
+                for reader in readers[run.kernel]:
+                    reader.join()
                 run.returncode, run.seconds = run.proc.returncode, time.monotonic() - run.started
                 running.remove(run)
                 finished.append(run)

@@ -15,7 +15,7 @@ LAB = Path(lab_init).parent
 # Lower number = lower layer. The package itself (lab/__init__.py, settings, cache) is layer 0.
 LAYERS = {"lab.kernel": 1, "lab.vm": 2, "lab.matrix": 2, "lab.bpf": 3, "lab.api": 4, "lab.per_kernel": 4,
           "lab.bench": 5, "lab.conformance": 5, "lab.scenario": 5,
-          "lab.pytest_plugin": 6, "lab.pytest_xdist": 6, "lab.cli": 7}
+          "lab.pytest_plugin": 6, "lab.pytest_xdist": 6, "lab.pytest_events": 6, "lab.cli": 7}
 KNOWN_CYCLES: set[frozenset[str]] = set()  # none left: keep it so
 
 

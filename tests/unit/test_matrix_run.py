@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.matrix import events
 from lab.matrix import run as matrix_run
 
 PROJECT = '''
@@ -86,3 +87,59 @@ def test_the_host_runs_beside_the_guests():
     assert matrix_run._next_startable([guest_61, host], [guest_510], 1) is host
     assert matrix_run._next_startable([guest_61], [guest_510, host], 1) is None
     assert matrix_run._next_startable([guest_61], [host], 1) is guest_61
+
+
+EVENTS_PROJECT = '''
+import pytest
+
+@pytest.fixture
+def breaks_at_teardown():
+    yield
+    raise RuntimeError("teardown")
+
+def test_pass():
+    pass
+
+def test_fail():
+    assert False
+
+@pytest.mark.skip(reason="why")
+def test_skip():
+    pass
+
+@pytest.mark.xfail(reason="a defect", strict=False)
+def test_xfail():
+    assert False
+
+@pytest.mark.xfail(reason="a defect", strict=False)
+def test_xpass():
+    pass
+
+def test_teardown_error(breaks_at_teardown):
+    pass
+'''
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_plugin_reports_typed_events_on_the_fd_it_is_given(tmp_path, xdist):
+    (tmp_path / "test_events.py").write_text(EVENTS_PROJECT)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *xdist,
+                             f"--progress-fd={write_end}", "test_events.py"], cwd=tmp_path,
+                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end) as stream:
+        received = [events.parse(line) for line in stream]
+    assert proc.wait(timeout=120) == 1
+    assert received[0] == events.Selected(6)
+    statuses = sorted((e.nodeid.split("::")[1], e.status) for e in received[1:])
+    assert statuses == [("test_fail", "fail"), ("test_pass", "pass"), ("test_skip", "skip"),
+                        ("test_teardown_error", "error"), ("test_teardown_error", "pass"),
+                        ("test_xfail", "xfail"), ("test_xpass", "xpass")]
+
+
+def test_lines_that_are_not_events_are_ignored():
+    assert events.parse('{"event": "result", "nodeid": "t.py::x", "status": "pass"}') == events.Result("t.py::x", "pass")
+    assert events.parse("collected 3 items") is None
+    assert events.parse('{"event": "result", "nodeid": "t.py::x", "status": "PASSED"}') is None
+    assert events.parse('{"event": "later", "what": 1}') is None and events.parse("[]") is None
