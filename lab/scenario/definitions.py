@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from lab import LabError
+from lab import LabError, wait
 from lab.bpf import keys, redirect
 from lab.conformance import defects
 from lab.scenario import trace, xfail
@@ -394,12 +394,13 @@ def detach_check(env: Env, v: Verdict) -> None:
 
 def wait_until_gone(target: Target, map_ids, seconds: float = 5.0) -> list[int]:
     """Map ids still present after ``seconds`` (a map is freed after an RCU grace period)."""
-    deadline = time.monotonic() + seconds
     left = list(map_ids)
-    while left and time.monotonic() < deadline:
-        left = [i for i in left if target.run(["bpftool", "map", "show", "id", str(i)]).ok]
-        if left:
-            time.sleep(0.2)
+
+    def all_gone() -> bool:
+        left[:] = [i for i in left if target.run(["bpftool", "map", "show", "id", str(i)]).ok]
+        return not left
+
+    wait.until(all_gone, seconds=seconds, every=0.2)
     return left
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Callable, Sequence
 
-from lab import LabError
+from lab import LabError, wait
 from lab.bpf.redirect import RUN_DIR
 from lab.vm.staging import ensure_with_shared
 from lab.vm.target import Target
@@ -105,12 +104,12 @@ def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
 
 
 def _wait_for_state(target: Target, hold_dir: str, runner: threading.Thread) -> dict | None:
-    while runner.is_alive():
-        got = target.read_text(f"{hold_dir}/state.json")
-        if got is not None:
-            return json.loads(got)
-        time.sleep(0.05)
-    return None  # pair.py ended without holding (an error): its JSON says why
+    """The state pair.py holds its connections in; None if it ended without holding (an error:
+    its JSON says why)."""
+    ended = object()
+    got = wait.until(lambda: target.read_text(f"{hold_dir}/state.json") or (ended if not runner.is_alive() else None),
+                     every=0.05)
+    return None if got is ended else json.loads(got)
 
 
 def plain(address: list) -> tuple[str, int]:

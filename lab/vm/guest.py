@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import LabError
+from lab import LabError, wait
 from lab.kernel import config as kconfig
 from lab.vm import accel as accel_mod
 from lab.vm import capacity
@@ -452,34 +452,35 @@ class Guest:
 
     def _wait_ready(self, started: float, last_attempt: bool) -> bool:
         """Poll the console for the ready line. False: retry on another port. Raises otherwise."""
-        deadline = started + self.boot_timeout
-        offset, pending = 0, ""
+        seen = {"offset": 0, "pending": ""}
+
+        def outcome(console) -> str | None:
+            console.seek(seen["offset"])
+            chunk = console.read()
+            seen["offset"] += len(chunk)
+            pending = seen["pending"] + chunk.decode(errors="replace")
+            match = READY_RE.search(pending)
+            if match:
+                self.boot_seconds = time.monotonic() - started
+                self.guest_uptime = float(match["uptime"])
+                self.progress(f"guest {self.kernel.id}: ready in {self.boot_seconds:.2f}s "
+                              f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name}, "
+                              f"{self.cpus} vCPU(s))")
+                return "ready"
+            if CRASH_RE.search(pending):
+                time.sleep(1)  # let the oops/panic text reach the console log
+                raise self._boot_error("the kernel crashed before the guest was ready")
+            seen["pending"] = pending[-4096:]
+            if self._proc.poll() is not None:
+                if _port_taken(self.qemu_log) and not last_attempt:
+                    return "port taken"
+                raise self._boot_error(f"QEMU exited (status {self._proc.returncode}) before "
+                                       "the guest was ready")
+            return None
+
         with open(self.console_log, "rb") as console:
-            while True:
-                console.seek(offset)
-                chunk = console.read()
-                offset += len(chunk)
-                pending += chunk.decode(errors="replace")
-                match = READY_RE.search(pending)
-                if match:
-                    self.boot_seconds = time.monotonic() - started
-                    self.guest_uptime = float(match["uptime"])
-                    self.progress(f"guest {self.kernel.id}: ready in {self.boot_seconds:.2f}s "
-                                  f"(guest uptime {self.guest_uptime:.2f}s, {self.accel.name}, "
-                                  f"{self.cpus} vCPU(s))")
-                    return True
-                if CRASH_RE.search(pending):
-                    time.sleep(1)  # let the oops/panic text reach the console log
-                    raise self._boot_error("the kernel crashed before the guest was ready")
-                pending = pending[-4096:]
-                if self._proc.poll() is not None:
-                    if _port_taken(self.qemu_log) and not last_attempt:
-                        return False
-                    raise self._boot_error(f"QEMU exited (status {self._proc.returncode}) before "
-                                           "the guest was ready")
-                if time.monotonic() > deadline:
-                    raise self._boot_error(f"no ready line within {self.boot_timeout:.0f}s")
-                time.sleep(POLL_SECONDS)
+            return wait.until(lambda: outcome(console), deadline=started + self.boot_timeout, every=POLL_SECONDS,
+                              fail=lambda: self._boot_error(f"no ready line within {self.boot_timeout:.0f}s")) == "ready"
 
     def _qemu_output(self) -> str:
         return self.qemu_log.read_text(errors="replace").strip()[-1500:] if self.qemu_log.exists() else ""
@@ -507,8 +508,9 @@ class Guest:
     def _connect(self, deadline: float) -> SSHTarget:
         """sshd listens before the ready line, so this normally succeeds at once; a few retries
         absorb a slow first handshake on a loaded host."""
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        last: list[Exception] = []
+
+        def connected() -> SSHTarget | None:
             if self._proc.poll() is not None:
                 raise self._boot_error("QEMU exited while we connected over SSH")
             try:
@@ -516,10 +518,13 @@ class Guest:
                                  self.image.host_key_line, name=f"guest-{self.kernel.id}",
                                  connect_timeout=min(30.0, max(1.0, deadline - time.monotonic())))
             except Exception as exc:  # paramiko raises several unrelated types
-                last = exc
-                time.sleep(0.2)
-        raise LabError(f"guest for kernel {self.kernel.id}: SSH to 127.0.0.1:{self.port} failed: "
-                       f"{last}; see {self.console_log} and /run/sshd.log in the guest")
+                last[:] = [exc]
+                return None
+
+        return wait.until(connected, deadline=deadline, every=0.2, fail=lambda: LabError(
+            f"guest for kernel {self.kernel.id}: SSH to 127.0.0.1:{self.port} failed: "
+            f"{last[0] if last else 'no attempt before the deadline'}; see {self.console_log} and "
+            "/run/sshd.log in the guest"))
 
     def _request_poweroff(self) -> None:
         """Ask the kernel to power off (sysrq 'o', no init involved); QEMU then exits by itself."""

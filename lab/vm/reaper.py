@@ -23,10 +23,11 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lab import wait
 
 MARKER_PREFIX = "sockredir-lab-guest-"
 PR_SET_PDEATHSIG = 1
@@ -141,14 +142,10 @@ class Reaper:
             if is_ours(record.pid, record.marker):
                 signalled = True
                 _signal(record.pid, signal.SIGTERM)
-                deadline = time.monotonic() + grace
-                while not gone(record.pid) and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                wait.until(lambda: gone(record.pid), seconds=grace, every=0.02)
                 if is_ours(record.pid, record.marker):
                     _signal(record.pid, signal.SIGKILL)
-                    deadline = time.monotonic() + 5
-                    while not gone(record.pid) and time.monotonic() < deadline:
-                        time.sleep(0.02)
+                    wait.until(lambda: gone(record.pid), seconds=5, every=0.02)
         finally:
             self.forget(record)
         return signalled

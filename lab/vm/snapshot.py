@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import LabError
+from lab import LabError, wait
 from lab.cache import cache_dir, digest_of
 
 FORMAT = 1  # bump when the layout or the restore procedure changes: every older snapshot is stale
@@ -205,22 +205,26 @@ class Monitor:
         # QEMU ending (a failed load, a guest stopped) is reported by the caller, with QEMU's words.
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
-        deadline = time.monotonic() + timeout
-        while True:
+        failure: list[Exception] = []
+
+        def connected() -> bool:
             # QEMU binds the socket (the path appears) a moment before it listens on it.
             if path.exists():
                 self._qmp = QEMUMonitorProtocol(str(path))
                 try:
                     self._qmp.connect()
-                    break
+                    return True
                 except ConnectError as exc:
-                    failure = exc
-            else:
-                failure = None
-            if not alive() or time.monotonic() > deadline:
-                raise LabError(f"QEMU's QMP socket {path} did not answer"
-                               + (f" ({failure})" if failure else " (never made)"))
-            time.sleep(0.005)
+                    failure[:] = [exc]
+            if not alive():
+                raise not_answering()
+            return False
+
+        def not_answering() -> LabError:
+            return LabError(f"QEMU's QMP socket {path} did not answer"
+                            + (f" ({failure[0]})" if failure else " (never made)"))
+
+        wait.until(connected, seconds=timeout, every=0.005, fail=not_answering)
         self._qmp.settimeout(timeout)
 
     def cmd(self, name: str, **args):
@@ -228,13 +232,12 @@ class Monitor:
 
     def wait_status(self, leaving: str, deadline: float, poll: float = 0.005) -> str:
         """Poll query-status until the VM's status is no longer ``leaving``; returns the new one."""
-        while True:
+        def left() -> str | None:
             status = self.cmd("query-status")["status"]
-            if status != leaving:
-                return status
-            if time.monotonic() > deadline:
-                raise LabError(f"the guest stayed in QEMU status {leaving!r}")
-            time.sleep(poll)
+            return status if status != leaving else None
+
+        return wait.until(left, deadline=deadline, every=poll,
+                          fail=lambda: LabError(f"the guest stayed in QEMU status {leaving!r}"))
 
     def close(self) -> None:
         try:
