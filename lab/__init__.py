@@ -20,5 +20,9 @@ BENCH_DIR = (DATA_DIR / "bench").resolve()
 KERNEL_FIXES_DIR = (DATA_DIR / "kernel-fixes").resolve()
 
 
+HOST = "host"            # the kernel id of this machine's own kernel (the host column, `--kernel host`)
+DEFAULT_KERNEL = "6.1"   # the guest kernel a command or test uses when none is named
+
+
 class LabError(Exception):
     """An error the user can act on: the message names the thing and the way out."""

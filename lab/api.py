@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from lab import IMAGES_DIR, LabError
+from lab import DEFAULT_KERNEL, HOST, IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
 from lab.bpf import bpftool, cgroups, links, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
@@ -39,8 +39,6 @@ from lab.kernel.catalog import Catalog, KernelEntry
 from lab.vm import capacity
 from lab.vm.target import Command, LocalTarget, Result, Target, as_shell
 
-HOST = "host"
-DEFAULT_KERNEL = "6.1"
 Progress = Callable[[str], None]
 
 __all__ = ["HOST", "DEFAULT_KERNEL", "Settings", "catalog", "prepare_kernel", "guest", "boot", "host",

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import LabError, api, pytest_events
-from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry
+from lab import HOST, LabError, api, pytest_events
+from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry, test_id_of
 from lab.vm import dmesg as dmesg_mod
 from lab.vm.target import CommandTimeout, TargetLost
 
@@ -41,8 +41,8 @@ class HostKernel:
     """The host kernel as one more column of the matrix (``kernel_host``): root only, and every
     test on it runs in a dedicated cgroup and network namespace."""
 
-    id: str = "host"
-    test_id: str = "kernel_host"
+    id: str = HOST
+    test_id: str = test_id_of(HOST)
 
     @property
     def release(self) -> str:
@@ -234,13 +234,13 @@ def pytest_configure_node(node) -> None:
 def _host_in_matrix(lab: Lab) -> bool:
     """The host joins the matrix unless --no-host, or --kernel picked kernels without "host"."""
     wanted = lab.config.option.kernel
-    return not lab.config.option.no_host and (not wanted or "host" in wanted)
+    return not lab.config.option.no_host and (not wanted or HOST in wanted)
 
 
 def _selected(lab: Lab) -> list[KernelEntry | CatalogError]:
     """The catalog's entries the run asks for (SettingsProblem when that cannot be known)."""
     catalog = lab.catalog
-    wanted = [k for k in lab.config.option.kernel if k != "host"]
+    wanted = [k for k in lab.config.option.kernel if k != HOST]
     entries: list[KernelEntry | CatalogError] = list(catalog.entries) + list(catalog.errors)
     if not lab.config.option.kernel:
         return entries

@@ -48,7 +48,7 @@ def build():
     return binary
 
 
-def ensure_on_target(target: Target) -> str:
+def staged(target: Target) -> str:
     """Copy the binary to ``target`` unless this session already did; its path there."""
     binary = build()
     if _copied.get(target) != binary.name:

@@ -1,7 +1,7 @@
 """Deliberately broken variants of the production redirect: each ``bpf/mutants/NAME.patch`` is a
 unified diff against ``bpf/sockredir.bpf.c`` / ``bpf/sockredir.h`` with a header saying what it
 breaks. A check that cannot tell a mutant from the real program is a hole in the checks; the
-mutant run (``lab.scenario.mutants``, ``sockredir-lab mutants``) shows every mutant killed.
+mutant run (``lab.scenario.mutant_runs``, ``sockredir-lab mutants``) shows every mutant killed.
 
 Header fields (lines before the diff; ``patch`` ignores them)::
 
@@ -48,7 +48,7 @@ def load_mutants(directory: Path = MUTANTS_DIR) -> list[Mutant]:
     return mutants
 
 
-def find(name: str, directory: Path = MUTANTS_DIR) -> Mutant:
+def by_name(name: str, directory: Path = MUTANTS_DIR) -> Mutant:
     for mutant in load_mutants(directory):
         if mutant.name == name:
             return mutant

@@ -522,7 +522,7 @@ def _normalise(target: Target, cgroup: str) -> str:
     return absolute
 
 
-def find(target: Target, cgroup: str) -> tuple[str, str, dict[str, Program], dict[str, dict]]:
+def installed(target: Target, cgroup: str) -> tuple[str, str, dict[str, Program], dict[str, dict]]:
     """The installation on ``cgroup``: (variant, pin dir, programs, maps)."""
     cgroup = _normalise(target, cgroup)
     pin_dirs = existing_pin_dirs(target, cgroup)
@@ -538,7 +538,7 @@ def find(target: Target, cgroup: str) -> tuple[str, str, dict[str, Program], dic
 def status(target: Target, cgroup: str) -> dict[str, Any]:
     """Decoded map entries and summed counters of the installation on ``cgroup``."""
     cgroup = _normalise(target, cgroup)
-    variant, pin_dir, programs, maps = find(target, cgroup)
+    variant, pin_dir, programs, maps = installed(target, cgroup)
     read = [name for name, info in maps.items() if info["type"] in ("sockhash", "percpu_array")]
     if policy.POLICY_MAP in maps:
         read += [policy.POLICY_MAP, policy.PORTS_MAP]
@@ -577,6 +577,6 @@ def status(target: Target, cgroup: str) -> dict[str, Any]:
 
 def policy_pin_dir(target: Target, cgroup: str) -> str:
     """The pin directory of the redirect installed on ``cgroup``, if its variant has a policy."""
-    variant, pin_dir, _, _ = find(target, cgroup)
+    variant, pin_dir, _, _ = installed(target, cgroup)
     policy.require_policy_maps(target, pin_dir, variant)
     return pin_dir

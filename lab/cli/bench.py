@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from lab import LabError, api, per_kernel
-from lab.bench import redirect as bench
+from lab.bench import transports as bench
 from lab.bench import report
 from lab.cache import cache_dir
 from lab.cli import targets

@@ -23,12 +23,12 @@ from typing import Iterator
 from lab import LabError, api, per_kernel
 from lab.bench.report import write_json
 from lab.cli import program_options, targets
-from lab.conformance import apps, compare, defects, matrix
+from lab.conformance import apps, behaviours, compare, defects
 
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "xpass"}
 
 
-def mark(cell: matrix.Cell) -> str:
+def mark(cell: behaviours.Cell) -> str:
     """A cell's status as the table shows it: a strict xpass (the defect table is out of date)
     is a failure and says so."""
     return "XPASS" if cell.status == "xpass" and cell.strict else STATUS_MARK[cell.status]
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                     "sendfile, backpressure... on connections with both ends redirected and with one "
                     "end in the map, against plain TCP of the same kernel in the same run.")
     targets.add_kernel_option(parser)
-    parser.add_argument("--behaviour", dest="behaviours", action="append", choices=matrix.BEHAVIOURS,
+    parser.add_argument("--behaviour", dest="behaviours", action="append", choices=behaviours.BEHAVIOURS,
                         metavar="NAME", help="probe only these (repeatable; default all)")
     parser.add_argument("--apps", action="store_true",
                         help="also run nginx+curl, redis-benchmark and a splice proxy with and without the redirect")
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("--variant", choices=("production", "guarded"), default="production",
                         help="the lab's variant to judge (default production)")
     program_options.add(parser, families=False)  # the probes are IPv4
-    parser.add_argument("--program-situation", choices=matrix.PROGRAM_SITUATIONS, default="redirected",
+    parser.add_argument("--program-situation", choices=behaviours.PROGRAM_SITUATIONS, default="redirected",
                         help="with --program: judge it as a redirect (redirected, default) or as a "
                              "program that only watches and passes every message on (passthrough, in "
                              "place of the lab's watching program)")
@@ -64,9 +64,9 @@ def register(subparsers) -> None:
 
 
 def cmd_conformance(args) -> int:
-    behaviours = args.behaviours or list(matrix.BEHAVIOURS)
+    chosen = args.behaviours or list(behaviours.BEHAVIOURS)
     if args.compare:
-        return cmd_compare(args, behaviours)
+        return cmd_compare(args, chosen)
     program = program_options.program_of(args)
     if args.program_situation != "redirected" and not program:
         raise LabError("--program-situation says where a --program is judged; name the program")
@@ -77,7 +77,7 @@ def cmd_conformance(args) -> int:
     doc = {"results": [], "apps": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "release": {}}}
-    for run in measure(targets.kernel_ids(args), args.settings, behaviours, targets.artifacts_of(args, "conformance"),
+    for run in measure(targets.kernel_ids(args), args.settings, chosen, targets.artifacts_of(args, "conformance"),
                        args.apps, program, args.variant, args.program_situation):
         if run.result is not None:
             cells, app_records = run.result
@@ -101,7 +101,7 @@ def cmd_conformance(args) -> int:
     return 1 if failed or doc["errors"] else 0
 
 
-def cmd_compare(args, behaviours) -> int:
+def cmd_compare(args, chosen) -> int:
     if args.kernels or args.apps:
         raise LabError("--compare A B names the two sides itself; drop --kernel and --apps")
     sides = []
@@ -110,7 +110,7 @@ def cmd_compare(args, behaviours) -> int:
         if Path(side).is_file():
             sides.append(compare.read_side(Path(side)))
             continue
-        run = next(measure([side], args.settings, behaviours, artifacts_of, False,
+        run = next(measure([side], args.settings, chosen, artifacts_of, False,
                            program_options.program_of(args), args.variant, args.program_situation))
         if run.problem:  # a splat on either side is no proof of anything
             raise LabError(f"--compare: {side} could not be measured: {run.problem}")
@@ -145,14 +145,14 @@ def summary(records: list[dict]) -> str:
     return ", ".join(f"{sum(r['status'] == status for r in results)} {status}" for status in ("pass", "fail", "xfail"))
 
 
-Measured = tuple[list[matrix.Cell], list[dict]]  # the cells, the applications' records
+Measured = tuple[list[behaviours.Cell], list[dict]]  # the cells, the applications' records
 
 
-def measure(kernels: list[str], settings, behaviours, artifacts_of, with_apps: bool, program=None,
+def measure(kernels: list[str], settings, chosen, artifacts_of, with_apps: bool, program=None,
             variant: str = "production",
             program_situation: str = "redirected") -> Iterator[per_kernel.KernelRun[Measured]]:
     def work(kernel: str, target) -> Measured:
-        cells = matrix.run(target, kernel, behaviours, progress=targets.progress, program=program,
+        cells = behaviours.run(target, kernel, chosen, progress=targets.progress, program=program,
                            variant=variant, program_situation=program_situation,
                            patches=patches_of(kernel, settings))
         return cells, run_apps(target, kernel, targets.progress) if with_apps else []
@@ -178,16 +178,16 @@ def format_apps(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_table(kernel: str, release: str, cells: list[matrix.Cell]) -> str:
+def format_table(kernel: str, release: str, cells: list[behaviours.Cell]) -> str:
     """Behaviour x situation, then one line per cell that is not a pass (what was seen, why)."""
     by_key = {(c.behaviour, c.situation): c for c in cells}
-    behaviours = list(dict.fromkeys(c.behaviour for c in cells))
-    width = max(len(b) for b in behaviours)
-    header = f"  {'behaviour':{width}}  " + "  ".join(f"{s:12}" for s in matrix.SITUATIONS)
+    measured = list(dict.fromkeys(c.behaviour for c in cells))
+    width = max(len(b) for b in measured)
+    header = f"  {'behaviour':{width}}  " + "  ".join(f"{s:12}" for s in behaviours.SITUATIONS)
     lines = [f"kernel {kernel} ({release})", header.rstrip()]
-    for behaviour in behaviours:
+    for behaviour in measured:
         lines.append((f"  {behaviour:{width}}  " + "  ".join(
-            f"{mark(by_key[(behaviour, s)]):12}" for s in matrix.SITUATIONS)).rstrip())
+            f"{mark(by_key[(behaviour, s)]):12}" for s in behaviours.SITUATIONS)).rstrip())
     for cell in cells:
         if cell.status != "pass":
             lines.append(f"  {mark(cell).upper()} {cell.behaviour} [{cell.situation}]: observed {cell.observed}, "

@@ -21,7 +21,7 @@ from lab.cache import cache_dir
 
 def register(subparsers) -> None:
     shell = subparsers.add_parser("shell", help="boot a guest and run a command or a shell in it")
-    shell.add_argument("--kernel", default="6.1", help="catalog kernel id (default 6.1)")
+    shell.add_argument("--kernel", default=api.DEFAULT_KERNEL, help=f"catalog kernel id (default {api.DEFAULT_KERNEL})")
     shell.add_argument("--timeout", type=float, default=600, help="command timeout in seconds")
     shell.add_argument("--keep", action="store_true",
                        help="keep the guest's work directory (console log, QEMU output)")

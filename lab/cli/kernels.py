@@ -8,7 +8,7 @@ import platform
 import time
 from pathlib import Path
 
-from lab import LabError
+from lab import LabError, api
 from lab.kernel import config as kconfig
 from lab.kernel import fetch as kernels
 from lab.kernel.catalog import (ENV_PREFIX, Catalog, env_var_of, locked_packages, locked_url_sha256, source_from_value,
@@ -184,7 +184,7 @@ def cmd_check(args) -> int:
 
 def _config_of(what: str, settings) -> kconfig.KernelConfig:
     """The configuration of a catalog id, the host, or a file or directory the user names."""
-    if what == "host":
+    if what == api.HOST:
         config = kconfig.for_host(platform.release())
         if config is None:
             raise LabError("the host kernel keeps no configuration here (/proc/config.gz or "

@@ -17,7 +17,7 @@ from lab import per_kernel
 from lab.bench.report import write_json
 from lab.bpf import mutants
 from lab.cli import targets
-from lab.scenario import mutants as mutant_runs
+from lab.scenario import mutant_runs
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def cmd_mutants(args) -> int:
-    chosen = [mutants.find(name) for name in args.names] if args.names else mutants.load_mutants()
+    chosen = [mutants.by_name(name) for name in args.names] if args.names else mutants.load_mutants()
     kernels = targets.kernel_ids(args)
     doc = {"results": [], "errors": {},
            "meta": {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}

@@ -57,7 +57,7 @@ def run(args) -> int:
         print(message, file=sys.stderr, flush=True)
 
     args.settings.progress = progress
-    mutant = mutants.find(args.mutant) if args.mutant else None
+    mutant = mutants.by_name(args.mutant) if args.mutant else None
     if args.program and mutant:
         raise LabError("--program and --mutant exclude each other: a mutant is a broken build "
                        "of the lab's own redirect")

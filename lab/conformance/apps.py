@@ -48,7 +48,7 @@ from lab.bench import peers
 from lab.bpf import keys
 from lab.bpf.redirect import RUN_DIR
 from lab.conformance import defects, gobuild
-from lab.conformance.matrix import inserted
+from lab.conformance.behaviours import inserted
 from lab.vm.staging import SCENARIOS_ON_TARGET, ensure_on_target
 from lab.vm.target import CommandTimeout, Result, Target
 

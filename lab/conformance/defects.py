@@ -234,7 +234,7 @@ def listed(behaviour: str, situation: str, release: str, variant: str = "product
             and variant not in defect.worked_around_by and defect.fix_patch not in patches]
 
 
-def find(behaviour: str, situation: str, release: str, observed: object,
+def explaining(behaviour: str, situation: str, release: str, observed: object,
          variant: str = "production", patches: frozenset[str] = frozenset()) -> Defect | None:
     """The known defect that explains ``observed`` for this behaviour, situation and kernel: its
     exact symptom (an exception, a hang or another shape of the same field is not)."""

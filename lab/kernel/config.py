@@ -85,7 +85,7 @@ class KernelConfig:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class CapabilityVerdict:
     capability: Capability
     missing: tuple[Option, ...]   # options not set as needed (empty: present)
     values: dict[str, str]
@@ -120,7 +120,7 @@ def version_of(release: str) -> Version | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def check(config: KernelConfig, names: tuple[str, ...] | None = None) -> list[Verdict]:
+def check(config: KernelConfig, names: tuple[str, ...] | None = None) -> list[CapabilityVerdict]:
     """One verdict per capability (or per named capability), in CAPABILITIES order."""
     verdicts = []
     for capability in CAPABILITIES:
@@ -129,7 +129,7 @@ def check(config: KernelConfig, names: tuple[str, ...] | None = None) -> list[Ve
         relevant = [o for o in capability.options
                     if o.before is None or config.version is None or config.version < o.before]
         missing = tuple(o for o in relevant if config.value(o.name) not in o.allowed)
-        verdicts.append(Verdict(capability, missing, {o.name: config.value(o.name) for o in relevant}))
+        verdicts.append(CapabilityVerdict(capability, missing, {o.name: config.value(o.name) for o in relevant}))
     return verdicts
 
 

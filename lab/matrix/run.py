@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lab import HOST
 from lab.kernel.catalog import test_id_of
 from lab.matrix import events
 PROGRESS_EVERY = 20.0  # seconds between progress lines while nothing else is said
 
 
 @dataclass
-class KernelRun:
+class PytestRun:
     kernel: str
     out: Path
     argv: list[str]
@@ -63,7 +64,7 @@ class KernelRun:
 
 def keyword(kernel: str, pytest_args: list[str]) -> tuple[str, list[str]]:
     """The -k expression selecting this kernel's tests, and with the user's own -k folded in."""
-    mine = "kernel_host" if kernel == "host" else test_id_of(kernel)
+    mine = test_id_of(kernel)
     rest, user = [], None
     args = iter(pytest_args)
     for arg in args:
@@ -76,7 +77,7 @@ def keyword(kernel: str, pytest_args: list[str]) -> tuple[str, list[str]]:
     return (f"{mine} and ({user})" if user else mine), rest
 
 
-def plan(kernels: list[str], out: Path, pytest_args: list[str], guest_cpus: int) -> list[KernelRun]:
+def plan(kernels: list[str], out: Path, pytest_args: list[str], guest_cpus: int) -> list[PytestRun]:
     """One pytest run per kernel; each guest gets ``guest_cpus`` vCPUs (a --guest-cpus among
     ``pytest_args`` wins: it comes later)."""
     runs = []
@@ -87,19 +88,19 @@ def plan(kernels: list[str], out: Path, pytest_args: list[str], guest_cpus: int)
                 "-o", "console_output_style=classic", "--kernel", kernel, "-k", expression,
                 f"--junitxml={directory / 'junit.xml'}", f"--artifacts={directory / 'artifacts'}",
                 f"--guest-cpus={guest_cpus}", *rest]
-        runs.append(KernelRun(kernel, directory, argv))
+        runs.append(PytestRun(kernel, directory, argv))
     return runs
 
 
-def _next_startable(waiting: list[KernelRun], running: list[KernelRun], jobs: int) -> KernelRun | None:
-    guests = sum(1 for run in running if run.kernel != "host")
+def _next_startable(waiting: list[PytestRun], running: list[PytestRun], jobs: int) -> PytestRun | None:
+    guests = sum(1 for run in running if run.kernel != HOST)
     for run in waiting:
-        if run.kernel == "host" or guests < jobs:
+        if run.kernel == HOST or guests < jobs:
             return run
     return None
 
 
-def _keep_output(run: KernelRun) -> None:
+def _keep_output(run: PytestRun) -> None:
     assert run.proc is not None and run.proc.stdout is not None
     with open(run.log, "w") as log:
         for line in run.proc.stdout:
@@ -107,7 +108,7 @@ def _keep_output(run: KernelRun) -> None:
             log.flush()
 
 
-def _follow_events(run: KernelRun, stream, on_event: Callable[[KernelRun, events.Event], None]) -> None:
+def _follow_events(run: PytestRun, stream, on_event: Callable[[PytestRun, events.Event], None]) -> None:
     with stream:
         for line in stream:
             event = events.parse(line)
@@ -115,7 +116,7 @@ def _follow_events(run: KernelRun, stream, on_event: Callable[[KernelRun, events
                 on_event(run, event)
 
 
-def _start(run: KernelRun, on_event) -> list[threading.Thread]:
+def _start(run: PytestRun, on_event) -> list[threading.Thread]:
     """The run's pytest, its output kept in its log, its events followed; the threads that do it."""
     read_end, write_end = os.pipe()
     try:
@@ -134,13 +135,13 @@ def _start(run: KernelRun, on_event) -> list[threading.Thread]:
     return threads
 
 
-def run_matrix(runs: list[KernelRun], jobs: int, say: Callable[[str], None]) -> list[KernelRun]:
+def run_matrix(runs: list[PytestRun], jobs: int, say: Callable[[str], None]) -> list[PytestRun]:
     """Run up to ``jobs`` guests at once, and the host's run beside them from the start (it boots
     no guest, and left to the end it would run alone); say what happens (starts, failures, ends,
     progress)."""
     lock = threading.Lock()
 
-    def on_event(run: KernelRun, event: events.Event) -> None:
+    def on_event(run: PytestRun, event: events.Event) -> None:
         with lock:
             if isinstance(event, events.Selected):
                 run.selected = event.count

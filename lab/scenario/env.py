@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from lab import LabError
+from lab import HOST, LabError
 from lab.bpf import cgroups
 from lab.bpf import mutants
 from lab.bpf import redirect
@@ -101,7 +101,7 @@ class Env:
                  mutant: Mutant | None = None, program: UserProgram | None = None,
                  progress: Callable[[str], None] = lambda message: None, switches: int | None = None):
         self.target = target
-        self.scale = scale or (HOST_SCALE if target.name == "host" else GUEST_SCALE)
+        self.scale = scale or (HOST_SCALE if target.name == HOST else GUEST_SCALE)
         if switches is not None:
             self.scale = self.scale.with_switches(switches)
         self.artifacts = artifacts

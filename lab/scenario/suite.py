@@ -22,7 +22,7 @@ from lab.scenario.env import Env
 from lab.scenario.checks import Verdict
 from lab.scenario.definitions import run_check
 
-DEFAULT_KERNEL = "6.1"
+DEFAULT_KERNEL = api.DEFAULT_KERNEL
 
 
 @dataclass

@@ -143,7 +143,7 @@ class Guest:
             self.accel = accel_mod.detect(self.kernel, boot.initramfs)
         self._run_dir = _new_run_dir(self.memory_mb)
         key = self.snapshot_key = self._snapshot_key(boot) if self.snapshot == "auto" else None
-        saved = snapshots.find(key) if key is not None else None
+        saved = snapshots.matching(key) if key is not None else None
         if saved is None or not self._restore(boot, key, saved):
             self._cold_boot(boot, key)
             connected = time.monotonic()

@@ -96,7 +96,7 @@ def kernel_dir(kernel_id: str) -> Path:
     return cache_dir("snapshots", re.sub(r"[^A-Za-z0-9._-]", "_", kernel_id))
 
 
-def find(k: Key) -> Snapshot | None:
+def matching(k: Key) -> Snapshot | None:
     """The stored snapshot of this key, if one is complete (a half-written one is never renamed
     into place)."""
     directory = kernel_dir(k.kernel_id) / k.digest

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-from lab import IMAGES_DIR, LabError
+from lab import HOST, IMAGES_DIR, LabError
 
 Command = Union[str, Sequence[str]]
 GUEST_SHELL_FRAME = (IMAGES_DIR / "guest-shell.sh").read_text()
@@ -163,7 +163,7 @@ def parse_features(output: str, where: str) -> dict:
 class LocalTarget(Target):
     """The host, as root. Commands run through ``sh -c`` like on a guest."""
 
-    name = "host"
+    name = HOST
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
         try:

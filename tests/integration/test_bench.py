@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from lab.bench import redirect as bench
+from lab.bench import transports as bench
 from lab.pytest_plugin import HostKernel
 from lab.kernel.config import REDIRECT
 

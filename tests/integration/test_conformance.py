@@ -18,7 +18,7 @@ import pytest
 
 from lab.bpf import mutants
 from lab.bpf.program import UserProgram
-from lab.conformance import matrix
+from lab.conformance import behaviours
 from lab.pytest_plugin import HostKernel
 from lab.kernel.config import REDIRECT
 
@@ -27,10 +27,10 @@ from lab.kernel.config import REDIRECT
 pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 
 DEFAULT_GUEST = "6.1"
-_measured: dict[str, dict[tuple[str, str], matrix.Cell]] = {}
+_measured: dict[str, dict[tuple[str, str], behaviours.Cell]] = {}
 
 
-def cells_of(kernel, request, lab) -> dict[tuple[str, str], matrix.Cell]:
+def cells_of(kernel, request, lab) -> dict[tuple[str, str], behaviours.Cell]:
     kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
     if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
         pytest.skip(f"the matrix runs on the host and {DEFAULT_GUEST} by default (40 s per TCG guest); "
@@ -41,12 +41,12 @@ def cells_of(kernel, request, lab) -> dict[tuple[str, str], matrix.Cell]:
         program = UserProgram(Path(option)) if option else None
         entry = None if kernel_id == "host" else lab.settings.catalog().find(kernel_id)
         patches = frozenset(p.name for p in entry.patches) if entry else frozenset()  # built with fixes
-        cells = matrix.run(target, kernel_id, progress=print, program=program, patches=patches)
+        cells = behaviours.run(target, kernel_id, progress=print, program=program, patches=patches)
         _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
     return _measured[kernel_id]
 
 
-def judge(cell: matrix.Cell, request) -> None:
+def judge(cell: behaviours.Cell, request) -> None:
     if cell.status == "xfail":
         pytest.xfail(cell.reason)
     if cell.status == "xpass":
@@ -59,7 +59,7 @@ def judge(cell: matrix.Cell, request) -> None:
 
 
 def _behaviour_test(behaviour: str):
-    @pytest.mark.parametrize("situation", matrix.SITUATIONS)
+    @pytest.mark.parametrize("situation", behaviours.SITUATIONS)
     def test(kernel, lab, request, situation):
         judge(cells_of(kernel, request, lab)[(behaviour, situation)], request)
     test.__name__ = f"test_{behaviour}"
@@ -67,7 +67,7 @@ def _behaviour_test(behaviour: str):
     return test
 
 
-for _behaviour in matrix.BEHAVIOURS:
+for _behaviour in behaviours.BEHAVIOURS:
     globals()[f"test_{_behaviour}"] = _behaviour_test(_behaviour)
 
 
@@ -76,7 +76,7 @@ def test_a_deliberately_broken_probe_fails():
     """The comparison can fail: a FIONREAD probe told to report a wrong value in the redirected
     situations makes those cells fail on the host (where FIONREAD is right under the redirect)."""
     from lab import api
-    cells = matrix.run(api.host(), "host", ["fionread"], broken=["fionread"], progress=print)
+    cells = behaviours.run(api.host(), "host", ["fionread"], broken=["fionread"], progress=print)
     by_situation = {cell.situation: cell for cell in cells}
     assert by_situation["plain"].status == "pass"
     assert by_situation["redirected"].status == "fail", by_situation["redirected"]
@@ -92,11 +92,11 @@ def test_a_program_that_redirects_nothing_fails_every_redirected_cell(kernel, la
     if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
         pytest.skip(f"on the host and {DEFAULT_GUEST} by default; run with --conformance-all")
     target = request.getfixturevalue("target")
-    misses = UserProgram(mutants.build(mutants.find("wrong_port_order"), "production"))
-    behaviours = ["fionread", "msg_peek", "shutdown_eof", "dontwait_empty"]
+    misses = UserProgram(mutants.build(mutants.by_name("wrong_port_order"), "production"))
+    chosen = ["fionread", "msg_peek", "shutdown_eof", "dontwait_empty"]
     cells = {(c.behaviour, c.situation): c
-             for c in matrix.run(target, kernel_id, behaviours, progress=print, program=misses)}
-    for behaviour in behaviours:
+             for c in behaviours.run(target, kernel_id, chosen, progress=print, program=misses)}
+    for behaviour in chosen:
         redirected = cells[(behaviour, "redirected")]
         print(behaviour, redirected.status, redirected.path, redirected.reason)
         if behaviour == "dontwait_empty":  # no payload moves: nothing to redirect, nothing to prove
@@ -118,12 +118,12 @@ def test_a_users_watching_program_is_judged_in_the_passthrough_situation(kernel,
     if kernel_id not in ("host", DEFAULT_GUEST) and not lab.config.option.conformance_all:
         pytest.skip(f"on the host and {DEFAULT_GUEST} by default; run with --conformance-all")
     target = request.getfixturevalue("target")
-    behaviours = ["fionread", "msg_peek", "shutdown_eof"]
+    chosen = ["fionread", "msg_peek", "shutdown_eof"]
     examples = Path(__file__).resolve().parents[2] / "bpf" / "examples"
     for program, judged_as_watcher in ((UserProgram(examples / "watcher.bpf.c"), True),
                                        (UserProgram(examples / "classic_sockhash.bpf.c"), False)):
-        cells = {c.behaviour: c for c in matrix.run(target, kernel_id, behaviours, progress=print, program=program,
-                                                    program_situation="passthrough")
+        cells = {c.behaviour: c for c in behaviours.run(target, kernel_id, chosen, progress=print, program=program,
+                                                        program_situation="passthrough")
                  if c.situation == "passthrough"}
         for behaviour, cell in cells.items():
             print(program.name, behaviour, cell.status, cell.path, cell.reason[:120])

@@ -55,7 +55,7 @@ def test_a_correct_program_the_lab_never_saw_passes(judged, artifacts, name):
 
 
 def test_a_broken_object_fails_on_kernel_side_evidence_alone(judged, artifacts):
-    broken_object = mutants.build(mutants.find("wrong_port_order"), "production")
+    broken_object = mutants.build(mutants.by_name("wrong_port_order"), "production")
     with Env(judged, artifacts=artifacts, program=UserProgram(broken_object)) as env:
         verdict = run_check(env, "echo-ipv4")
     print("\n".join(verdict.failures))

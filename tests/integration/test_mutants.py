@@ -12,7 +12,7 @@ import pytest
 from lab.bpf import mutants
 from lab.kernel.config import REDIRECT
 from lab.pytest_plugin import HostKernel
-from lab.scenario import mutants as mutant_runs
+from lab.scenario import mutant_runs
 
 pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 

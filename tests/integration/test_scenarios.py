@@ -120,7 +120,7 @@ def test_broken_redirect_fails_loudly(kernel, request, artifacts, scenario_id):
         pytest.skip(f"the checks are proven to fail on the host and, with echo-ipv4, on "
                     f"{DEFAULT_KERNEL} (5-10 s per TCG guest); --checks-all: every kernel, both scenarios")
     target = request.getfixturevalue("target")  # after the skip: a skipped case costs no guest command
-    with Env(target, artifacts=artifacts, mutant=mutants.find("wrong_port_order")) as env:
+    with Env(target, artifacts=artifacts, mutant=mutants.by_name("wrong_port_order")) as env:
         verdict = run_check(env, scenario_id)
     print("\n".join(verdict.failures))
     if verdict.status == "xfail":

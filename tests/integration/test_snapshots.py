@@ -39,7 +39,7 @@ def _ensure_snapshot(kernel, image, workdir) -> Guest:
     """Boot once (restoring, or cold and saving), so that a snapshot exists; returns the guest."""
     with Guest(kernel, image, workdir) as guest:
         guest.target.run(["true"], check=True)
-    assert snapshot.find(guest.snapshot_key) is not None, "the cold boot saved no snapshot"
+    assert snapshot.matching(guest.snapshot_key) is not None, "the cold boot saved no snapshot"
     return guest
 
 
@@ -92,7 +92,7 @@ def test_restored_guests_have_their_own_randomness_and_the_right_clock(guest_ker
 
 
 def test_corrupt_snapshot_is_refused_and_rebuilt(default_kernel, guest_image, tmp_path):
-    saved = snapshot.find(_ensure_snapshot(default_kernel, guest_image, tmp_path / "first")
+    saved = snapshot.matching(_ensure_snapshot(default_kernel, guest_image, tmp_path / "first")
                           .snapshot_key)
     with open(saved.state, "r+b") as state:
         state.truncate(saved.state.stat().st_size // 2)
@@ -105,7 +105,7 @@ def test_corrupt_snapshot_is_refused_and_rebuilt(default_kernel, guest_image, tm
         guest.target.run(["true"], check=True)
     finally:
         guest.stop()
-    rebuilt = snapshot.find(guest.snapshot_key)
+    rebuilt = snapshot.matching(guest.snapshot_key)
     assert rebuilt is not None and snapshot.check(rebuilt, guest.snapshot_key) is None
     again = _start(default_kernel, guest_image, tmp_path / "third", [])
     try:
@@ -116,7 +116,7 @@ def test_corrupt_snapshot_is_refused_and_rebuilt(default_kernel, guest_image, tm
 
 def test_stale_snapshot_is_rebuilt_and_removed(default_kernel, guest_image, tmp_path):
     key = _ensure_snapshot(default_kernel, guest_image, tmp_path / "first").snapshot_key
-    saved = snapshot.find(key)
+    saved = snapshot.matching(key)
     # As if QEMU had been upgraded since the save: the stored key material no longer matches.
     meta = saved.meta
     meta["material"]["qemu"] = "QEMU emulator version 0.1"
@@ -132,5 +132,5 @@ def test_stale_snapshot_is_rebuilt_and_removed(default_kernel, guest_image, tmp_
         assert any("other key material" in m for m in messages), messages
     finally:
         guest.stop()
-    assert snapshot.check(snapshot.find(key), key) is None
+    assert snapshot.check(snapshot.matching(key), key) is None
     assert not old.exists()

@@ -255,7 +255,7 @@ def _reading(variant: str, redirected: int, missed: int = 0, guard: dict | None 
 
 
 def test_guarded_runs_are_carried_by_redirect_plus_guard_tcp_bytes():
-    from lab.bench.redirect import check_redirect_carried
+    from lab.bench.transports import check_redirect_carried
     before = _reading("guarded", 0, guard={})
     after = _reading("guarded", 700, guard={"bytes_backpressure": 200, "bytes_in_order": 100})
     check_redirect_carried(before, after, 1000, "host")
@@ -264,7 +264,7 @@ def test_guarded_runs_are_carried_by_redirect_plus_guard_tcp_bytes():
 
 
 def test_production_runs_must_all_be_redirected():
-    from lab.bench.redirect import check_redirect_carried
+    from lab.bench.transports import check_redirect_carried
     check_redirect_carried(_reading("production", 0), _reading("production", 1000), 1000, "host")
     with pytest.raises(LabError, match="1 messages missed"):
         check_redirect_carried(_reading("production", 0), _reading("production", 1000, missed=1), 1000, "host")

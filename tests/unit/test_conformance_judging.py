@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from lab import SCENARIOS_DIR
-from lab.conformance import defects, matrix
+from lab.conformance import defects, behaviours
 
 
 def test_every_probe_has_an_expectation_and_no_expectation_lacks_a_probe():
     out = subprocess.run([sys.executable, str(SCENARIOS_DIR / "conformance.py"), "--list"],
                          capture_output=True, text=True, check=True, cwd=SCENARIOS_DIR).stdout
-    assert list(json.loads(out)) == list(matrix.BEHAVIOURS)
-    assert len(matrix.BEHAVIOURS) >= 15
+    assert list(json.loads(out)) == list(behaviours.BEHAVIOURS)
+    assert len(behaviours.BEHAVIOURS) >= 15
 
 
 # TCP data segments per end as the probe reports them when each situation is what it says: the
@@ -37,12 +37,12 @@ def test_judging_compares_with_plain_and_checks_plain_against_linux():
     observed = {"plain": {"fionread": situated("plain", "fionread", {"fionread": 1024})},
                 "redirected": {"fionread": situated("redirected", "fionread", {"fionread": 1024})},
                 "peer_outside": {"fionread": situated("peer_outside", "fionread", None, "OSError: boom")}}
-    cells = {c.situation: c for c in matrix.judge("test", "1.0.0", observed)}
+    cells = {c.situation: c for c in behaviours.judge("test", "1.0.0", observed)}
     assert cells["plain"].status == cells["redirected"].status == "pass"
     assert cells["peer_outside"].status == "fail"
     assert cells["peer_outside"].observed == {"exception": "OSError: boom"}
     observed["plain"]["fionread"] = situated("plain", "fionread", {"fionread": 1000})
-    cells = {c.situation: c for c in matrix.judge("test", "1.0.0", observed)}
+    cells = {c.situation: c for c in behaviours.judge("test", "1.0.0", observed)}
     assert cells["plain"].status == "fail" and "Linux TCP" in cells["plain"].reason
     # The situations are compared with what plain TCP showed in this run, not with the book.
     assert cells["redirected"].expected == {"fionread": 1000}
@@ -56,8 +56,8 @@ def test_a_known_defect_makes_an_xfail_only_on_the_versions_and_symptom_it_names
 
     def judged(release, value):
         observed = {s: {"fionread": situated(s, "fionread", {"fionread": 1024 if s == "plain" else value})}
-                    for s in matrix.SITUATIONS}
-        return {c.situation: c for c in matrix.judge("k", release, observed)}
+                    for s in behaviours.SITUATIONS}
+        return {c.situation: c for c in behaviours.judge("k", release, observed)}
     for release, status, plain_equal in (("6.1.0-50-cloud-amd64", "xfail", "xpass"), ("6.8.0", "fail", "pass"),
                                          ("5.4.0", "fail", "pass"), ("6.6.19", "xfail", "xpass"),
                                          ("6.6.20", "fail", "pass")):
@@ -76,7 +76,7 @@ def test_a_known_defect_makes_an_xfail_only_on_the_versions_and_symptom_it_names
 
 def test_the_fionread_defects_follow_their_stable_backports():
     def explained(situation, release):
-        return defects.find("fionread", situation, release, {"fionread": 0})
+        return defects.explaining("fionread", situation, release, {"fionread": 0})
     assert explained("redirected", "6.1.0-50-cloud-amd64").name == "fionread-sockmap"
     assert explained("redirected", "6.12.74") is not None and explained("redirected", "6.12.117") is None
     assert explained("peer_outside", "6.12.100+deb13-cloud-amd64").name == "fionread-no-verdict"
@@ -105,10 +105,10 @@ def test_the_upstream_version_of_a_debian_kernel_is_the_last_one_proc_version_na
 
 def test_tcp_segments_in_the_redirected_situation_are_the_guards_doing_only_when_it_says_so():
     plain = {"app": 3, "peer": 0}
-    assert "not redirected" in matrix.path_error("redirected", {"app": 2, "peer": 0}, plain)
-    assert "not redirected" in matrix.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=0)
-    assert matrix.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=65536) is None
-    assert matrix.path_error("redirected", {"app": 0, "peer": 0}, plain, guard_tcp_bytes=None) is None
+    assert "not redirected" in behaviours.path_error("redirected", {"app": 2, "peer": 0}, plain)
+    assert "not redirected" in behaviours.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=0)
+    assert behaviours.path_error("redirected", {"app": 2, "peer": 0}, plain, guard_tcp_bytes=65536) is None
+    assert behaviours.path_error("redirected", {"app": 0, "peer": 0}, plain, guard_tcp_bytes=None) is None
 
 
 def test_guard_tcp_bytes_come_from_the_dumps_around_the_probe():
@@ -120,8 +120,8 @@ def test_guard_tcp_bytes_come_from_the_dumps_around_the_probe():
         raw = b"".join(value.to_bytes(8, "little") for value in fields.values())
         return [{"key": ["0x00"] * 4, "values": [{"cpu": 0, "value": [f"0x{b:02x}" for b in raw]}]}]
     record = {"guard_counters": {"before": dump(10, 5), "after": dump(110, 25)}}
-    assert matrix.guard_tcp_bytes(record) == 120
-    assert matrix.guard_tcp_bytes({}) is None
+    assert behaviours.guard_tcp_bytes(record) == 120
+    assert behaviours.guard_tcp_bytes({}) is None
 
 
 def test_a_defect_a_variant_works_around_is_not_listed_for_it():
@@ -131,15 +131,15 @@ def test_a_defect_a_variant_works_around_is_not_listed_for_it():
     assert "no-backpressure" not in {d.name for d in defects.listed("nonreading_peer", "redirected", release,
                                                                        "guarded")}
     unbounded = {"stopped_by": "cap", "queued_under_16mib": False}
-    assert defects.find("nonreading_peer", "redirected", release, unbounded).name == "no-backpressure"
-    assert defects.find("nonreading_peer", "redirected", release, unbounded, "guarded") is None
+    assert defects.explaining("nonreading_peer", "redirected", release, unbounded).name == "no-backpressure"
+    assert defects.explaining("nonreading_peer", "redirected", release, unbounded, "guarded") is None
 
 
 def test_a_kernel_built_with_the_projects_fix_is_not_listed_for_its_defect():
     release, short = "6.12.117", {"returned": 1024, "intact": False}
-    assert defects.find("msg_waitall", "redirected", release, short).name == "waitall-ignored"
+    assert defects.explaining("msg_waitall", "redirected", release, short).name == "waitall-ignored"
     fixed = frozenset({defects.WAITALL_FIX})
-    assert defects.find("msg_waitall", "redirected", release, short, patches=fixed) is None
+    assert defects.explaining("msg_waitall", "redirected", release, short, patches=fixed) is None
     assert not defects.listed("msg_waitall", "redirected", release, patches=fixed)
     # the other defects stay listed on that kernel
     assert defects.listed("so_rcvlowat", "redirected", release, patches=fixed)

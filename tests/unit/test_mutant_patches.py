@@ -37,7 +37,7 @@ def test_a_verifier_line_records_a_rejection_per_kernel(tmp_path):
     mutant = mutants.parse(path)
     assert mutant.expected_rejection("5.10") == "R0 invalid" and mutant.expected_rejection("6.1") is None
     # netns_ignored breaks the netns variant: where that cannot load it is n/a, not a rejection
-    assert mutants.find("netns_ignored").rejected_on == {}
+    assert mutants.by_name("netns_ignored").rejected_on == {}
 
 
 @pytest.mark.parametrize("header,problem", [
@@ -64,7 +64,7 @@ def test_a_patch_that_no_longer_applies_says_so(tmp_path, monkeypatch):
 
 
 def test_the_markdown_table_names_each_kill_and_its_check():
-    from lab.scenario.mutants import MutantResult, format_markdown
+    from lab.scenario.mutant_runs import MutantResult, format_markdown
 
     results = [MutantResult("swapped_key", "6.1", "killed", "echo-ipv4", "map entries: wrong socket"),
                MutantResult("swapped_key", "host", "killed", "echo-ipv4", "map entries: wrong socket"),

@@ -80,9 +80,9 @@ def _stored(key: snapshot.Key, state: bytes = b"state" * 1000) -> snapshot.Snaps
 
 def test_find_and_check_a_sound_snapshot(tmp_path):
     key = snapshot.key("6.12", "QEMU 7.2", ["qemu"], _files(tmp_path))
-    assert snapshot.find(key) is None
+    assert snapshot.matching(key) is None
     saved = _stored(key)
-    assert snapshot.find(key) == saved
+    assert snapshot.matching(key) == saved
     assert snapshot.check(saved, key) is None
 
 

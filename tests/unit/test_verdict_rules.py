@@ -9,7 +9,7 @@ import pytest
 
 from lab import LabError
 from lab.bpf import keys
-from lab.conformance import defects, matrix
+from lab.conformance import defects, behaviours
 from lab.scenario import xfail
 from lab.scenario.checks import Failure, Verdict
 
@@ -74,10 +74,10 @@ def judged(behaviour, seen, situation="redirected", path=None, release=RELEASE):
              "passthrough": plain, "verdict": plain}
     if path is not None:
         paths[situation] = path
-    reference = matrix.EXPECTED_PLAIN[behaviour]
+    reference = behaviours.EXPECTED_PLAIN[behaviour]
     observed = {s: {behaviour: {"behaviour": behaviour, "observed": seen if s == situation else reference,
-                                "error": None, "path": paths[s]}} for s in matrix.SITUATIONS}
-    return {c.situation: c for c in matrix.judge("k", release, observed)}[situation]
+                                "error": None, "path": paths[s]}} for s in behaviours.SITUATIONS}
+    return {c.situation: c for c in behaviours.judge("k", release, observed)}[situation]
 
 
 def test_a_cell_is_an_xfail_only_for_the_exact_symptom():
@@ -120,14 +120,14 @@ def test_a_watching_situation_is_proven_by_its_programs_counters():
         return ({"counters": counters, "watch": dict.fromkeys(keys.WATCH_FIELDS, 0)},
                 {"counters": after, "watch": dict(dict.fromkeys(keys.WATCH_FIELDS, 0),
                                                   msgs_passed=passed, skbs_passed=skbs)})
-    matrix.check_situation("passthrough", *status(6, 9), 3, "host")
-    matrix.check_situation("verdict", *status(6, 9, skbs=4), 3, "host")
+    behaviours.check_situation("passthrough", *status(6, 9), 3, "host")
+    behaviours.check_situation("verdict", *status(6, 9, skbs=4), 3, "host")
     for situation, counted, wrong in (("passthrough", status(4, 9), "inserted 4 sockets for 3"),
                                       ("passthrough", status(6, 0), "passed 0 messages"),
                                       ("passthrough", status(6, 9, redirected=1), "1 were redirected"),
                                       ("verdict", status(6, 9), "verdict program saw no skb")):
         with pytest.raises(LabError, match=wrong):
-            matrix.check_situation(situation, *counted, 3, "host")
+            behaviours.check_situation(situation, *counted, 3, "host")
 
 
 def test_source_built_kernels_are_judged_by_their_own_version_not_the_compilers():
@@ -236,7 +236,7 @@ def test_a_pair_is_an_xfail_only_for_a_recv_eagain_on_a_mapped_socket_and_its_co
 # ----------------------------------------------------------------------------- mutant kills
 
 def test_a_kill_needs_evidence_a_user_or_the_kernel_shows():
-    from lab.scenario.mutants import kill
+    from lab.scenario.mutant_runs import kill
     counters_only = Verdict("echo-ipv4")
     counters_only.expect(False, "program counter msgs_missed: got 9, expected 0", "redirect", "data", by_program=True)
     assert kill(counters_only) is None
@@ -256,6 +256,6 @@ def test_a_sender_never_pushed_back_is_no_backpressure_in_every_write_probe_and_
     defect = defects.by_name("no-backpressure")
     for behaviour, symptom in defects.NO_BACKPRESSURE_WRITES.items():
         assert behaviour in defect.behaviours and defect.matches(symptom)
-        assert not defect.matches(matrix.EXPECTED_PLAIN[behaviour])  # TCP's own answer is no symptom
+        assert not defect.matches(behaviours.EXPECTED_PLAIN[behaviour])  # TCP's own answer is no symptom
     # a lost EPOLLOUT after a real drain (the pass-through stall) is not this defect
     assert not defect.matches({"filled_by": "EAGAIN", "before_drain": [], "after_drain": []})

@@ -243,7 +243,7 @@ def compare(cell: Cell, release: str, plain_path: dict | None, variant: str = "p
         cell.status, cell.reason = "fail", wrong_path
         return
     if cell.observed != cell.expected:
-        defect = defects.find(cell.behaviour, cell.situation, release, cell.observed, variant, patches)
+        defect = defects.explaining(cell.behaviour, cell.situation, release, cell.observed, variant, patches)
         cell.status, cell.reason = ("xfail", defect.describe()) if defect else (
             "fail", "differs from plain TCP on the same kernel; no known kernel defect explains it")
         return

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from lab import LabError
+from lab import HOST, LabError
 from lab.bpf import redirect
 from lab.bpf.mutants import Mutant
 from lab.scenario.definitions import SCENARIOS, run_check
@@ -78,7 +78,7 @@ def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
     # A mutant that makes a transfer hang is killed by the hang; no need to wait the suite's
     # generous timeout for it (a scenario here takes seconds, also in a TCG guest). The control
     # runs at the same settings, so a hang that the shortened timeout causes kills nothing.
-    host = target.name == "host"
+    host = target.name == HOST
     scale = replace(HOST_SCALE if host else GUEST_SCALE, timeout=HANG_SECONDS["host" if host else "guest"])
     with Env(target, scale=scale, mutant=mutant, progress=progress) as env:
         try:

@@ -47,7 +47,7 @@ DEFAULT_SIZES = (1, 64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 
 
 
 @dataclass(frozen=True)
-class Cell:
+class Point:
     mode: str
     size: int
     pinning: str
@@ -102,12 +102,12 @@ class TargetRun:
 
 # ----------------------------------------------------------------------------- the plan
 
-def cells(options: Options, pinnings: Sequence[str]) -> list[Cell]:
-    return [Cell(mode, size, pinning, transport) for mode in options.modes for size in options.sizes
+def cells(options: Options, pinnings: Sequence[str]) -> list[Point]:
+    return [Point(mode, size, pinning, transport) for mode in options.modes for size in options.sizes
             for pinning in pinnings for transport in options.transports]
 
 
-def round_order(all_cells: list[Cell], round_index: int) -> list[Cell]:
+def round_order(all_cells: list[Point], round_index: int) -> list[Point]:
     """The cells of one round: transports of a cell back to back, their order rotated per round
     so that none always runs first (a warm cache or a frequency ramp would favour it)."""
     shift = round_index % len(TRANSPORTS)
@@ -115,7 +115,7 @@ def round_order(all_cells: list[Cell], round_index: int) -> list[Cell]:
     return sorted(all_cells, key=lambda c: (MODES.index(c.mode), c.size, c.pinning, rotated.index(c.transport)))
 
 
-def plan_line(run_id: str, cell: Cell, cgroup: str, cpus: tuple[int, int], seconds: float) -> str:
+def plan_line(run_id: str, cell: Point, cgroup: str, cpus: tuple[int, int], seconds: float) -> str:
     wire = "unix" if cell.transport == "unix" else "tcp"
     port = EXCLUDED_PORT if cell.transport == "excluded" else 0
     client_cpu, server_cpu = (cpus[0], cpus[0]) if cell.pinning == "same-cpu" else cpus
@@ -140,9 +140,9 @@ def pinnings_for(options: Options, cpus: list[int]) -> tuple[list[str], list[str
 # ----------------------------------------------------------------------------- running
 
 def run_rounds(target: Target, options: Options, pinnings: list[str], cgroups_by_transport: dict[str, str],
-               cpus: tuple[int, int], progress: Callable[[str], None]) -> dict[Cell, list[dict]]:
+               cpus: tuple[int, int], progress: Callable[[str], None]) -> dict[Point, list[dict]]:
     all_cells = cells(options, pinnings)
-    runs: dict[Cell, list[dict]] = {cell: [] for cell in all_cells}
+    runs: dict[Point, list[dict]] = {cell: [] for cell in all_cells}
     for round_index in range(options.repeats):
         order = round_order(all_cells, round_index)
         lines = [plan_line(f"r{round_index}c{i}", cell, cgroups_by_transport[cell.transport], cpus, options.seconds)
@@ -159,7 +159,7 @@ def run_rounds(target: Target, options: Options, pinnings: list[str], cgroups_by
 def run_plan(target: Target, lines: list[str], seconds: float) -> dict[str, dict]:
     """sockbench's results by run id for a plan. One process runs it all: no SSH round trip or
     interpreter sits between two runs."""
-    result = target.run([workload.ensure_on_target(target)], input="\n".join(lines) + "\n",
+    result = target.run([workload.staged(target)], input="\n".join(lines) + "\n",
                         timeout=60 + len(lines) * (seconds * 4 + 2))
     return parse_outputs(result.stdout, len(lines), target.name, result.stderr)
 
@@ -179,7 +179,7 @@ def parse_outputs(stdout: str, expected: int, where: str, stderr: str = "") -> d
     return outputs
 
 
-def summarise(cell: Cell, kernel: str, runs: list[dict]) -> dict:
+def summarise(cell: Point, kernel: str, runs: list[dict]) -> dict:
     good = [run for run in runs if "error" not in run]
     errors = [run["error"] for run in runs if "error" in run]
 
@@ -197,7 +197,7 @@ def summarise(cell: Cell, kernel: str, runs: list[dict]) -> dict:
             "cpu_ns_per_byte": median("cpu_ns_per_byte"), "errors": errors}
 
 
-def redirected_bytes(runs: dict[Cell, list[dict]], transport: str = "redirect") -> int:
+def redirected_bytes(runs: dict[Point, list[dict]], transport: str = "redirect") -> int:
     """Payload bytes the runs of ``transport`` moved (both directions for rr): every one must have
     gone through its sk_msg program, and no byte of the other runs."""
     return sum(run.get("bytes", 0) for cell, cell_runs in runs.items() if cell.transport == transport
@@ -238,7 +238,7 @@ def measure_bpf_stats(target: Target, options: Options, installation: redirect.I
     target.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
     try:
         before = program_stats(target, installation.prog_ids)
-        lines = [plan_line(f"s{i}", Cell(mode, size, "same-cpu", "redirect"), cgroup, cpus, options.seconds)
+        lines = [plan_line(f"s{i}", Point(mode, size, "same-cpu", "redirect"), cgroup, cpus, options.seconds)
                  for i, (mode, size) in enumerate((m, s) for m in options.modes for s in options.sizes)]
         run_plan(target, lines, options.seconds)
         after = program_stats(target, installation.prog_ids)
