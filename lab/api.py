@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lab import DEFAULT_KERNEL, HOST, IMAGES_DIR, LabError
 from lab.bpf import build as bpf_build
-from lab.bpf import bpftool, cgroups, links, policy, redirect
+from lab.bpf import bpftool, cgroups, links, pins, policy, redirect
 from lab.bpf.policy import PortPolicy, parse_ports
 from lab.bpf.program import UserProgram
 from lab.cache import cache_dir
@@ -239,7 +239,7 @@ class Loaded:
 
     def __init__(self, target: Target, obj: Path, pin_dir: str, programs: dict):
         self.target, self.obj, self.pin_dir = target, obj, pin_dir
-        self.programs = programs  # name -> redirect.Program (id, type, pin, verified_insns)
+        self.programs = programs  # name -> pins.Program (id, type, pin, verified_insns)
         self._detach: list[list[str]] = []
         self._maps: dict[str, MapHandle] | None = None
 
@@ -254,7 +254,7 @@ class Loaded:
         # An object's maps are fixed once it is loaded: one bpftool listing serves every lookup.
         if self._maps is None:
             self._maps = {name: MapHandle(self.target, name, f"{self.pin_dir}/maps/{name}", info)
-                          for name, info in redirect.pinned_maps(self.target, self.pin_dir).items()}
+                          for name, info in pins.pinned_maps(self.target, self.pin_dir).items()}
         return self._maps
 
     def map(self, name: str) -> MapHandle:
@@ -312,7 +312,7 @@ class Loaded:
                            "(fentry/fexit) programs")
         return self._attach_link(prog, "tracing", "-")
 
-    def _attach_link(self, prog: "redirect.Program", kind: str, point: str) -> str:
+    def _attach_link(self, prog: "pins.Program", kind: str, point: str) -> str:
         link_pin = f"{self.pin_dir}/links/{prog.name}"
         links.attach(self.target, prog.name, prog.pin, kind, point, link_pin)
         self._detach.append(["rm", "-f", link_pin])
@@ -328,13 +328,13 @@ class Loaded:
 
 def load(target: Target, obj: str | Path, name: str | None = None) -> Loaded:
     """Load every program of ``obj`` (a .o, or a .bpf.c built first) and pin programs and maps in
-    the lab's bpffs directory. Raises ``redirect.VerifierRejected`` (with ``.log`` and
-    ``.key_line``) or ``redirect.ObjectRefused`` when the kernel or libbpf refuses it."""
+    the lab's bpffs directory. Raises ``pins.VerifierRejected`` (with ``.log`` and
+    ``.key_line``) or ``pins.ObjectRefused`` when the kernel or libbpf refuses it."""
     obj = build(obj)
     slug = name or f"{obj.stem.removesuffix('.bpf')}-{secrets.token_hex(3)}"
-    pin_dir = posixpath.join(redirect.ensure_bpffs(target), redirect.PIN_PARENT, "user", slug)
+    pin_dir = posixpath.join(pins.ensure_bpffs(target), pins.PIN_PARENT, "user", slug)
     try:
-        programs = redirect.load(target, obj, pin_dir)
+        programs = pins.load(target, obj, pin_dir)
     except BaseException:
         target.run(["rm", "-rf", pin_dir])
         raise

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from lab import BENCH_DIR, LabError, api
-from lab.bpf.redirect import RUN_DIR
-from lab.vm.target import CommandTimeout, Result, Target
+from lab.vm.target import CommandTimeout, RUN_DIR, Result, Target
 
 TOOLS = ("iperf3", "sockperf", "redis")
 TRANSPORTS = ("tcp", "redirect")

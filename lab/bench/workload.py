@@ -11,9 +11,8 @@ import subprocess
 import weakref
 
 from lab import BENCH_DIR, LabError
-from lab.bpf.redirect import RUN_DIR
+from lab.vm.target import RUN_DIR, Target
 from lab.cache import atomic_file, cache_dir, digest_of
-from lab.vm.target import Target
 
 SOURCE = BENCH_DIR / "sockbench.c"
 CC = "gcc"

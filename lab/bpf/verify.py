@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lab import SCENARIOS_DIR, LabError
+from lab.bpf.pins import PIN_PARENT, ensure_bpffs
 from lab.bpf.verifier_log import ParsedLoad, VerifierStats, key_line, parse_loadall, verifier_stats
 from lab.vm.target import Target
 
@@ -43,7 +44,6 @@ LOAD_TIMEOUT = 300  # seconds for one bpftool run; a big program under TCG takes
 OBJCOPY = "llvm-objcopy"
 PROG_INFO_SCRIPT = SCENARIOS_DIR / "bpf_prog_info.py"
 RUN_DIR = "/run/sockredir-lab/verify"
-PIN_PARENT = "sockredir-lab"
 
 # libbpf/bpftool lines that report a failure but are not its reason.
 GENERIC_FAILURE_RE = re.compile(r"^(Error: failed to (open|load) object file|libbpf: failed to load object|"
@@ -208,14 +208,12 @@ class _Session:
     """The target-side state of one verification: a work directory and a bpffs pin directory."""
 
     def __init__(self, target: Target, capabilities: tuple[str, ...] | None, timeout: float):
-        from lab.bpf import redirect  # the bpffs helpers; imported late to keep unit tests light
-
         self.target = target
         self.capabilities = capabilities
         self.timeout = timeout
         token = secrets.token_hex(4)
         self.workdir = f"{RUN_DIR}/{token}"
-        self.pin_root = posixpath.join(redirect.ensure_bpffs(target), PIN_PARENT, f"verify-{token}")
+        self.pin_root = posixpath.join(ensure_bpffs(target), PIN_PARENT, f"verify-{token}")
         self.loads = 0
         self.solo_outputs: dict[str, str] = {}
         self._local = tempfile.TemporaryDirectory(prefix="sockredir-verify-")

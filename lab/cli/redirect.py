@@ -6,7 +6,7 @@ import json
 import sys
 
 from lab import api
-from lab.bpf import policy, redirect
+from lab.bpf import pins, policy, redirect
 from lab.vm.target import Target
 
 
@@ -78,7 +78,7 @@ def cmd_install(args) -> int:
     try:
         installation = redirect.install(target, args.cgroup, args.variant, args.max_entries,
                                         policy_from(args))
-    except redirect.VerifierRejected as exc:
+    except pins.VerifierRejected as exc:
         print(f"--- verifier log of {exc.program} ---\n{exc.log.rstrip()}\n---", file=sys.stderr)
         raise
     if args.json:

@@ -46,11 +46,10 @@ from typing import Callable, Sequence
 from lab import LabError, api
 from lab.bench import peers
 from lab.bpf import keys
-from lab.bpf.redirect import RUN_DIR
+from lab.vm.target import CommandTimeout, RUN_DIR, Result, Target
 from lab.conformance import defects, gobuild
 from lab.conformance.behaviours import inserted
 from lab.vm.staging import SCENARIOS_ON_TARGET, ensure_on_target
-from lab.vm.target import CommandTimeout, Result, Target
 
 APPS = ("nginx", "redis", "splice_proxy", "go_http", "go_proxy", "node_http")
 TRANSPORTS = ("tcp", "redirect", "passthrough")   # tcp is the reference of the others

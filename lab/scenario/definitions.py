@@ -27,7 +27,7 @@ from lab.scenario.checks import (MiB, RoundView, Stop, Verdict, check_both_ways,
                                 check_kprobe, check_no_entries, check_payload_path, check_transfer,
                                 handshake_race, over_tcp, rate, rounds_of)
 from lab.scenario.runner import entry_tuples, socket_tuple
-from lab.vm.target import Target
+from lab.vm.target import RUN_DIR, Target
 
 # Packets TCP itself must still send for each connection under the redirect: the handshake
 # (SYN, SYN-ACK, ACK) and the teardown (FIN, ACK each way). Only the payload is redirected.
@@ -362,7 +362,7 @@ def detach_check(env: Env, v: Verdict) -> None:
     inst = env.installed(shared=False)
     # Exactly what `sockredir-lab redirect uninstall` runs, run by the client when half its bytes are out.
     commands = [step.argv for step in redirect.uninstall_plan(env.target, inst.cgroup)]
-    commands_file = f"{redirect.RUN_DIR}/detach-{trace.new_tag()}.json"
+    commands_file = f"{RUN_DIR}/detach-{trace.new_tag()}.json"
     env.target.put_text(json.dumps(commands), commands_file)
     try:
         result = env.run(v.scenario, "bulk", ["--bytes", nbytes, "--midway-exec", commands_file], inst)

@@ -20,6 +20,7 @@ from lab.bpf import cgroups
 from lab.bpf import mutants
 from lab.bpf import redirect
 from lab.bpf.mutants import Mutant
+from lab.bpf.pins import pinned_maps
 from lab.bpf.program import UserProgram
 from lab.scenario import trace
 from lab.scenario.checks import MiB
@@ -150,7 +151,7 @@ class Env:
             installation = self.program.install(self.target, cgroup)
         else:
             installation = install_build(self.target, cgroup, variant, max_entries, self.mutant)
-        maps = redirect.pinned_maps(self.target, installation.pin_dir)
+        maps = pinned_maps(self.target, installation.pin_dir)
         pins = {info["type"]: f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()
                 if name != redirect.GUARD_COUNTERS_MAP}
         socket_map = next(f"{installation.pin_dir}/maps/{name}" for name, info in maps.items()

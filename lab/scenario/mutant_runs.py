@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from lab import HOST, LabError
-from lab.bpf import redirect
+from lab.bpf import pins, redirect
 from lab.bpf.mutants import Mutant
 from lab.scenario.definitions import SCENARIOS, run_check
 from lab.scenario.env import GUEST_SCALE, HOST_SCALE, Env
@@ -83,7 +83,7 @@ def run_mutant(target: Target, kernel_id: str, mutant: Mutant,
     with Env(target, scale=scale, mutant=mutant, progress=progress) as env:
         try:
             env.installed(mutant.base)  # the variant it breaks loads, or the verifier says why not
-        except redirect.VerifierRejected as exc:
+        except pins.VerifierRejected as exc:
             expected = mutant.expected_rejection(kernel_id)
             if expected and re.search(expected, str(exc)):
                 result.status, result.check = "rejected", exc.key_line

@@ -17,9 +17,8 @@ import threading
 from typing import Callable, Sequence
 
 from lab import LabError, wait
-from lab.bpf.redirect import RUN_DIR
+from lab.vm.target import RUN_DIR, Target
 from lab.vm.staging import ensure_with_shared
-from lab.vm.target import Target
 
 
 def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: str | None = None, *,

@@ -10,7 +10,7 @@ import pytest
 from pair_checks import assert_no_error
 
 from lab import BPF_DIR, LabError, api
-from lab.bpf import bpftool, redirect
+from lab.bpf import bpftool, pins, redirect
 from lab.scenario.runner import run_pair
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -65,7 +65,7 @@ def test_workload_outside_the_cgroup_is_not_counted(target, cgroup):
 
 def test_program_the_verifier_rejects_raises_with_its_log(target):
     narrow = api.build(BPF_DIR / "cases" / "remote_port_narrow.bpf.c")
-    with pytest.raises(redirect.VerifierRejected) as rejected:
+    with pytest.raises(pins.VerifierRejected) as rejected:
         api.load(target, narrow)
     assert "invalid bpf_context access" in rejected.value.key_line
     assert rejected.value.log
@@ -125,7 +125,7 @@ def test_fexit_programs_attach_and_count_reads_of_redirected_sockets(target, cgr
     obj = api.build(PROGRAMS / "count_bpf_recv.bpf.c")
     try:
         loaded = api.load(target, obj)
-    except redirect.LoadError as exc:
+    except pins.LoadError as exc:
         if "Operation not permitted" in str(exc):
             pytest.skip(f"{target.kernel_release} refuses tracing programs here (measured: {exc})")
         raise

@@ -16,7 +16,7 @@ from pair_checks import assert_no_error, assert_over_tcp, assert_redirected, rol
 
 from lab import LabError
 from lab.bpf import cgroups
-from lab.bpf import redirect
+from lab.bpf import pins, redirect
 from lab.scenario.runner import cookie_mismatches, entry_tuples, run_pair, socket_tuples
 from lab.vm.target import Target
 from lab.kernel.config import REDIRECT
@@ -162,7 +162,7 @@ def test_install_twice_is_refused(target, cgroup):
 def test_uninstall_after_partial_install(target, cgroup):
     """sockops attached, verdict never attached: uninstall still leaves nothing behind."""
     pin_dir = redirect.new_pin_dir(target, cgroup)
-    programs = redirect.load(target, redirect.build_object("production"), pin_dir)
+    programs = pins.load(target, redirect.build_object("production"), pin_dir)
     sockops = next(p for p in programs.values() if p.type == "sock_ops")
     target.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", sockops.pin, "multi"], check=True)
     assert [e["id"] for e in redirect.attached_sockops(target, cgroup)] == [sockops.id]
@@ -195,13 +195,13 @@ def test_load_failures_are_classified(target, cgroup):
     from lab.bpf import build as bpf
 
     try:
-        with pytest.raises(redirect.ObjectRefused) as refused:
-            redirect.load(target, bpf.build(BPF_DIR / "cases" / "legacy_map_def.bpf.c"), pin_dir)
+        with pytest.raises(pins.ObjectRefused) as refused:
+            pins.load(target, bpf.build(BPF_DIR / "cases" / "legacy_map_def.bpf.c"), pin_dir)
         print("refused:", refused.value.key_line)
         assert "legacy map definitions" in refused.value.key_line
 
-        with pytest.raises(redirect.VerifierRejected) as rejected:
-            redirect.load(target, bpf.build(BPF_DIR / "cases" / "remote_port_narrow.bpf.c"), pin_dir)
+        with pytest.raises(pins.VerifierRejected) as rejected:
+            pins.load(target, bpf.build(BPF_DIR / "cases" / "remote_port_narrow.bpf.c"), pin_dir)
         print("rejected:", rejected.value.program, rejected.value.key_line)
         assert rejected.value.program == "narrow_port"
         assert rejected.value.key_line.startswith("invalid bpf_context access")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.bpf import redirect
+from lab.bpf import pins
 from lab.bpf import verifier_log
 from lab.bpf import verify
 from lab.vm.target import Result
@@ -87,8 +87,8 @@ def test_key_line_of_a_log_without_reasoning_is_none():
 @pytest.mark.parametrize("name,program,key", REJECTIONS, ids=[r[0] for r in REJECTIONS])
 def test_redirect_and_survey_name_the_same_key_line(name, program, key):
     output = captured(name)
-    error = redirect.classify_load_failure(Result("bpftool -d prog loadall", 255, "", output), "x.bpf.o")
-    assert isinstance(error, redirect.VerifierRejected)
+    error = pins.classify_load_failure(Result("bpftool -d prog loadall", 255, "", output), "x.bpf.o")
+    assert isinstance(error, pins.VerifierRejected)
     assert (error.program, error.key_line) == (program, key)
     survey = verify.program_verdicts(verifier_log.parse_loadall(output), 255)
     assert [v.key_line for v in survey if v.outcome == "rejected"] == [key]
@@ -97,10 +97,10 @@ def test_redirect_and_survey_name_the_same_key_line(name, program, key):
 def test_redirect_names_an_empty_verifier_log():
     output = ("libbpf: prog 'p': -- BEGIN PROG LOAD LOG --\n-- END PROG LOAD LOG --\n"
               "libbpf: prog 'p': failed to load: -22\n")
-    error = redirect.classify_load_failure(Result("bpftool", 255, "", output), "x.bpf.o")
-    assert isinstance(error, redirect.VerifierRejected) and error.key_line == "(empty verifier log)"
+    error = pins.classify_load_failure(Result("bpftool", 255, "", output), "x.bpf.o")
+    assert isinstance(error, pins.VerifierRejected) and error.key_line == "(empty verifier log)"
 
 
 def test_redirect_reports_a_refusal_before_the_verifier():
-    error = redirect.classify_load_failure(Result("bpftool", 255, "", captured("7.2-legacy_map_def")), "x.bpf.o")
-    assert isinstance(error, redirect.ObjectRefused) and "legacy map definitions" in error.key_line
+    error = pins.classify_load_failure(Result("bpftool", 255, "", captured("7.2-legacy_map_def")), "x.bpf.o")
+    assert isinstance(error, pins.ObjectRefused) and "legacy map definitions" in error.key_line
