@@ -11,7 +11,9 @@ memory order. Two key layouts exist, told apart by their size:
 
 Values: the production map's 8-byte value is the socket cookie. The seed's 4-byte value cannot be
 read back (the kernel only returns a cookie into 8 bytes), so bpftool prints
-``{"error": "No space left on device"}`` instead of bytes; that is kept as ``value_error``.
+``{"error": "No space left on device"}`` instead of bytes; that is kept as ``value_error``. A
+SOCKMAP is an array: its dump lists every slot, the empty ones with ``No such file or directory``,
+which are not entries.
 
 All targets are x86-64, so host-order fields are little endian.
 """
@@ -145,8 +147,15 @@ def decode_entry(entry: dict) -> dict[str, Any]:
     return decoded
 
 
+# What bpftool prints for a key with no socket: every empty slot of a SOCKMAP (an array: its dump
+# walks every index), or a SOCKHASH key deleted between bpftool's walk and its lookup.
+NO_SOCKET = "No such file or directory"
+
+
 def decode_sockhash_dump(dump: list[dict]) -> list[dict[str, Any]]:
-    return [decode_entry(entry) for entry in dump]
+    """The entries of a SOCKHASH or SOCKMAP dump that hold a socket."""
+    decoded = (decode_entry(entry) for entry in dump)
+    return [entry for entry in decoded if entry.get("value_error") != NO_SOCKET]
 
 
 def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

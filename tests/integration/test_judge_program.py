@@ -3,8 +3,9 @@ layout the lab does not decode, values it cannot read back, so every verdict res
 kernel shows (map entries, each connection side's TCP data segments, loopback packets, Tcp
 OutSegs, tracepoints, the kprobe, the bytes).
 
-- a correct program in the classic public style (bpf/examples/classic_sockhash.bpf.c) and the
-  seed port pass every scenario that applies to a program of unknown design;
+- a correct program in the classic public style (bpf/examples/classic_sockhash.bpf.c), one over a
+  SOCKMAP (bpf/examples/sockmap_slots.bpf.c: bpf_msg_redirect_map into slots it keeps itself) and
+  the seed port pass every scenario that applies to a program of unknown design;
 - a broken object handed over as a bare ``.o`` (the wrong_port_order mutant's build: to the lab
   just someone's object) fails, on the kernel-side evidence alone;
 - a program that leaves about one connection in a hundred out of the map (the classic example
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.requires_kernel_config(*REDIRECT)
 EXAMPLES = {
     "classic": UserProgram(BPF_DIR / "examples" / "classic_sockhash.bpf.c"),
     "seed": UserProgram(BPF_DIR / "seed" / "sockredir_seed.bpf.c"),
+    # the other map type: a SOCKMAP of slots, bpf_msg_redirect_map (its empty slots are not entries)
+    "sockmap": UserProgram(BPF_DIR / "examples" / "sockmap_slots.bpf.c"),
 }
 
 

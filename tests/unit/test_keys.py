@@ -195,3 +195,16 @@ def test_unknown_layouts_are_kept_as_bytes_and_bad_bytes_refused():
         keys.hex_bytes(["zz"])
     with pytest.raises(keys.DecodeError, match="differ"):
         keys.decode_counters([{"key": ["0x00"] * 4, "values": [{"cpu": 0, "value": ["0x00"] * 8}]}])
+
+
+def test_the_empty_slots_of_a_sockmap_are_not_entries():
+    # bpftool -j map dump of a 4-slot SOCKMAP (8-byte values) holding one socket in slot 2
+    dump = [{"key": ["0x00", "0x00", "0x00", "0x00"], "value": {"error": "No such file or directory"}},
+            {"key": ["0x01", "0x00", "0x00", "0x00"], "value": {"error": "No such file or directory"}},
+            {"key": ["0x02", "0x00", "0x00", "0x00"],
+             "value": ["0x2a", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00"]},
+            {"key": ["0x03", "0x00", "0x00", "0x00"], "value": {"error": "No such file or directory"}}]
+    assert keys.decode_sockhash_dump(dump) == [{"layout": "unknown", "key": "02000000", "cookie": 42}]
+    # a value that cannot be read back (4 bytes) is still an entry
+    seed_like = [{"key": ["0x00"] * 4, "value": {"error": "No space left on device"}}]
+    assert len(keys.decode_sockhash_dump(seed_like)) == 1
