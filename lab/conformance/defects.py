@@ -94,6 +94,7 @@ NO_BACKPRESSURE_WRITES = {
 # kernel-fixes/: the project's patches for defects below (git format-patch names)
 WAITALL_FIX = "0001-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg.patch"
 CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.patch"
+BLOCKING_FIX = "0003-tcp_bpf-keep-waiting-after-a-wake-up-that-brought-no.patch"
 
 KNOWN: tuple[Defect, ...] = (
     Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
@@ -159,8 +160,9 @@ KNOWN: tuple[Defect, ...] = (
            "non-blocking socket but kept the -EAGAIN after a wait; "
            "intermittent: blocking_recv_stream (32 MiB both ways) shows it in most host runs, "
            "with a verdict program on the host once in CI (2026-12-08), and "
-           "a one-vCPU guest's transfers both ways often (5.10's outside-* scenarios in 3 of 6)",
-           intermittent=True),
+           "a one-vCPU guest's transfers both ways often (5.10's outside-* scenarios in 3 of 6); "
+           "fixed by kernel-fixes/" + BLOCKING_FIX,
+           intermittent=True, fix_patch=BLOCKING_FIX),
     Defect("waitall-ignored", ("msg_waitall",), ("redirected",),
            "recv(MSG_WAITALL) returns what the first wake-up found: tcp_bpf_recvmsg has no "
            "MSG_WAITALL loop",

@@ -3,7 +3,8 @@ style (kernel-fixes/selftests/), built here once, run on the target as root.
 
 Judged by the defect table (lab/conformance/defects.py): on a kernel the table lists the defect
 for, the reproducer must fail with its own "not ok" line (an xfail naming the defect), and passing
-there is a strict xpass (the table is out of date); on a kernel built with the fix (its catalog
+there is a strict xpass (the table is out of date), or for an intermittent defect a non-strict
+one (it may not show in a given run); on a kernel built with the fix (its catalog
 entry's ``patches``) the defect is not listed and the reproducer must pass. A skip (exit 4: the
 kernel cannot load the program) is a skip with the reproducer's reason.
 """
@@ -23,6 +24,7 @@ from lab.vm.target import RUN_DIR
 REPRODUCERS = {  # binary -> (defect, its behaviour and situation in the table)
     "sockmap_waitall": ("waitall-ignored", "msg_waitall", "redirected"),
     "sockmap_close_reset": ("close-without-reset", "close_with_unread_data", "redirected"),
+    "sockmap_blocking_recv": ("blocking-eagain", "blocking_recv_stream", "peer_outside"),
 }
 OBJECT = "sockmap_redirect.bpf.o"
 
@@ -39,7 +41,7 @@ def reproducers(tmp_path_factory):
 
 
 @pytest.mark.parametrize("binary", sorted(REPRODUCERS))
-def test_reproducer(kernel, target, lab, reproducers, binary):
+def test_reproducer(kernel, target, lab, reproducers, binary, request):
     defect_name, behaviour, situation = REPRODUCERS[binary]
     remote = f"{RUN_DIR}/kernel-fixes"
     target.put(reproducers / OBJECT, f"{remote}/{OBJECT}")
@@ -58,6 +60,10 @@ def test_reproducer(kernel, target, lab, reproducers, binary):
     if listed:
         if result.rc == 1 and verdict.startswith("not ok 1"):
             pytest.xfail(f"{verdict} - {listed[0].describe()}")
+        if listed[0].intermittent:  # it may not show in a given run: an xpass to report, not a failure
+            request.node.add_marker(pytest.mark.xfail(reason=f"{defect_name} is intermittent and did "
+                                                      f"not show in this run ({verdict})", strict=False))
+            return
         pytest.fail(f"{binary} passed on {target.kernel_release}, which the defect table lists for "
                     f"{defect_name}: the table is out of date ({verdict})", pytrace=False)
     assert result.rc == 0, (f"{binary} failed on {target.kernel_release}, built with the fix for "
