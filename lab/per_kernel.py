@@ -128,12 +128,15 @@ def _on_guest(run: KernelRun, settings: api.Settings, work: Callable[[str, Targe
             run.result = work(run.kernel, target)
         except LabError as exc:
             run.error = str(exc)
-        try:  # a splat is often why the work failed: read dmesg still, if the guest answers
-            _scan_dmesg(run, target, artifacts, allowed)
-        except LabError as exc:
-            run.error = run.error or str(exc)
-        if run.error and not guest.alive:  # why it is gone, where its console and capture are
-            run.error += f" ({guest.death().splitlines()[0]})"
+            guest.give_up_if_lost(exc)
+        if guest.alive:  # a splat is often why the work failed: read dmesg still
+            try:
+                _scan_dmesg(run, target, artifacts, allowed)
+            except LabError as exc:
+                run.error = run.error or str(exc)
+                guest.give_up_if_lost(exc)
+        if not guest.alive:  # also when the work carried on past its own errors (mutants do)
+            run.error = (run.error or "the guest was lost during the work") + f" ({guest.death().splitlines()[0]})"
 
 
 def _scan_dmesg(run: KernelRun, target: Target, artifacts: Path | None,

@@ -28,7 +28,6 @@ import pytest
 from lab import HOST, LabError, api, pytest_events
 from lab.kernel.catalog import TEST_ID_RE, Catalog, CatalogError, KernelEntry, test_id_of
 from lab.vm import dmesg as dmesg_mod
-from lab.vm.target import CommandTimeout, TargetLost
 
 KERNEL_ID_RE = re.compile(rf"\b{TEST_ID_RE.pattern}\b", re.IGNORECASE)
 CONSOLE_TAIL_LINES = 40
@@ -570,8 +569,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if lab is None or param is _NO_KERNEL:
         return
     booted = lab.guests.get(getattr(param, "id", None))
-    if booted is not None and booted.alive and _guest_stopped_answering(booted, call.excinfo):
-        booted.abandon(str(call.excinfo.value))
+    if booted is not None and call.excinfo is not None:
+        booted.give_up_if_lost(call.excinfo.value)
     if booted is not None:
         report.sections.append((f"guest console of kernel {param.id} (last {CONSOLE_TAIL_LINES} "
                                 f"lines; full log {booted.console_log})",
@@ -588,15 +587,6 @@ def _xpass(report) -> str | None:
     if report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):
         return "strict"
     return None
-
-
-def _guest_stopped_answering(booted, excinfo) -> bool:
-    """The SSH connection broke, or a command timed out and the guest no longer runs `true`: its
-    later tests would each wait out their timeouts, so the lab gives up on it (Guest.abandon)."""
-    if excinfo is None:
-        return False
-    return excinfo.errisinstance(TargetLost) or (excinfo.errisinstance(CommandTimeout)
-                                                  and not booted.answers())
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -41,7 +41,7 @@ from lab.vm import reaper
 from lab.vm import snapshot as snapshots
 from lab.vm import watchdog
 from lab.vm.image import GUEST_INIT_PATH, GUEST_RESTORED_PATH, GuestImage
-from lab.vm.target import SSHTarget
+from lab.vm.target import CommandTimeout, SSHTarget, TargetLost
 
 QEMU = accel_mod.QEMU
 READY_RE = re.compile(r"SOCKREDIR-READY uptime=(?P<uptime>[\d.]+) release=(?P<release>\S+)")
@@ -362,6 +362,15 @@ class Guest:
                                f"{self._proc.pid})")
             self.progress(f"guest {self.kernel.id}: {self._abandoned}")
             self._stop_qemu()
+
+    def give_up_if_lost(self, error: BaseException) -> bool:
+        """After ``error`` ended some work on this guest: if the SSH connection broke, or a command
+        timed out and the guest no longer runs `true`, give it up (``abandon``: captured, QEMU
+        ended) so its later work fails at once instead of each waiting out its timeout."""
+        lost = isinstance(error, TargetLost) or (isinstance(error, CommandTimeout) and not self.answers())
+        if lost and self.alive:
+            self.abandon(str(error))
+        return lost
 
     def qmp(self, command: str, **args):
         """One QMP command to this guest's QEMU (tests freeze a guest with ``stop``)."""

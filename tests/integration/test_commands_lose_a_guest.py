@@ -5,7 +5,8 @@ internal error, and the next kernel (the host here) still runs and keeps its res
 
 Real commands, real freezes: each command runs as a user runs it (``python -m lab.cli``) on the 6.1
 guest and the host; as soon as the guest says it is ready, the test stops its vCPUs through QMP
-(``stop``: QEMU answers, the guest does not).
+(``stop``: QEMU answers, the guest does not), or, for two of them, kills the guest's sshd through
+an SSH session of its own (the guest runs on, unreachable).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from inner_run import share_lab_cache
 
-from lab import BPF_DIR
+from lab import BPF_DIR, api
+from lab.vm.target import SSHTarget
 
 GUEST = "6.1"
 WITHIN = 30
@@ -61,14 +63,14 @@ def qemu_children(pid: int) -> list[int]:
     return found
 
 
-def qmp_socket(qemu_pid: int) -> str:
-    argv = Path(f"/proc/{qemu_pid}/cmdline").read_bytes().decode().split("\0")
-    return argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0]
+def qemu_argv(command_pid: int) -> list[str]:
+    qemu, = qemu_children(command_pid)
+    return Path(f"/proc/{qemu}/cmdline").read_bytes().decode().split("\0")
 
 
 def freeze(command_pid: int) -> None:
-    qemu, = qemu_children(command_pid)
-    monitor = QEMUMonitorProtocol(qmp_socket(qemu))
+    argv = qemu_argv(command_pid)
+    monitor = QEMUMonitorProtocol(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
     monitor.connect()
     try:
         monitor.cmd("stop")
@@ -76,9 +78,24 @@ def freeze(command_pid: int) -> None:
         monitor.close()  # the guest's watchdog asks QMP too, one client at a time
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
-def test_a_frozen_guest_fails_its_row_and_the_next_kernel_runs(name, tmp_path, needs_root, monkeypatch):
+def kill_sshd(command_pid: int) -> None:
+    """From a session of the test's own (the image's key, the port QEMU forwards)."""
+    netdev = next(arg for arg in qemu_argv(command_pid) if "hostfwd=tcp:127.0.0.1:" in arg)
+    port = int(netdev.split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0])
+    image = api.guest_image()
+    session = SSHTarget("127.0.0.1", port, image.client_key, image.host_key_line, name="the test's session")
+    session.run("setsid sh -c 'pkill -KILL sshd' >/dev/null 2>&1 &", timeout=30)
+
+
+WAYS = {"qmp-stop": (freeze, "stopped answering"), "sshd-killed": (kill_sshd, "broke")}
+# verify's work ends within a second of the guest being ready: too soon to lose it under
+CASES = [(name, "qmp-stop") for name in COMMANDS] + [("suite", "sshd-killed"), ("conformance", "sshd-killed")]
+
+
+@pytest.mark.parametrize("name,way", CASES, ids=[f"{name}-{way}" for name, way in CASES])
+def test_a_lost_guest_fails_its_row_and_the_next_kernel_runs(name, way, tmp_path, needs_root, monkeypatch):
     share_lab_cache(monkeypatch)
+    lose, symptom = WAYS[way]
     argv = [sys.executable, "-m", "lab.cli", *COMMANDS[name], "--kernel", GUEST, "--kernel", "host"]
     if name != "verify":
         argv += ["--artifacts", str(tmp_path / "artifacts")]
@@ -90,7 +107,7 @@ def test_a_frozen_guest_fails_its_row_and_the_next_kernel_runs(name, tmp_path, n
         for line in proc.stdout:
             lines.append((time.monotonic(), line))
             if not frozen_at and READY in line and "): ready" in line:
-                freeze(proc.pid)
+                lose(proc.pid)
                 frozen_at.append(time.monotonic())
 
     reader = threading.Thread(target=read, daemon=True)
@@ -104,13 +121,13 @@ def test_a_frozen_guest_fails_its_row_and_the_next_kernel_runs(name, tmp_path, n
     output = "".join(line for _, line in lines)
     print(output[-6000:])
     assert frozen_at, f"the command never said its {GUEST} guest was ready"
-    lost = [(at, line) for at, line in lines if f"kernel {GUEST}: " in line and "stopped answering" in line]
+    lost = [(at, line) for at, line in lines if f"kernel {GUEST}: " in line and symptom in line]
     assert lost, f"no line says the {GUEST} guest was lost"
     waited = lost[0][0] - frozen_at[0]
     assert waited < WITHIN, f"the frozen guest held its row for {waited:.0f} s"
     capture = lost[0][1].split("what QEMU could still tell is in ", 1)[1].split(";")[0].strip()
     assert Path(capture).is_file() and str(tmp_path) in capture, capture
-    assert "RIP=" in Path(capture).read_text()
+    assert "RIP=" in Path(capture).read_text()  # the vCPUs' registers, whichever way it was lost
     assert "internal error" not in output and "Traceback" not in output
     assert proc.returncode in (1, 2), proc.returncode  # the row failed, the command did not crash
     host_row_intact(name, tmp_path, output)

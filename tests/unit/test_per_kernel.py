@@ -40,7 +40,8 @@ def guests(monkeypatch):
         booted = table[kernel]
         if isinstance(booted, Exception):
             raise booted
-        yield SimpleNamespace(target=booted, accel=SimpleNamespace(name="tcg"), alive=True)
+        yield SimpleNamespace(target=booted, accel=SimpleNamespace(name="tcg"), alive=True,
+                              give_up_if_lost=lambda error: False)
 
     monkeypatch.setattr(api, "guest", guest)
     return table
@@ -116,3 +117,24 @@ def test_kernel_ids_resolve_one_way():
     assert per_kernel.resolve(["6.1", "host", "6.1"], settings) == ["6.1", api.HOST]
     with pytest.raises(LabError, match=r"--kernel 7\.0: not in the catalog \(known: 5\.10, 5\.15, 6\.1"):
         per_kernel.resolve(["7.0"], settings)
+
+
+def test_a_guest_lost_under_work_that_carried_on_is_that_kernels_error(monkeypatch):
+    """Work that records its own errors and goes on (mutants do) still leaves the row failed
+    when the guest is gone at its end, naming why."""
+    booted = SimpleNamespace(target=StubTarget(), accel=SimpleNamespace(name="tcg"), alive=True,
+                             give_up_if_lost=lambda error: False,
+                             death=lambda: "it stopped answering (capture in lost-guest.txt)\n--- console ---")
+
+    @contextlib.contextmanager
+    def guest(kernel, settings, workdir):
+        yield booted
+
+    def work(kernel, target):
+        booted.alive = False  # the watchdog gave the guest up meanwhile
+        return "recorded its own errors"
+
+    monkeypatch.setattr(api, "guest", guest)
+    run, = per_kernel.run_each(["6.1"], api.Settings(), work, allowed_splats=[])
+    assert run.result == "recorded its own errors"
+    assert run.error == "the guest was lost during the work (it stopped answering (capture in lost-guest.txt))"
