@@ -83,3 +83,18 @@ def test_a_strict_xpass_is_never_noise():
     fixed = [dict(cell("fionread", "redirected", "xpass", {"fionread": 8}, "6.12-fix"), strict=True)]
     assert compare.judge_fix(stock, fixed, compare.differences(stock, fixed), FIX) == [
         "fionread [redirected]: xfail -> xpass, which no fix explains"]
+
+
+def test_a_fixed_intermittent_defect_that_did_not_show_before_is_explained():
+    # blocking-eagain, fixed by 0003, did not show in the stock run (a non-strict xpass) and is
+    # not listed on the fixed kernel (a pass): the fix explains it; another intermittent defect's
+    # xpass -> pass would not be
+    fix = compare.fixed_between(frozenset(), frozenset({defects.BLOCKING_FIX}), defects.KNOWN)
+    stock = [cell("blocking_recv", "redirected", "xpass", {"outcomes": {"100 bytes": 20}}),
+             cell("blocking_recv_stream", "passthrough", "xfail", {"result": "EAGAIN"})]
+    fixed = [cell("blocking_recv", "redirected", "pass", {"outcomes": {"100 bytes": 20}}, "6.12-fix"),
+             cell("blocking_recv_stream", "passthrough", "pass", {"result": "all data"}, "6.12-fix")]
+    assert compare.judge_fix(stock, fixed, compare.differences(stock, fixed), fix) == []
+    assert compare.judge_fix(stock, fixed, compare.differences(stock, fixed), FIX) == [
+        "blocking_recv [redirected]: xpass -> pass, which no fix explains",
+        "blocking_recv_stream [passthrough]: xfail -> pass, which no fix explains"]
