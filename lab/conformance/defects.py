@@ -95,6 +95,7 @@ NO_BACKPRESSURE_WRITES = {
 WAITALL_FIX = "0001-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg.patch"
 CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.patch"
 BLOCKING_FIX = "0003-tcp_bpf-keep-waiting-after-a-wake-up-that-brought-no.patch"
+RCVLOWAT_FIX = "0004-tcp_bpf-honour-SO_RCVLOWAT-in-poll-readiness.patch"
 
 KNOWN: tuple[Defect, ...] = (
     Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
@@ -179,7 +180,8 @@ KNOWN: tuple[Defect, ...] = (
            "poll/select report a redirected socket readable below SO_RCVLOWAT (tcp_bpf readiness "
            "tests only that ingress_msg is non-empty)",
            lambda seen: seen == {"readable_below_lowat": True, "readable_above_lowat": True},
-           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here)"),
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on 5.10-7.2 here); "
+           "fixed by kernel-fixes/" + RCVLOWAT_FIX, fix_patch=RCVLOWAT_FIX),
     Defect("close-without-reset", ("close_with_unread_data",), ("redirected", "verdict"),
            "closing a socket whose redirected data was never read sends FIN, not RST (tcp_close "
            "looks for unread data in sk_receive_queue only), so the sender sees EOF and its data "

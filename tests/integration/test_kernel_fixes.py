@@ -25,6 +25,7 @@ REPRODUCERS = {  # binary -> (defect, its behaviour and situation in the table)
     "sockmap_waitall": ("waitall-ignored", "msg_waitall", "redirected"),
     "sockmap_close_reset": ("close-without-reset", "close_with_unread_data", "redirected"),
     "sockmap_blocking_recv": ("blocking-eagain", "blocking_recv_stream", "peer_outside"),
+    "sockmap_rcvlowat": ("rcvlowat-ignored", "so_rcvlowat", "redirected"),
 }
 OBJECT = "sockmap_redirect.bpf.o"
 
