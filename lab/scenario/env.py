@@ -56,10 +56,16 @@ class Scale:
         switch takes 400-500 KiB of the scenario's traffic (writes of 1 B - 1 MiB, log-uniform);
         the bytes are sized with a margin, and the check counts the switches it got."""
         per_direction = switches * BYTES_PER_SWITCH // (2 * self.switch_conns)
-        return replace(self, switches=switches, switch_bytes=max(self.switch_bytes, per_direction))
+        switch_bytes = max(self.switch_bytes, per_direction)
+        # Time for the bytes at a slow TCG guest's pace, and for every writer pause, on top of
+        # the scale's own timeout (which sizes the default run).
+        moved = 2 * self.switch_conns * (switch_bytes - self.switch_bytes)
+        timeout = self.timeout + moved // SLOWEST_BYTES_PER_S + switches * self.switch_pause_ms // 1000
+        return replace(self, switches=switches, switch_bytes=switch_bytes, timeout=int(timeout))
 
 
 BYTES_PER_SWITCH = 640 * 1024
+SLOWEST_BYTES_PER_S = 16 * MiB  # half what plain TCP moves in a TCG guest here (bulk: 29-41 MiB/s)
 GUEST_SCALE = Scale(bulk_bytes=16 * MiB, echo_trips=200, small_writes=1000, sendfile_bytes=4 * MiB,
                     conns=500, churn_conns=1000, halfclose_bytes=2 * MiB, netns_bytes=2 * MiB,
                     datagrams=200, slow_cap=64 * MiB, switch_conns=4, switch_bytes=2 * MiB, switches=20,
