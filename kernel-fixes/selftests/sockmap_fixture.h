@@ -87,6 +87,10 @@ static int tcp_pair(int *client, int *server)
 	return 0;
 }
 
+/* Set before redirected_pair_open: also attach the sk_skb verdict program that passes every skb
+ * (the sockets then read through tcp_bpf_recvmsg_parser). */
+static int fixture_stream_verdict;
+
 /* 0, or a KSFT_ code to exit with (the reason printed). */
 static int redirected_pair_open(struct redirected_pair *pair, const char *argv0)
 {
@@ -105,6 +109,11 @@ static int redirected_pair_open(struct redirected_pair *pair, const char *argv0)
 	pair->map_fd = bpf_object__find_map_fd_by_name(pair->obj, "sock_by_port");
 	if (bpf_prog_attach(pair->prog_fd, pair->map_fd, BPF_SK_MSG_VERDICT, 0))
 		return fixture_skip("attach the sk_msg program to the sockhash");
+	/* before any socket joins the map: a psock takes the map's programs when it is made */
+	prog = bpf_object__find_program_by_name(pair->obj, "pass_skb");
+	if (fixture_stream_verdict &&
+	    bpf_prog_attach(bpf_program__fd(prog), pair->map_fd, BPF_SK_SKB_STREAM_VERDICT, 0))
+		return fixture_skip("attach the sk_skb verdict program to the sockhash");
 	if (tcp_pair(&pair->client, &pair->server))
 		return fixture_skip("make a TCP pair on 127.0.0.1");
 	if (getenv("SOCKMAP_PLAIN"))

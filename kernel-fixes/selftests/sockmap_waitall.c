@@ -35,6 +35,9 @@ int main(int argc, char **argv)
 	printf("TAP version 13\n1..1\n");
 	for (i = 0; i < TOTAL; i++)
 		sent[i] = (unsigned char)(i * 7 + 3);
+#ifdef WAITALL_WITH_STREAM_VERDICT
+	fixture_stream_verdict = 1;
+#endif
 	err = redirected_pair_open(&pair, argv[0]);
 	if (err)
 		return err;

@@ -96,6 +96,7 @@ WAITALL_FIX = "0001-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg.patch"
 CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.patch"
 BLOCKING_FIX = "0003-tcp_bpf-keep-waiting-after-a-wake-up-that-brought-no.patch"
 RCVLOWAT_FIX = "0004-tcp_bpf-honour-SO_RCVLOWAT-in-poll-readiness.patch"
+WAITALL_PARSER_FIX = "0005-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg_parser.patch"
 
 KNOWN: tuple[Defect, ...] = (
     Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
@@ -175,7 +176,8 @@ KNOWN: tuple[Defect, ...] = (
            "sk_skb verdict program: its receive path, tcp_bpf_recvmsg_parser, has no MSG_WAITALL "
            "loop either (kernel-fixes/0001 fixes tcp_bpf_recvmsg only)",
            _waitall_short,
-           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on the host 6.18 here)"),
+           f"{TCP_BPF_ORIGIN}; no fix or report upstream as of 2026-12 (seen on the host 6.18 and "
+           "6.12 here); fixed by kernel-fixes/" + WAITALL_PARSER_FIX, fix_patch=WAITALL_PARSER_FIX),
     Defect("rcvlowat-ignored", ("so_rcvlowat",), ("redirected",),
            "poll/select report a redirected socket readable below SO_RCVLOWAT (tcp_bpf readiness "
            "tests only that ingress_msg is non-empty)",

@@ -23,6 +23,7 @@ from lab.vm.target import RUN_DIR
 
 REPRODUCERS = {  # binary -> (defect, its behaviour and situation in the table)
     "sockmap_waitall": ("waitall-ignored", "msg_waitall", "redirected"),
+    "sockmap_waitall_verdict": ("waitall-ignored-verdict", "msg_waitall", "verdict"),
     "sockmap_close_reset": ("close-without-reset", "close_with_unread_data", "redirected"),
     "sockmap_blocking_recv": ("blocking-eagain", "blocking_recv_stream", "peer_outside"),
     "sockmap_rcvlowat": ("rcvlowat-ignored", "so_rcvlowat", "redirected"),
