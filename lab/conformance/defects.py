@@ -97,6 +97,7 @@ CLOSE_RESET_FIX = "0002-bpf-sockmap-reset-a-TCP-connection-closed-with-unrea.pat
 BLOCKING_FIX = "0003-tcp_bpf-keep-waiting-after-a-wake-up-that-brought-no.patch"
 RCVLOWAT_FIX = "0004-tcp_bpf-honour-SO_RCVLOWAT-in-poll-readiness.patch"
 WAITALL_PARSER_FIX = "0005-tcp_bpf-honour-MSG_WAITALL-in-tcp_bpf_recvmsg_parser.patch"
+SPLICE_FIX = "0006-tcp-splice-from-a-socket-in-a-sockmap-through-its-recvmsg.patch"
 
 KNOWN: tuple[Defect, ...] = (
     Defect("fionread-sockmap", ("fionread", "fionread_after_partial_read"), ("redirected",),
@@ -136,7 +137,7 @@ KNOWN: tuple[Defect, ...] = (
            'reproducer: github.com/jschwinger233/bpf_msg_redirect_bug_reproducer ("Splice reads 0 '
            'bytes", 6.5 - bpf-next 6.9); dae disabled sockmap for it (daeuniverse/dae#518); fix '
            'proposed, not merged: Vincent Whitchurch, "sockmap: Fix reading with splice(2)" v3, '
-           "2025-07-09"),
+           "2025-07-09; fixed here by kernel-fixes/" + SPLICE_FIX, fix_patch=SPLICE_FIX),
     Defect("no-backpressure", ("nonreading_peer", *NO_BACKPRESSURE_WRITES), ("redirected",),
            "a redirecting sender gets no EAGAIN from a peer that does not read: bpf_tcp_ingress "
            "queues into ingress_msg without a receive-buffer limit (so it is always writable, never "

@@ -27,6 +27,7 @@ REPRODUCERS = {  # binary -> (defect, its behaviour and situation in the table)
     "sockmap_close_reset": ("close-without-reset", "close_with_unread_data", "redirected"),
     "sockmap_blocking_recv": ("blocking-eagain", "blocking_recv_stream", "peer_outside"),
     "sockmap_rcvlowat": ("rcvlowat-ignored", "so_rcvlowat", "redirected"),
+    "sockmap_splice_read": ("splice-read", "splice_from_socket", "redirected"),
 }
 OBJECT = "sockmap_redirect.bpf.o"
 
