@@ -155,16 +155,16 @@ def measure(kernels: list[str], settings, chosen, artifacts_of, with_apps: bool,
         cells = behaviours.run(target, kernel, chosen, progress=targets.progress, program=program,
                            variant=variant, program_situation=program_situation,
                            patches=patches_of(kernel, settings))
-        return cells, run_apps(target, kernel, targets.progress) if with_apps else []
+        return cells, run_apps(target, kernel, targets.progress, patches_of(kernel, settings)) if with_apps else []
 
     return per_kernel.run_each(kernels, settings, work, artifacts_of=artifacts_of)
 
 
-def run_apps(target, kernel: str, progress) -> list[dict]:
+def run_apps(target, kernel: str, progress, patches: frozenset[str] = frozenset()) -> list[dict]:
     with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed, \
             api.redirected_cgroup(target, "passthrough") as watching:
         return apps.run_apps(target, plain, installed.cgroup, kernel, progress=progress,
-                             passthrough_cgroup=watching.cgroup)
+                             passthrough_cgroup=watching.cgroup, patches=patches)
 
 
 def format_apps(records: list[dict]) -> str:

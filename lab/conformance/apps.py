@@ -497,8 +497,10 @@ def judge_tcp(result: AppResult) -> None:
                          f"(the redirect is not involved): {differences(checked, result.expected)}")
 
 
-def judge_through(app: App, result: AppResult, reference: AppResult, release: str) -> None:
-    """A redirect or passthrough run against the tcp run of the same kernel."""
+def judge_through(app: App, result: AppResult, reference: AppResult, release: str,
+                  patches: frozenset[str] = frozenset()) -> None:
+    """A redirect or passthrough run against the tcp run of the same kernel (built with
+    ``patches``: a defect whose kernel-fixes/ patch it carries is not there to name)."""
     checked = result.observed["checked"]
     result.expected = reference.observed["checked"]
     if reference.status != "pass":
@@ -516,7 +518,7 @@ def judge_through(app: App, result: AppResult, reference: AppResult, release: st
             result.status, result.reason = "fail", slow
         return
     defect = app.defect(checked, release) if result.transport == "redirect" else None
-    if defect:
+    if defect and defect.fix_patch not in patches:
         result.status, result.reason = "xfail", defect.describe()
     else:
         result.status = "fail"
@@ -543,7 +545,7 @@ def run_once(target: Target, app: App, transport: str, cgroup: str, kernel: str)
 
 
 def run_app(target: Target, app: App, cgroups: dict[str, str], kernel: str, release: str,
-            progress: Progress) -> list[AppResult]:
+            progress: Progress, patches: frozenset[str] = frozenset()) -> list[AppResult]:
     """``app`` over each transport of ``cgroups`` (transport -> cgroup; tcp first, the reference)."""
     missing = peers.missing_package(target, app.binaries)
     if missing:
@@ -566,7 +568,7 @@ def run_app(target: Target, app: App, cgroups: dict[str, str], kernel: str, rele
             result.observed["watch_counters"] = watch
             result.observed["figures"]["unseen_bytes"] = max(0, app.moved(result.observed["checked"])
                                                              - watch["bytes_passed"])
-        judge_through(app, result, reference, release)
+        judge_through(app, result, reference, release, patches)
         results.append(result)
     for result in results:
         progress(f"apps: {app.name} over {result.transport}: {result.status} ({result.seconds} s)"
@@ -576,11 +578,11 @@ def run_app(target: Target, app: App, cgroups: dict[str, str], kernel: str, rele
 
 def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: str,
              apps: Sequence[str] = APPS, progress: Progress = print,
-             passthrough_cgroup: str | None = None) -> list[dict]:
+             passthrough_cgroup: str | None = None, patches: frozenset[str] = frozenset()) -> list[dict]:
     """Records of every app in ``apps`` on ``target``: over plain TCP (in ``plain_cgroup``),
     through the redirect the caller installed on ``redirect_cgroup`` (``lab.api.install_redirect``)
     and, given ``passthrough_cgroup`` (the ``passthrough`` variant installed there), through the
-    watching programs.
+    watching programs. ``patches``: the kernel-fixes/ patches the kernel is built with.
 
     A record: kernel, app, transport (tcp | redirect | passthrough), status (pass | fail | xfail), observed
     ({"checked": what is compared, "figures": digests and rates, "redirect_counters": the counters'
@@ -603,7 +605,7 @@ def run_apps(target: Target, plain_cgroup: str, redirect_cgroup: str, kernel: st
     results: list[AppResult] = []
     try:
         for name in apps:
-            results += run_app(target, make_app(target, name), cgroups, kernel, release, progress)
+            results += run_app(target, make_app(target, name), cgroups, kernel, release, progress, patches)
     finally:
         target.run(["rm", "-rf", SERVED_DIR])
     return [result.as_dict() for result in results]

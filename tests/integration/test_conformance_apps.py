@@ -33,8 +33,10 @@ def records_of(kernel, lab, request) -> list[dict]:
     if kernel.id not in _measured:
         with api.cgroup(target) as plain, api.redirected_cgroup(target) as installed, \
                 api.redirected_cgroup(target, "passthrough") as watching:
+            entry = None if kernel.id == "host" else lab.settings.catalog().find(kernel.id)
             _measured[kernel.id] = apps.run_apps(target, plain, installed.cgroup, kernel.id,
-                                                 passthrough_cgroup=watching.cgroup)
+                                                 passthrough_cgroup=watching.cgroup,
+                                                 patches=frozenset(p.name for p in entry.patches) if entry else frozenset())
     return _measured[kernel.id]
 
 

@@ -159,14 +159,14 @@ COUNTERS = {"inserted_v4": 2, "inserted_v6": 0, "inserted_v4mapped": 0, "bytes_r
 
 
 def results(app: apps.App, tcp_checked: dict, redirect_checked: dict, counters=COUNTERS, release="6.1.176",
-            transport="redirect", watch=None, seconds=(2.0, 2.0)):
+            transport="redirect", watch=None, seconds=(2.0, 2.0), patches=frozenset()):
     tcp = apps.AppResult("6.1", app.name, "tcp", "pass", {"checked": tcp_checked, "figures": {}}, app.expected,
                          seconds=seconds[0])
     apps.judge_tcp(tcp)
     redirect = apps.AppResult("6.1", app.name, transport, "pass",
                               {"checked": redirect_checked, "figures": {}, "redirect_counters": counters,
                                "watch_counters": watch}, {}, seconds=seconds[1])
-    apps.judge_through(app, redirect, tcp, release)
+    apps.judge_through(app, redirect, tcp, release, patches)
     return tcp, redirect
 
 
@@ -273,6 +273,10 @@ def test_splice_read_symptom_is_an_xfail_naming_the_defect():
     _, redirect = results(proxy, proxy.expected, lost, counters=dict(COUNTERS, bytes_redirected=16 << 20))
     assert redirect.status == "xfail"
     assert redirect.reason == defects.by_name("splice-read").describe()
+    # On a kernel built with the defect's kernel-fixes/ patch the symptom is a failure, not the defect.
+    _, patched = results(proxy, proxy.expected, lost, counters=dict(COUNTERS, bytes_redirected=16 << 20),
+                         patches=frozenset({defects.SPLICE_FIX}))
+    assert patched.status == "fail"
     # The same symptom in another app is not this defect.
     redis = apps.redis_app()
     _, redirect = results(redis, redis.expected, dict(redis.expected, dbsize=0),
