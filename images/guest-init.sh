@@ -30,6 +30,16 @@ mnt cgroup2 /sys/fs/cgroup "nsdelegate"
 mnt bpf /sys/fs/bpf "mode=700"
 mnt tracefs /sys/kernel/tracing
 mnt debugfs /sys/kernel/debug
+# Under QEMU's TCG (no KVM) a vCPU can run an int3 that text_poke_bp has already written back while
+# another vCPU patches the code it runs, and the kernel oopses ("Oops: int3" in try_to_wake_up,
+# __schedule, ttwu_do_activate: every kernel here, docs/lab.md). Each tracing instance that sets a pid
+# filter (the scenarios' tracing, scenarios/tracefs.sh) registers the scheduler's probes, and the
+# first two re-patch those hottest call sites. Two instances holding a pid filter from boot keep them
+# on the probe iterator, so no scenario patches them again.
+for hold in lab-hold-1 lab-hold-2; do
+    mkdir -p /sys/kernel/tracing/instances/$hold 2>/dev/null \
+        && echo 1 > /sys/kernel/tracing/instances/$hold/set_event_pid 2>/dev/null
+done
 # The kernel boots with `quiet`; from here on, warnings and worse (WARN splats, BUG, Oops) reach
 # the console log again, where the host looks for them.
 echo 5 > /proc/sys/kernel/printk
