@@ -1,4 +1,5 @@
-"""Kernel splats in a guest's dmesg: the one scanner the pytest plugin and the suite share.
+"""Kernel splats in a guest's dmesg: the one scanner the pytest plugin and the commands' per-kernel
+loop (lab/per_kernel.py) share.
 
 A warning, oops or sanitizer report during a test means the kernel misbehaved even if the test's
 own checks passed (the libbpf CI and little-vm-helper treat them the same way), so a splat fails
@@ -83,7 +84,3 @@ def scan(dmesg: str, kernel_id: str = "", allowed: list[AllowedSplat] | tuple = 
             result.accepted.append((line, accepted_by.reason))
     return result
 
-
-def find_splats(dmesg: str, kernel_id: str = "", allowed: list[AllowedSplat] | tuple = ()) -> list[str]:
-    """The lines of ``dmesg`` that report a kernel splat not accepted for ``kernel_id``, in order."""
-    return scan(dmesg, kernel_id, allowed).splats

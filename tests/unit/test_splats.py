@@ -9,7 +9,7 @@ import pytest
 
 from lab import LabError
 from lab.vm import dmesg
-from lab.vm.dmesg import AllowedSplat, find_splats, load_allowed, scan
+from lab.vm.dmesg import AllowedSplat, load_allowed, scan
 
 KNOWN = """\
 [   12.1] sockredir: something ordinary
@@ -29,7 +29,7 @@ ALLOW_SKMSG = AllowedSplat(("7.2",), re.compile(r"WARNING: .* at net/core/skmsg\
 
 
 def test_every_splat_fails_without_an_allow_list():
-    assert find_splats(KNOWN + NEW) == [
+    assert scan(KNOWN + NEW).splats == [
         "[   13.0] WARNING: CPU: 1 PID: 311 at net/core/skmsg.c:712 sk_psock_destroy+0x3b/0x40",
         "[   13.0] Call Trace:",
         "[   14.2] BUG: kernel NULL pointer dereference, address: 0000000000000008",
@@ -47,9 +47,9 @@ def test_an_accepted_splat_is_reported_and_does_not_hide_a_new_one():
 
 
 def test_an_entry_applies_to_its_kernels_only():
-    assert find_splats(KNOWN, "6.1", [ALLOW_SKMSG]) != []
+    assert scan(KNOWN, "6.1", [ALLOW_SKMSG]).splats != []
     everywhere = AllowedSplat(("*",), ALLOW_SKMSG.pattern, "everywhere")
-    assert find_splats(KNOWN, "6.1", [everywhere]) == []
+    assert scan(KNOWN, "6.1", [everywhere]).splats == []
 
 
 def test_the_labs_own_list_loads_and_accepts_nothing_unexplained():
@@ -63,7 +63,7 @@ def test_an_allow_list_is_read_from_toml(tmp_path):
                     "pattern = 'WARNING: .* at net/core/skmsg\\.c:\\d+ sk_psock_destroy'\n"
                     'reason = "known on 7.2"\n')
     (entry,) = load_allowed(path)
-    assert find_splats(KNOWN, "7.2", [entry]) == []
+    assert scan(KNOWN, "7.2", [entry]).splats == []
 
 
 @pytest.mark.parametrize("body, message", [
