@@ -473,10 +473,12 @@ def bpftool_dumps(pins: dict[str, str]) -> dict:
     return dumps
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, rounds: bool = True) -> argparse.ArgumentParser:
+    """The options every scenario takes (``rounds=False``: a program of one round, pair.py)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--rounds", default="baseline,redirect",
-                        help="comma-separated: baseline (no cgroup) and/or redirect (in --cgroup)")
+    if rounds:
+        parser.add_argument("--rounds", default="baseline,redirect",
+                            help="comma-separated: baseline (no cgroup) and/or redirect (in --cgroup)")
     parser.add_argument("--cgroup", help="cgroup of both sides in redirect rounds")
     parser.add_argument("--client-cgroup", help="override for the client side ('none': stay outside)")
     parser.add_argument("--server-cgroup", help="override for the server side ('none': stay outside)")

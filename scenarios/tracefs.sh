@@ -1,5 +1,5 @@
 #!/bin/sh
-# Trace control for the scenarios, run on the target (host or guest); driven by lab/trace.py.
+# Trace control for the scenarios, run on the target (host or guest); driven by lab/scenario/trace.py.
 #
 #   tracefs.sh probe GROUP/EVENT... [kprobe:FUNCTION]
 #       one line per question: "tracefs PATH", "event GROUP/EVENT yes|no",
@@ -10,8 +10,6 @@
 #       scenario reads the counts at the edges of its data phase, so instances can serve many runs.
 #   tracefs.sh stop TAG
 #       remove what start TAG set up (idempotent).
-#   tracefs.sh run TAG PORT SPEC... -- COMMAND...
-#       start, run COMMAND with SOCKREDIR_TRACE_CONTROL set, stop (also on errors).
 #   tracefs.sh cleanup
 #       remove every instance and kprobe the lab ever left behind (a killed run); only when no
 #       suite is running on this machine.
@@ -143,26 +141,6 @@ stop() {
     teardown "$(tracefs_dir)" "$(control_of "$1")"
 }
 
-run() {
-    tag=$1 port=$2
-    shift 2
-    specs=
-    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-        specs="$specs $1"
-        shift
-    done
-    [ $# -gt 0 ] && shift  # the --
-    # shellcheck disable=SC2086 # specs are words without spaces
-    control=$(start "$tag" "$port" $specs)
-    trap 'stop "$tag"' EXIT
-    trap 'exit 130' INT TERM
-    set +e
-    SOCKREDIR_TRACE_CONTROL=$control "$@"
-    rc=$?
-    set -e
-    return $rc
-}
-
 cleanup() {
     tfs=$(tracefs_dir)
     for inst in "$tfs"/instances/sockredir-*; do
@@ -184,7 +162,6 @@ case "$command" in
 probe) probe "$@" ;;
 start) start "$@" ;;
 stop) stop "$@" ;;
-run) run "$@" ;;
 cleanup) cleanup ;;
 *) echo "usage: tracefs.sh probe EVENT... | start TAG PORT SPEC... | stop TAG | run TAG PORT SPEC... -- COMMAND... | cleanup" >&2
    exit 2 ;;

@@ -13,7 +13,7 @@ dumps the map itself at fixed points (``--map-pin``), and prints one JSON object
 from __future__ import annotations
 
 import json
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_futures
 from typing import Callable, Sequence
 
 from lab import LabError, wait
@@ -30,7 +30,7 @@ def run_scenario(target: Target, name: str, args: Sequence[str] = (), cgroup: st
     ``cgroup``: where both sides go in redirect rounds (``args`` may override a side with
     ``--client-cgroup``/``--server-cgroup``, ``none`` = stay outside). ``map_pin``/``counters_pin``:
     the installation's pinned maps, dumped by the scenario at its snapshots. ``tag``: prefix of the
-    loopback names (trace filters select it). ``trace``: a ``lab.trace.Plan`` or ``Session`` (anything
+    loopback names (trace filters select it). ``trace``: a ``lab.scenario.trace.Session`` (anything
     with ``wrap(command) -> command``) to count tracepoints around the data phase.
     The result also carries ``rc``, ``stderr`` and ``command`` of the run.
     """
@@ -68,45 +68,37 @@ def run_pair(target: Target, family: str = "ipv4", nbytes: int = 4 << 20,
     """
     pair = ensure_with_shared(target, "pair.py")
     hold_dir = target.run(["mktemp", "-d", f"{RUN_DIR}/hold.XXXXXX"], check=True).stdout.strip()
-    cmd = ["unshare", "-n", "python3", pair, "--lo-up", "--family", family,
+    cmd = ["unshare", "-n", "python3", "-S", pair, "--lo-up", "--family", family,
            "--bytes", str(nbytes), "--hold-dir", hold_dir, "--timeout", str(timeout), "--port", str(port)]
     if client_cgroup:
         cmd += ["--client-cgroup", client_cgroup]
     if server_cgroup:
         cmd += ["--server-cgroup", server_cgroup]
-    outcome: dict = {}
-
-    def run_scenario() -> None:
-        try:
-            outcome["result"] = target.run(cmd, timeout=timeout + 30)
-        except LabError as exc:  # e.g. a timeout: reported below, in the caller's thread
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=run_scenario)
-    runner.start()
     held = None
-    try:
-        state = _wait_for_state(target, hold_dir, runner)
-        if state is not None and while_open is not None:
-            held = while_open(state)
-    finally:
-        target.run(["touch", f"{hold_dir}/release"])
-        runner.join()
-        target.run(["rm", "-rf", hold_dir])
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+    # pair.py runs while this thread looks at the held connection; its outcome (or the LabError of
+    # its run, e.g. a timeout) comes back through the future.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(target.run, cmd, timeout=timeout + 30)
+        try:
+            state = _wait_for_state(target, hold_dir, running)
+            if state is not None and while_open is not None:
+                held = while_open(state)
+        finally:
+            target.run(["touch", f"{hold_dir}/release"])
+            wait_futures([running])
+            target.run(["rm", "-rf", hold_dir])
+        result = running.result()
     if not result.stdout.strip():
         raise LabError(f"scenarios/pair.py printed nothing on {target.name} (exit {result.rc}): "
                        f"{result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout), held
 
 
-def _wait_for_state(target: Target, hold_dir: str, runner: threading.Thread) -> dict | None:
-    """The state pair.py holds its connections in; None if it ended without holding (an error:
+def _wait_for_state(target: Target, hold_dir: str, running: Future) -> dict | None:
+    """The state pair.py holds its connection in; None if it ended without holding (an error:
     its JSON says why)."""
     ended = object()
-    got = wait.until(lambda: target.read_text(f"{hold_dir}/state.json") or (ended if not runner.is_alive() else None),
+    got = wait.until(lambda: target.read_text(f"{hold_dir}/state.json") or (ended if running.done() else None),
                      every=0.05)
     return None if got is ended else json.loads(got)
 

@@ -1,10 +1,10 @@
 """Tracepoint and kprobe counts around the data phase of a scenario.
 
 The tracing itself runs on the target, in files: ``scenarios/tracefs.sh`` probes what the kernel
-offers and wraps a scenario command with private tracefs instances (one per event, so the per-CPU
-stats count it exactly); the scenario (``scenarios/common.py``) reads the counts at the edges of its
-data phase and reports the difference in its JSON (``phases.<label>.trace``). This module decides
-what to trace on a target and builds the wrapped command.
+offers and sets up private tracefs instances (one per event, so the per-CPU stats count it exactly)
+that a suite's scenario commands share; the scenario (``scenarios/common.py``) reads the counts at
+the edges of its data phase and reports the difference in its JSON (``phases.<label>.trace``). This
+module decides what to trace on a target and how a scenario command finds the instances.
 
 Tracepoints are global, so every event is narrowed to the scenario:
 
@@ -108,26 +108,6 @@ def support(target: Target) -> Support:
 def new_tag() -> str:
     """A short name prefix for this run's loopbacks and tracefs instances (IFNAMSIZ is 16)."""
     return "s" + secrets.token_hex(3)
-
-
-@dataclass
-class Plan:
-    """Tracing of one scenario run: which events, and the tag and port that narrow them.
-    The instances exist for that one command only."""
-
-    target: Target
-    support: Support
-    tag: str
-    port: int
-
-    def wrap(self, command: list[str]) -> list[str]:
-
-        script = ensure_on_target(self.target, SCRIPT)
-        return ["sh", script, "run", self.tag, str(self.port), *self.support.specs(), "--", *command]
-
-
-def plan(target: Target, tag: str, port: int) -> Plan:
-    return Plan(target, support(target), tag, port)
 
 
 class Session:

@@ -30,11 +30,6 @@ from lab.scenario.checks import Failure
 DEFECT = "blocking-eagain"
 # scenarios/common.py SpuriousEagain: only a recv() on a socket without a timeout says this.
 BLOCKING_RECV_EAGAIN = "blocking recv() failed with EAGAIN"
-# scenarios/pair.py's transfer(): its recv() is blocking; Python's words for EAGAIN.
-PAIR_RECV_EAGAIN = "recv: [Errno 11] Resource temporarily unavailable"
-# What a pair side reports when its peer stopped both directions after its own error
-# (pair.py's stop_both_directions): a consequence, never a cause.
-PAIR_CONSEQUENCE = re.compile(r"recv: peer closed after \d+ bytes|send: \[Errno (32|104)\] [\w ]+")
 # "<role>: " before the worker's error in a scenario error (common.py's gather and Worker.report).
 SCENARIO_ROLE = re.compile(r"(?:^|: )(?P<role>client|server): (?:SpuriousEagain: |recv: )?\[Errno 11\] "
                            + re.escape(BLOCKING_RECV_EAGAIN))
@@ -86,24 +81,24 @@ def explain_verdict(failures: Sequence[Failure], release: str,
     return _acting(name, release, situation_of(in_map))
 
 
+def pair_failures(pair: dict) -> list[Failure]:
+    """A scenarios/pair.py result's errors as the failures of a redirect round: each side's own
+    transfer error as checks.check_transfer words it, and the run's error (a side stopped while
+    blocked after its peer's error, a worker that died, the timeout) as the scenario's error."""
+    failures = [Failure(f"redirect: {role} error {error}", "redirect", "error", role)
+                for role in ("client", "server") if (error := pair.get(role, {}).get("error"))]
+    if pair.get("run_error"):
+        failures.append(Failure(pair["run_error"], "redirect", "error"))
+    elif pair.get("error") and not failures:  # an error the result does not place: never a defect's
+        failures.append(Failure(pair["error"], "redirect", "check"))
+    return failures
+
+
 def explain_pair(pair: dict, release: str, in_map: Sequence[str]) -> defects.Defect | None:
-    """The defect behind a scenarios/pair.py result's error, or None: exactly one side's first
-    error is a blocking recv()'s EAGAIN, that side's socket is in the map, and the other side
-    shows at most what the first side's shutdown caused."""
-    errors = {role: pair.get(role, {}).get("error") for role in ("client", "server")}
-    if pair.get("error") != "; ".join(f"{role}: {error}" for role, error in errors.items() if error):
-        return None  # the harness failed too (or instead): not the sides' own errors
-    causes = [role for role, error in errors.items() if error and error.startswith(PAIR_RECV_EAGAIN)]
-    if len(causes) != 1 or causes[0] not in in_map:
-        return None
-    cause = causes[0]
-    other = errors["server" if cause == "client" else "client"]
-    if other and not PAIR_CONSEQUENCE.fullmatch(other):
-        return None
-    later = errors[cause][len(PAIR_RECV_EAGAIN):]
-    if later and not re.fullmatch(r"(?: \(then (?:%s)\))+" % PAIR_CONSEQUENCE.pattern, later):
-        return None
-    return _acting(DEFECT, release, situation_of(in_map))
+    """The defect behind a scenarios/pair.py result's error, or None: the same rule as a
+    scenario's verdict (pair.py runs on the same harness, so its errors are worded the same)."""
+    failures = pair_failures(pair)
+    return explain_verdict(failures, release, in_map) if failures else None
 
 
 def _acting(name: str, release: str, situation: str) -> defects.Defect | None:

@@ -14,7 +14,7 @@ anything else runs. The network is QEMU's
 user mode with ``restrict=on``: the guest reaches nothing, the host reaches its sshd through one
 forwarded loopback port. Readiness is the guest init's ready line on the serial console (a log file
 in ``workdir``), never a sleep; an early exit, a panic or the timeout raise a LabError that names the
-kernel and quotes the console. Every QEMU is started through ``lab.reaper`` and cannot outlive us.
+kernel and quotes the console. Every QEMU is started through ``lab.vm.reaper`` and cannot outlive us.
 """
 
 from __future__ import annotations
