@@ -50,6 +50,13 @@ class KernelRun(Generic[Result]):
                 f" (and {len(self.splats) - 1} more lines)" if len(self.splats) > 1 else "")
         return None
 
+    def as_dict(self) -> dict:
+        """The record without the result (each command adds its result in its own words)."""
+        return {"kernel": self.kernel, "release": self.release, "accel": self.accel, "error": self.error,
+                "unavailable": self.unavailable, "splats": self.splats,
+                "accepted_splats": [{"line": line, "reason": why} for line, why in self.accepted_splats],
+                "seconds": round(self.seconds, 1)}
+
 
 def resolve(requested: list[str], settings: api.Settings, default: list[str] | None = None) -> list[str]:
     """Kernel ids from ``--kernel`` values: catalog ids, ``host``, ``all`` (every kernel the catalog

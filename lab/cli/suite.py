@@ -64,8 +64,8 @@ def run(args) -> int:
     program = program_options.program_of(args)
     if getattr(args, "switches", None) is not None and args.switches < 1:
         raise LabError(f"--switches {args.switches}: at least one switch")
-    reports = suite.run_suite(kernels, scenario_ids, artifacts, mutant=mutant, program=program,
-                              settings=args.settings, switches=getattr(args, "switches", None))
-    print(suite.format_table(reports, scenario_ids))
+    runs = suite.run_suite(kernels, scenario_ids, artifacts, mutant=mutant, program=program,
+                           settings=args.settings, switches=getattr(args, "switches", None))
+    print(suite.format_table(runs, scenario_ids))
     print(f"\nartifacts: {artifacts}")
-    return 1 if any(report.failed for report in reports) else 0
+    return 1 if any(suite.failed(run) for run in runs) else 0

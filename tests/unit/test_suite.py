@@ -12,6 +12,7 @@ from lab.scenario import checks
 from lab.scenario import definitions as scenario_checks
 from lab.scenario import suite
 from lab.scenario import trace
+from lab.per_kernel import KernelRun
 
 
 def load_common():
@@ -131,15 +132,18 @@ def test_table_shows_status_figures_and_reasons():
     gated = checks.Verdict("netns2-netns", status="gated", reason="no bpf_get_netns_cookie")
     failed = checks.Verdict("echo-ipv4")
     failed.expect(False, "lo packets too many")
-    reports = [suite.KernelReport("5.10", "5.10.0-32", [passed, gated, failed]),
-               suite.KernelReport("5.15", unavailable="not provided")]
-    table = suite.format_table(reports, ["bulk", "netns2-netns", "echo-ipv4"])
+    runs = [KernelRun("5.10", "5.10.0-32", result=[passed, gated, failed]),
+            KernelRun("5.15", unavailable="not provided")]
+    table = suite.format_table(runs, ["bulk", "netns2-netns", "echo-ipv4"])
     lines = table.splitlines()
     assert lines[2].split() == ["bulk", "pass", "n/a"]
     assert lines[3].split() == ["netns2-netns", "gated", "n/a"]
     assert lines[4].split() == ["echo-ipv4", "FAIL", "n/a"]
     assert "no bpf_get_netns_cookie" in table and "FAIL: lo packets too many" in table
-    assert reports[0].failed and not reports[1].failed
+    assert suite.failed(runs[0]) and not suite.failed(runs[1])
+    entry = suite.as_dict(runs[0])
+    assert entry["kernel"] == "5.10" and [v["scenario"] for v in entry["verdicts"]] == ["bulk", "netns2-netns",
+                                                                                      "echo-ipv4"]
 
 
 def test_parse_probe():
