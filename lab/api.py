@@ -277,21 +277,17 @@ class Loaded:
         if not attach_type:
             raise LabError(f"program {program} is of type {prog.type}: say where it attaches with "
                            f"attach_type= (a `bpftool cgroup attach` type, e.g. ingress, egress)")
-        self.target.run(["bpftool", "cgroup", "attach", cgroup_path, attach_type, "pinned", prog.pin,
-                         "multi"], check=True)
-        self._detach.append(["bpftool", "cgroup", "detach", cgroup_path, attach_type, "pinned", prog.pin])
+        self._detach.append(links.to_cgroup(self.target, cgroup_path, attach_type, prog.pin))
 
     def attach_sockmap(self, program: str, map_name: str, attach_type: str | None = None) -> None:
         """Attach an sk_msg / sk_skb program to a SOCKMAP or SOCKHASH of this object."""
         prog = self.program(program)
         pin = self.map(map_name).pin
-        attach_type = attach_type or {"sk_msg": "msg_verdict", "sk_skb": "stream_verdict"}.get(prog.type)
+        attach_type = attach_type or links.MAP_ATTACH_TYPES.get(prog.type)
         if not attach_type:
             raise LabError(f"program {program} is of type {prog.type}, not sk_msg or sk_skb; give "
                            f"attach_type= (msg_verdict, stream_verdict, stream_parser, skb_verdict)")
-        self.target.run(["bpftool", "prog", "attach", "pinned", prog.pin, attach_type, "pinned", pin],
-                        check=True)
-        self._detach.append(["bpftool", "prog", "detach", "pinned", prog.pin, attach_type, "pinned", pin])
+        self._detach.append(links.to_map(self.target, prog.pin, attach_type, pin))
 
     def attach_tracepoint(self, program: str, point: str) -> str:
         """Attach a ``tracepoint`` program to ``CATEGORY/NAME`` (kernel 5.15+) or a

@@ -1,8 +1,10 @@
-"""Attach a pinned tracing-side program (tracepoint, raw tracepoint, fentry/fexit) and pin its link.
+"""Attach pinned programs: to a cgroup or a socket map (bpftool), or by a pinned link.
 
-bpftool 7.1 cannot attach these, so a small stdlib helper on the target makes the system calls
-(``scenarios/attach_link.py``) and pins the link; removing the pin detaches it. Used by
-``lab.api.Loaded`` for a user's objects and by the guarded redirect for its read hook.
+Each attach returns nothing to remember but the command that undoes it. Tracing-side programs
+(tracepoint, raw tracepoint, fentry/fexit) are attached by a small stdlib helper on the target that
+makes the system calls (``scenarios/attach_link.py``) and pins the link, since bpftool 7.1 cannot;
+removing the pin detaches it. Used by the redirect's install (``lab.bpf.redirect``) and by
+``lab.api.Loaded`` for a user's objects.
 """
 
 from __future__ import annotations
@@ -14,6 +16,26 @@ from lab.vm.staging import ensure_on_target
 from lab.vm.target import Target
 
 KINDS = ("tracepoint", "raw_tracepoint", "tracing")
+# Where an sk_msg / sk_skb program attaches on a socket map by default (bpftool's names).
+MAP_ATTACH_TYPES = {"sk_msg": "msg_verdict", "sk_skb": "stream_verdict"}
+
+
+def to_cgroup(target: Target, cgroup: str, attach_type: str, prog_pin: str) -> list[str]:
+    """Attach the program pinned at ``prog_pin`` to ``cgroup`` (beside others: ``multi``);
+    returns the command that detaches it."""
+    target.run(["bpftool", "cgroup", "attach", cgroup, attach_type, "pinned", prog_pin, "multi"], check=True)
+    return ["bpftool", "cgroup", "detach", cgroup, attach_type, "pinned", prog_pin]
+
+
+def to_map(target: Target, prog_pin: str, attach_type: str, map_pin: str) -> list[str]:
+    """Attach the program pinned at ``prog_pin`` to the socket map pinned at ``map_pin``; returns
+    the command that detaches it."""
+    target.run(["bpftool", "prog", "attach", "pinned", prog_pin, attach_type, "pinned", map_pin], check=True)
+    return map_detach(prog_pin, attach_type, map_pin)
+
+
+def map_detach(prog_pin: str, attach_type: str, map_pin: str) -> list[str]:
+    return ["bpftool", "prog", "detach", "pinned", prog_pin, attach_type, "pinned", map_pin]
 
 
 class LinkRefused(LabError):

@@ -192,14 +192,12 @@ def attach(target: Target, cgroup: str, pin_dir: str, programs: dict[str, Progra
     else:
         sockhash, _ = _one(socket_maps, "SOCKHASH or SOCKMAP", pin_dir)
     # Verdicts first: a socket the sockops program inserts is redirected from its first sendmsg().
+    map_pin = f"{pin_dir}/maps/{sockhash}"
     for prog in programs.values():
         if prog.type == "sk_skb":  # the watching `verdict` shape: before any socket joins the map
-            target.run(["bpftool", "prog", "attach", "pinned", prog.pin, "stream_verdict", "pinned",
-                        f"{pin_dir}/maps/{sockhash}"], check=True)
-    target.run(["bpftool", "prog", "attach", "pinned", skmsg.pin, "msg_verdict", "pinned",
-                f"{pin_dir}/maps/{sockhash}"], check=True)
-    target.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", sockops.pin, "multi"],
-               check=True)
+            links.to_map(target, prog.pin, links.MAP_ATTACH_TYPES["sk_skb"], map_pin)
+    links.to_map(target, skmsg.pin, links.MAP_ATTACH_TYPES["sk_msg"], map_pin)
+    links.to_cgroup(target, cgroup, "sock_ops", sockops.pin)
     return {name: info["id"] for name, info in maps.items()}
 
 
@@ -334,9 +332,6 @@ def attached_sockops(target: Target, cgroup: str) -> list[dict]:
 
 
 # The attach types (bpftool's words) of the programs the lab attaches to a socket map.
-MAP_ATTACH_TYPES = {"sk_msg": "msg_verdict", "sk_skb": "stream_verdict"}
-
-
 @dataclass(frozen=True)
 class Step:
     """One command of an uninstall: what it does, in words, and the argv that does it."""
@@ -358,14 +353,13 @@ def uninstall_plan(target: Target, cgroup: str) -> list[Step]:
     for pin_dir in existing_pin_dirs(target, cgroup):
         programs, maps = pinned(target, pin_dir)
         for prog in programs.values():
-            kind = MAP_ATTACH_TYPES.get(prog.type)
+            kind = links.MAP_ATTACH_TYPES.get(prog.type)
             if kind is None:
                 continue
             for name, info in maps.items():
                 if info["type"] in SOCK_MAP_TYPES:
                     steps.append(Step(f"detached {prog.name} from {name}",
-                                      ["bpftool", "prog", "detach", "pinned", prog.pin, kind,
-                                       "pinned", f"{pin_dir}/maps/{name}"], required=False))
+                                      links.map_detach(prog.pin, kind, f"{pin_dir}/maps/{name}"), required=False))
         for prog in programs.values():
             entry = attached.pop(prog.id, None)
             if entry is not None:
