@@ -80,6 +80,10 @@ class RunParts:
 
 PORT_ATTEMPTS = 5
 ANSWER_SECONDS = 15  # a live guest runs `true` in well under a second, even under TCG on a busy host
+# The keys of a lost guest's task dump: console loglevel 9 (sysrq runs its handler at the quiet
+# boot's loglevel, which would keep the dumps off the console), every CPU's backtrace, every task.
+TASK_DUMP_KEYS = "9lt"
+TASK_DUMP_QUIET = 1.5  # the dump is over when the console has been still this long
 POLL_SECONDS = 0.02
 
 
@@ -380,11 +384,31 @@ class Guest:
         finally:
             monitor.close()
 
+    def task_dump(self) -> str:
+        """Where every CPU and task of the kernel is, when it still takes interrupts but no longer
+        answers over SSH: sysrq 9, l, t pressed on the guest's PS/2 keyboard (QMP ``send-key``; the
+        serial console is a log file, it takes no input), and the console lines they brought."""
+        start = self.console_log.stat().st_size
+        for key in TASK_DUMP_KEYS:
+            self.qmp("send-key", keys=[{"type": "qcode", "data": code} for code in ("alt", "sysrq", key)])
+        sizes = [start]
+
+        def still() -> bool:
+            time.sleep(TASK_DUMP_QUIET)
+            sizes.append(self.console_log.stat().st_size)
+            return sizes[-1] == sizes[-2] and sizes[-1] > start
+        with contextlib.suppress(LabError):
+            wait.until(still, every=0, seconds=watchdog.DUMP_SECONDS - 2 * TASK_DUMP_QUIET)
+        with open(self.console_log, "rb") as console:
+            console.seek(start)
+            text = console.read().decode(errors="replace")
+        return text or "(nothing came: the kernel did not handle the keys)"
+
     def _new_watchdog(self) -> watchdog.Watchdog:
         return watchdog.Watchdog(
             lambda: self.alive, lambda: self.qmp("query-status")["status"],
             lambda: self.qmp("human-monitor-command", **{"command-line": "info registers -a"}),
-            self.target.oldest_command, self.answers, lambda: self.console_tail(60),
+            self.target.oldest_command, self.answers, lambda: self.console_tail(60), self.task_dump,
             self.console_log.parent, self.abandon)
 
     @property
@@ -429,7 +453,9 @@ class Guest:
 
     def _argv(self, boot: initramfs.BootFiles, run: RunParts) -> list[str]:
         append = " ".join(filter(None, [
-            "console=ttyS0", "panic=-1", "quiet",
+            # sysrq_always_enabled: Debian's kernel.sysrq mask (438) refuses the task dumps a lost
+            # guest's capture asks for on the keyboard (task_dump).
+            "console=ttyS0", "panic=-1", "quiet", "sysrq_always_enabled",
             f"lab.root=LABEL={self.image.label}", f"lab.modules=LABEL={boot.modules_label}",
             f"lab.init={GUEST_INIT_PATH}", self.append]))
         return [

@@ -11,8 +11,9 @@ tests after it. A daemon thread per guest checks, every CHECK_SECONDS:
   PROBE_SECONDS on a session of its own?
 
 When either says no, it captures what QEMU can still tell (the VM status and every vCPU's registers
-through QMP, the console's last lines) into ``lost-guest.txt`` beside the console log, and gives the
-guest up (``Guest.abandon``): QEMU ends, so every command waiting on it fails at once with
+through QMP, the console's last lines) and, when the VM still runs, what the kernel says when asked
+for a task dump on its keyboard (sysrq: every CPU's backtrace, every task's state and stack) into
+``lost-guest.txt`` beside the console log, and gives the guest up (``Guest.abandon``): QEMU ends, so every command waiting on it fails at once with
 TargetLost, and the guest's death names the capture.
 """
 
@@ -26,19 +27,22 @@ from typing import Callable
 CHECK_SECONDS = 5
 PROBE_AFTER = 20      # a command older than this makes the watchdog ask the guest itself
 PROBE_SECONDS = 8
+DUMP_SECONDS = 12     # a TCG guest prints its task dump to the console in a few seconds
 CAPTURE_NAME = "lost-guest.txt"
 
 
 class Watchdog:
     def __init__(self, alive: Callable[[], bool], status: Callable[[], str], registers: Callable[[], str],
                  oldest_command: Callable[[], float | None], answers: Callable[[float], bool],
-                 console_tail: Callable[[], str], capture_dir: Path, give_up: Callable[[str], None]):
+                 console_tail: Callable[[], str], task_dump: Callable[[], str], capture_dir: Path,
+                 give_up: Callable[[str], None]):
         self._alive = alive            # False once QEMU has ended or been given up: nothing to watch
         self._status = status
         self._registers = registers
         self._oldest_command = oldest_command
         self._answers = answers
         self._console_tail = console_tail
+        self._task_dump = task_dump
         self.capture = Path(capture_dir) / CAPTURE_NAME
         self._give_up = give_up
         self._stopped = threading.Event()
@@ -82,15 +86,28 @@ class Watchdog:
         """Capture the guest's state now, with ``why`` (also for a loss the lab noticed itself: a
         broken connection, a timed-out command); returns ``why``."""
         parts = [f"why: {why}", f"at: {time.strftime('%Y-%m-%d %H:%M:%S')}"]
-        for title, read in (("QEMU status", self._status), ("registers (info registers -a)", self._registers),
-                            ("console tail", self._console_tail)):
-            try:
-                parts.append(f"--- {title} ---\n{within(read, PROBE_SECONDS)}")
-            except Exception as exc:
-                parts.append(f"--- {title} ---\n(could not be read: {type(exc).__name__}: {exc})")
+        status = self._part(parts, "QEMU status", self._status, PROBE_SECONDS)
+        self._part(parts, "registers (info registers -a)", self._registers, PROBE_SECONDS)
+        self._part(parts, "console tail", self._console_tail, PROBE_SECONDS)
+        dump = "the kernel's task dump (sysrq 9, l, t)"
+        if status == "running":
+            self._part(parts, dump, self._task_dump, DUMP_SECONDS)
+        else:  # a paused VM would take the keys only when it runs again; a silent QEMU not at all
+            parts.append(f"--- {dump} ---\n(not asked: the VM is not running)")
         self.capture.parent.mkdir(parents=True, exist_ok=True)
         self.capture.write_text("\n".join(parts) + "\n")
         return why
+
+    @staticmethod
+    def _part(parts: list[str], title: str, read: Callable[[], object], seconds: float) -> object:
+        """One part of the capture, or why it could not be read; returns what was read (or None)."""
+        try:
+            value = within(read, seconds)
+        except Exception as exc:
+            parts.append(f"--- {title} ---\n(could not be read: {type(exc).__name__}: {exc})")
+            return None
+        parts.append(f"--- {title} ---\n{value}")
+        return value
 
 
 def within(read: Callable[[], object], seconds: float) -> object:

@@ -27,7 +27,7 @@ class Stand:
     def dog(self, tmp_path):
         return watchdog.Watchdog(lambda: self.living, self.status, lambda: "RAX=0000000000000000",
                                  lambda: self.oldest, self.answers, lambda: "[ 1.0] console line",
-                                 tmp_path, self.given_up.append)
+                                 lambda: "task:sshd state:D", tmp_path, self.given_up.append)
 
 
 def test_a_running_guest_is_left_alone_and_not_probed_without_a_waiting_command(tmp_path):
@@ -41,6 +41,13 @@ def test_a_paused_vm_is_lost_with_its_registers_and_console_captured(tmp_path):
     assert dog.check() == "QEMU reports the VM 'paused', not running"
     capture = dog.capture.read_text()
     assert "RAX=0000000000000000" in capture and "console line" in capture and "QEMU status ---\npaused" in capture
+    assert "task dump (sysrq 9, l, t) ---\n(not asked: the VM is not running)" in capture
+
+
+def test_a_running_guest_that_does_not_answer_is_asked_for_its_task_dump(tmp_path):
+    dog = Stand(oldest=watchdog.PROBE_AFTER + 1, answers=False).dog(tmp_path)
+    assert dog.check()
+    assert "task dump (sysrq 9, l, t) ---\ntask:sshd state:D" in dog.capture.read_text()
 
 
 def test_a_long_wait_makes_it_ask_the_guest_and_a_silent_guest_is_lost(tmp_path):
