@@ -267,7 +267,8 @@ def stuck_state(interrupted) -> str:
         frame = frames.get(thread.ident)
         where = " < ".join(f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_stack(frame)[-4:]))
         kernel = "running"
-        if thread.native_id != threading.get_native_id():
+        # By ident: a forked child keeps its parent's native_id on the thread that forked (3.11).
+        if thread.ident != threading.get_ident():
             try:
                 with open(f"/proc/self/task/{thread.native_id}/wchan") as wchan:
                     kernel = wchan.read().strip() or "running"

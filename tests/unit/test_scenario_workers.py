@@ -43,8 +43,8 @@ def quick_client():
     yield {"error": None, "received": 5}
 
 
-def round_with(common, *functions):
-    args = types.SimpleNamespace(tag="", client_cgroup=None, server_cgroup=None, cgroup=None, timeout=60,
+def round_with(common, *functions, timeout=60):
+    args = types.SimpleNamespace(tag="", client_cgroup=None, server_cgroup=None, cgroup=None, timeout=timeout,
                                  map_pin=None, counters_pin=None)
     ctx = common.Round(args, "redirect", 0, trace=None)
     workers = [ctx.spawn(function, name=function.__name__) for function in functions]
@@ -72,4 +72,27 @@ def test_reports_come_in_any_order_without_errors(common):
         worker.resume()
     assert common.gather(workers, grace=1.0) == {"quick_server": {"error": None, "received": 3},
                                                  "quick_client": {"error": None, "received": 5}}
+    ctx.finish()
+
+
+def hanging_side():
+    import threading
+    helper = threading.Thread(target=threading.Event().wait, name="helper", daemon=True)
+    helper.start()
+    yield {"ready": True}
+    time.sleep(600)  # interrupted by the worker's own --timeout
+    yield {"error": None}
+
+
+def test_a_hang_says_where_each_thread_waits_in_python_and_in_the_kernel(common):
+    ctx, (worker,) = round_with(common, hanging_side, timeout=1)
+    worker.resume()
+    with pytest.raises(common.ScenarioError) as raised:
+        worker.report()
+    text = str(raised.value)
+    assert "TimeoutError: the scenario's --timeout expired" in text
+    # The forked worker's own thread is the one running the alarm handler, whatever native id
+    # Python kept from the parent; the helper's kernel wait is read from its wchan.
+    assert "MainThread in hanging_side" in text and "(kernel: running)" in text, text
+    assert "helper in" in text and "unreadable" not in text, text
     ctx.finish()
