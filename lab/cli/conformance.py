@@ -154,8 +154,8 @@ def measure(kernels: list[str], settings, chosen, artifacts_of, with_apps: bool,
     def work(kernel: str, target) -> Measured:
         cells = behaviours.run(target, kernel, chosen, progress=targets.progress, program=program,
                            variant=variant, program_situation=program_situation,
-                           patches=patches_of(kernel, settings))
-        return cells, run_apps(target, kernel, targets.progress, patches_of(kernel, settings)) if with_apps else []
+                           patches=target.kernel_patches)
+        return cells, run_apps(target, kernel, targets.progress, target.kernel_patches) if with_apps else []
 
     return per_kernel.run_each(kernels, settings, work, artifacts_of=artifacts_of)
 

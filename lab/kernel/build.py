@@ -28,7 +28,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -94,7 +94,7 @@ def build_kernel(source: Path, kernel_id: str, user_fragment: Path | None = None
         atomic_write(work / "result.json", json.dumps(
             {"fingerprint": fingerprint, "fragments": _fragments_digest(fragments), "key": key,
              "release": ready.release}) + "\n")
-        return ready
+        return _built_with(ready, patches)
 
 
 def cached(source: Path, kernel_id: str, user_fragment: Path | None = None,
@@ -109,7 +109,12 @@ def cached(source: Path, kernel_id: str, user_fragment: Path | None = None,
     if (record.get("fingerprint") != source_fingerprint(source) + _patches_digest(_patch_files(patches))
             or record.get("fragments") != _fragments_digest(_fragments(user_fragment))):
         return None
-    return trees.load(kernel_id, record["key"])
+    ready = trees.load(kernel_id, record["key"])
+    return _built_with(ready, _patch_files(patches)) if ready else None
+
+
+def _built_with(artifacts: KernelArtifacts, patches: Sequence[Path]) -> KernelArtifacts:
+    return replace(artifacts, patches=frozenset(patch.name for patch in patches))
 
 
 def _fragments(user_fragment: Path | None) -> list[Path]:

@@ -32,6 +32,9 @@ class KernelArtifacts:
     vmlinuz: Path
     modules_dir: Path  # the directory holding modules.dep: <root>/lib/modules/<release>
     key: str  # content hash of this build, for caching derived artifacts
+    # The kernel-fixes/ patches (file names) it was built with: the defects they fix are not there
+    # to excuse a failure (lab.conformance.defects).
+    patches: frozenset[str] = frozenset()
 
 
 def load(kernel_id: str, key: str) -> KernelArtifacts | None:

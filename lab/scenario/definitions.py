@@ -621,7 +621,8 @@ def name_known_defect(env: Env, scenario: Scenario, verdict: Verdict) -> None:
     xfail naming it, with every failure kept in the verdict; never a retry or a warning."""
     if verdict.status != "fail":
         return
-    defect = xfail.explain_verdict(verdict.failures, defects.upstream_version(env.target), scenario.in_map)
+    defect = xfail.explain_verdict(verdict.failures, defects.upstream_version(env.target), scenario.in_map,
+                                   env.target.kernel_patches)
     if defect:
         verdict.status, verdict.reason = "xfail", defect.describe()
 

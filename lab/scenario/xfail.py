@@ -64,10 +64,11 @@ def symptom_of(failure: Failure, in_map: Sequence[str]) -> str | None:
     return DEFECT if side in in_map else ""
 
 
-def explain_verdict(failures: Sequence[Failure], release: str,
-                    in_map: Sequence[str] = ("client", "server")) -> defects.Defect | None:
+def explain_verdict(failures: Sequence[Failure], release: str, in_map: Sequence[str] = ("client", "server"),
+                    patches: frozenset[str] = frozenset()) -> defects.Defect | None:
     """The defect that explains every one of ``failures``, or None (the verdict stays a failure).
-    ``in_map``: the sides whose sockets the redirect round's map holds."""
+    ``in_map``: the sides whose sockets the redirect round's map holds; ``patches``: the
+    kernel-fixes/ patches the kernel is built with (a defect one of them fixes explains nothing)."""
     symptoms = [symptom_of(failure, in_map) for failure in failures]
     named = {symptom for symptom in symptoms if symptom is not None}
     if len(named) != 1 or "" in named:
@@ -78,7 +79,7 @@ def explain_verdict(failures: Sequence[Failure], release: str,
             return None
         if symptom is None and not (failure.kind == "data" and name == DEFECT):
             return None
-    return _acting(name, release, situation_of(in_map))
+    return _acting(name, release, situation_of(in_map), patches)
 
 
 def pair_failures(pair: dict) -> list[Failure]:
@@ -94,14 +95,16 @@ def pair_failures(pair: dict) -> list[Failure]:
     return failures
 
 
-def explain_pair(pair: dict, release: str, in_map: Sequence[str]) -> defects.Defect | None:
+def explain_pair(pair: dict, release: str, in_map: Sequence[str],
+                 patches: frozenset[str] = frozenset()) -> defects.Defect | None:
     """The defect behind a scenarios/pair.py result's error, or None: the same rule as a
     scenario's verdict (pair.py runs on the same harness, so its errors are worded the same)."""
     failures = pair_failures(pair)
-    return explain_verdict(failures, release, in_map) if failures else None
+    return explain_verdict(failures, release, in_map, patches) if failures else None
 
 
-def _acting(name: str, release: str, situation: str) -> defects.Defect | None:
-    """The defect, if the table says it acts on this kernel in this situation."""
+def _acting(name: str, release: str, situation: str, patches: frozenset[str]) -> defects.Defect | None:
+    """The defect, if the table says it acts on this kernel (with these patches) in this situation."""
     defect = defects.by_name(name)
-    return defect if defect in defects.listed(defect.behaviours[0], situation, release) else None
+    listed = defects.listed(defect.behaviours[0], situation, release, patches=patches)
+    return defect if defect in listed else None

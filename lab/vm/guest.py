@@ -549,12 +549,14 @@ class Guest:
             if self._proc.poll() is not None:
                 raise self._boot_error("QEMU exited while we connected over SSH")
             try:
-                return SSHTarget("127.0.0.1", self.port, self.image.client_key,
-                                 self.image.host_key_line, name=f"guest-{self.kernel.id}",
-                                 connect_timeout=min(30.0, max(1.0, deadline - time.monotonic())))
+                target = SSHTarget("127.0.0.1", self.port, self.image.client_key,
+                                   self.image.host_key_line, name=f"guest-{self.kernel.id}",
+                                   connect_timeout=min(30.0, max(1.0, deadline - time.monotonic())))
             except Exception as exc:  # paramiko raises several unrelated types
                 last[:] = [exc]
                 return None
+            target.kernel_patches = getattr(self.kernel, "patches", frozenset())
+            return target
 
         return wait.until(connected, deadline=deadline, every=0.2, fail=lambda: LabError(
             f"guest for kernel {self.kernel.id}: SSH to 127.0.0.1:{self.port} failed: "

@@ -72,6 +72,9 @@ class Target:
     """Base class: subclasses implement ``_run``, ``put`` and ``get``."""
 
     name = "target"
+    # The kernel-fixes/ patches the kernel runs with (a guest of a kernel built with them; the host
+    # and packaged kernels: none).
+    kernel_patches: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._features: dict | None = None

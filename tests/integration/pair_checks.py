@@ -24,7 +24,7 @@ def roles_in_map(pair: dict, entries: list[dict]) -> tuple[str, ...]:
 
 def assert_no_error(pair: dict, target, in_map: Sequence[str]) -> None:
     """``in_map``: the sides whose sockets the map holds (a tcp_bpf defect acts on those only)."""
-    defect = xfail.explain_pair(pair, defects.upstream_version(target), in_map)
+    defect = xfail.explain_pair(pair, defects.upstream_version(target), in_map, target.kernel_patches)
     if defect:
         pytest.xfail(f"{defect.describe()}: {pair['error']}")
     assert pair["error"] is None, pair["error"]

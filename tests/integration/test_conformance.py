@@ -39,9 +39,7 @@ def cells_of(kernel, request, lab) -> dict[tuple[str, str], behaviours.Cell]:
     if kernel_id not in _measured:
         option = lab.config.option.redirect_program  # judge someone else's redirect instead of ours
         program = UserProgram(Path(option)) if option else None
-        entry = None if kernel_id == "host" else lab.settings.catalog().find(kernel_id)
-        patches = frozenset(p.name for p in entry.patches) if entry else frozenset()  # built with fixes
-        cells = behaviours.run(target, kernel_id, progress=print, program=program, patches=patches)
+        cells = behaviours.run(target, kernel_id, progress=print, program=program, patches=target.kernel_patches)
         _measured[kernel_id] = {(c.behaviour, c.situation): c for c in cells}
     return _measured[kernel_id]
 

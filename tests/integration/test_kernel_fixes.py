@@ -18,7 +18,6 @@ import pytest
 
 from lab import KERNEL_FIXES_DIR
 from lab.conformance import defects
-from lab.pytest_plugin import HostKernel
 from lab.vm.target import RUN_DIR
 
 REPRODUCERS = {  # binary -> (defect, its behaviour and situation in the table)
@@ -44,7 +43,7 @@ def reproducers(tmp_path_factory):
 
 
 @pytest.mark.parametrize("binary", sorted(REPRODUCERS))
-def test_reproducer(kernel, target, lab, reproducers, binary, request):
+def test_reproducer(target, reproducers, binary, request):
     defect_name, behaviour, situation = REPRODUCERS[binary]
     remote = f"{RUN_DIR}/kernel-fixes"
     target.put(reproducers / OBJECT, f"{remote}/{OBJECT}")
@@ -55,10 +54,8 @@ def test_reproducer(kernel, target, lab, reproducers, binary, request):
     if result.rc == 4:
         pytest.skip(f"{binary}: {verdict}")
     assert result.rc in (0, 1), f"{binary} exited {result.rc}: {result.stdout}{result.stderr}"
-    kernel_id = "host" if isinstance(kernel, HostKernel) else kernel.id
-    entry = None if kernel_id == "host" else lab.settings.catalog().find(kernel_id)
-    patches = frozenset(p.name for p in entry.patches) if entry else frozenset()
-    listed = [d for d in defects.listed(behaviour, situation, defects.upstream_version(target), patches=patches)
+    listed = [d for d in defects.listed(behaviour, situation, defects.upstream_version(target),
+                                        patches=target.kernel_patches)
               if d.name == defect_name]
     if listed:
         if result.rc == 1 and verdict.startswith("not ok 1"):

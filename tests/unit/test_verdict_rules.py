@@ -235,6 +235,15 @@ def test_a_pair_is_an_xfail_only_for_a_recv_eagain_on_a_mapped_socket():
     assert pair_named(pair()) is None
 
 
+def test_a_kernel_built_with_the_fix_has_no_defect_to_excuse_the_failure():
+    from lab.conformance import defects
+    fixed = frozenset({defects.BLOCKING_FIX})
+    assert xfail.explain_verdict([eagain()], RELEASE, patches=fixed) is None
+    assert xfail.explain_pair(pair(client=PAIR_EAGAIN), RELEASE, ("client", "server"), fixed) is None
+    other = frozenset({defects.WAITALL_FIX})  # another defect's fix changes nothing here
+    assert xfail.explain_verdict([eagain()], RELEASE, patches=other).name == "blocking-eagain"
+
+
 def test_a_pair_whose_peer_stayed_blocked_is_named_by_the_first_error_of_the_run():
     # common.gather: a side's EAGAIN, then its peer blocked on a full window and stopped
     stuck = f"ScenarioError: client: {PAIR_EAGAIN}; server still blocked 10 s later (stopped)"
