@@ -29,25 +29,23 @@ import signal
 import sys
 import time
 
-from common import (Round, Trace, base_parser, bulk_sizes, connect, describe, listen, nodelay, on_alarm,
+from common import (Round, Trace, accept_one, base_parser, bulk_sizes, connect, describe, nodelay, on_alarm,
                     setup_loopback, transfer)
 
 
 def server(family: str, port: int, nbytes: int, chunk: int):
-    listener = listen(family, port, backlog=1)
-    yield {"port": listener.getsockname()[1]}
-    conn, _ = listener.accept()
-    listener.close()
-    yield from connection(nodelay(conn), nbytes, chunk)
+    conn = yield from accept_one(family, port)
+    yield from exchange(conn, nbytes, chunk)
 
 
 def client(port: int, family: str, nbytes: int, chunk: int):
-    yield from connection(nodelay(connect(family, port)), nbytes, chunk)
+    conn = nodelay(connect(family, port))
+    yield describe(conn)
+    yield from exchange(conn, nbytes, chunk)
 
 
-def connection(conn, nbytes: int, chunk: int):
-    """Report the socket, transfer when told to, close when told to."""
-    yield {**describe(conn), "pid": os.getpid()}
+def exchange(conn, nbytes: int, chunk: int):
+    """Transfer when told to, close when told to."""
     yield transfer(conn, bulk_sizes(nbytes, chunk))
     conn.close()
     yield {"closed": True}

@@ -393,12 +393,10 @@ class Guest:
             self.qmp("send-key", keys=[{"type": "qcode", "data": code} for code in ("alt", "sysrq", key)])
         sizes = [start]
 
-        def still() -> bool:
-            time.sleep(TASK_DUMP_QUIET)
+        def still() -> bool:  # grown since the keys, and no longer growing
             sizes.append(self.console_log.stat().st_size)
-            return sizes[-1] == sizes[-2] and sizes[-1] > start
-        with contextlib.suppress(LabError):
-            wait.until(still, every=0, seconds=watchdog.DUMP_SECONDS - 2 * TASK_DUMP_QUIET)
+            return sizes[-1] == sizes[-2] > start
+        wait.until(still, every=TASK_DUMP_QUIET, seconds=watchdog.DUMP_SECONDS - 2 * TASK_DUMP_QUIET)
         with open(self.console_log, "rb") as console:
             console.seek(start)
             text = console.read().decode(errors="replace")
